@@ -1,0 +1,30 @@
+# `make run` and `make test` create .venv on first use; nothing else needs installing by hand.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-all tensorboard clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)  ## the main job: train on the embedded MNIST digits and log to TensorBoard
+	$(BIN)/run
+
+test: $(STAMP)  ## the fast tests
+	$(BIN)/pytest -m "not slow"
+
+test-all: $(STAMP)  ## every test, the slow ones too (what CI runs)
+	$(BIN)/pytest
+
+tensorboard: $(STAMP)
+	$(BIN)/tensorboard --logdir outputs
+
+clean:
+	rm -rf outputs/runs outputs/sweeps

@@ -1,0 +1,84 @@
+"""Building blocks: the conv block, the concatenation skip and the residual bottleneck.
+
+Each block is a small module whose `forward` reads like the seed's diagram.
+"""
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+BN_POSITIONS = ("before", "after")
+
+
+class ConvBlock(nn.Sequential):
+    """Conv (kernel K, padding K//2) -> [BN] -> activation, or conv -> activation -> BN.
+
+    With batch norm before the activation the conv has no bias: BN's beta replaces it.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        activation: Callable[[], nn.Module],
+        batch_norm: bool = False,
+        bn_position: str = "before",
+    ):
+        if bn_position not in BN_POSITIONS:
+            raise ValueError(f"model.bn_position={bn_position!r} is not known; allowed: before, after")
+        bias = not (batch_norm and bn_position == "before")
+        layers = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)]
+        if batch_norm and bn_position == "before":
+            layers += [nn.BatchNorm2d(out_channels), activation()]
+        elif batch_norm:
+            layers += [activation(), nn.BatchNorm2d(out_channels)]
+        else:
+            layers += [activation()]
+        super().__init__(*layers)
+
+
+class ConcatSkip(nn.Module):
+    """Concatenation skip: the output is [x, block(x)] stacked on the channel axis (C + H channels)."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, self.block(x)], dim=1)
+
+
+class Bottleneck(nn.Module):
+    """Residual bottleneck: act(subnetwork(x) + shortcut(x)).
+
+    subnetwork: 1x1 conv C -> C/r, BN, act, 3x3 conv, BN, act, 1x1 conv -> C', BN.
+    shortcut: identity when C == C', else 1x1 conv + BN, with no activation.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, ratio: int, activation: Callable[[], nn.Module]):
+        super().__init__()
+        if ratio < 1 or in_channels // ratio < 1:
+            raise ValueError(
+                f"model.bottleneck_ratio={ratio} is not allowed for {in_channels} channels; "
+                f"allowed: 1 <= ratio <= {in_channels}"
+            )
+        mid = in_channels // ratio
+        self.subnetwork = nn.Sequential(
+            nn.Conv2d(in_channels, mid, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            activation(),
+            nn.Conv2d(mid, mid, 3, padding=1, bias=False),
+            nn.BatchNorm2d(mid),
+            activation(),
+            nn.Conv2d(mid, out_channels, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut = nn.Identity()
+        if in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.activation = activation()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.subnetwork(x) + self.shortcut(x))

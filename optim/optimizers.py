@@ -1,0 +1,39 @@
+"""Optimizer factory on torch.optim: sgd, momentum, nesterov, adam, adamw.
+
+torch.optim.SGD keeps v <- mu v + g; theta <- theta - eta v. The seed writes momentum as
+v <- mu v + eta g; theta <- theta - v: the same updates while eta is constant. torch's
+nesterov=True is the seed's look-ahead Nesterov after a change of variables.
+"""
+
+import torch
+
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+
+
+def _check(cfg) -> None:
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name={cfg.name!r} is not known; allowed: {', '.join(OPTIMIZERS)}")
+    if not cfg.lr > 0:
+        raise ValueError(f"optimizer.lr={cfg.lr} is not allowed; allowed: a number > 0")
+    if not cfg.weight_decay >= 0:
+        raise ValueError(f"optimizer.weight_decay={cfg.weight_decay} is not allowed; allowed: a number >= 0")
+    if cfg.name in ("momentum", "nesterov") and not 0 < cfg.momentum < 1:
+        raise ValueError(f"optimizer.momentum={cfg.momentum} is not allowed for {cfg.name}; allowed: 0 < momentum < 1")
+    if cfg.name in ("adam", "adamw"):
+        betas = list(cfg.betas)
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"optimizer.betas={betas} is not allowed; allowed: two numbers in [0, 1)")
+        if not cfg.eps > 0:
+            raise ValueError(f"optimizer.eps={cfg.eps} is not allowed; allowed: a number > 0")
+
+
+def build(cfg, params) -> torch.optim.Optimizer:
+    """The torch.optim optimizer that `optimizer=<name>` chooses, over `params`."""
+    _check(cfg)
+    lr, wd = float(cfg.lr), float(cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    if cfg.name in ("momentum", "nesterov"):
+        return torch.optim.SGD(params, lr=lr, momentum=float(cfg.momentum), nesterov=cfg.name == "nesterov", weight_decay=wd)
+    adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return adam(params, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps), weight_decay=wd)

@@ -1,0 +1,158 @@
+"""Data on the training device: whole splits as uint8 tensors, batches by seeded permutation.
+
+No DataLoader and no workers: an epoch is a permutation drawn from (seed, epoch), and
+normalization and augmentation (random crop with padding, horizontal flip) run on whole
+batches on the device.
+"""
+
+import hashlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runner.datasets import load_arrays, stratified_split
+
+EVAL_BATCH_SIZE = 1000
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8 (N, C, H, W)
+    labels: torch.Tensor  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Data:
+    train: Split
+    val: Split
+    test: Split
+    mean: torch.Tensor  # per channel, of the training images scaled to [0, 1]
+    std: torch.Tensor
+    num_classes: int
+    info: dict  # source, sizes, split seed and fingerprints, recorded with the run
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+
+def _check(cfg) -> None:
+    if not (isinstance(cfg.batch_size, int) and cfg.batch_size >= 1):
+        raise ValueError(f"data.batch_size={cfg.batch_size!r} is not allowed; allowed: an integer >= 1")
+    if not 0 <= cfg.val_fraction < 1:
+        raise ValueError(f"data.val_fraction={cfg.val_fraction} is not allowed; allowed: 0 <= val_fraction < 1")
+    if cfg.train_size is not None and not (isinstance(cfg.train_size, int) and cfg.train_size >= 1):
+        raise ValueError(f"data.train_size={cfg.train_size!r} is not allowed; allowed: an integer >= 1 or null")
+
+
+def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
+
+
+def load(cfg, device: torch.device) -> Data:
+    """The splits `data=<name>` chooses, on `device`: val held out of train, train capped at train_size."""
+    _check(cfg)
+    arrays = load_arrays(cfg)
+    images, labels = arrays.train
+    train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
+    if cfg.train_size is not None and cfg.train_size < len(train_idx):
+        train_idx = np.sort(np.random.default_rng(cfg.split_seed).permutation(train_idx)[: cfg.train_size])
+    splits = {
+        "train": (images[train_idx], labels[train_idx]),
+        "val": (images[val_idx], labels[val_idx]),
+        "test": arrays.test,
+    }
+    scaled = splits["train"][0].astype(np.float64) / 255
+    mean, std = scaled.mean(axis=(0, 2, 3)), scaled.std(axis=(0, 2, 3))
+    info = {
+        "name": cfg.name,
+        "source": arrays.source,
+        "split_seed": cfg.split_seed,
+        "sizes": {k: len(v[1]) for k, v in splits.items()},
+        "fingerprints": {k: _fingerprint(*v) for k, v in splits.items()},
+        "mean": mean.round(6).tolist(),
+        "std": std.round(6).tolist(),
+    }
+
+    def to_device(x: np.ndarray, y: np.ndarray) -> Split:
+        return Split(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y).to(device))
+
+    return Data(
+        **{k: to_device(*v) for k, v in splits.items()},
+        mean=torch.tensor(mean, dtype=torch.float32, device=device),
+        std=torch.tensor(std, dtype=torch.float32, device=device),
+        num_classes=int(labels.max()) + 1,
+        info=info,
+    )
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The random stream of one epoch: a function of (seed, epoch) alone, so a resumed run draws the same."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+
+def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per-sample random crop of the zero-padded batch at offsets (dy, dx), mirrored where `flip`."""
+    b, c, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class Batches:
+    """Float batches of one split: normalized, optionally shuffled, augmented and cut to full batches."""
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        mean: torch.Tensor | None,
+        std: torch.Tensor | None,
+        shuffle: bool = False,
+        augment: bool = False,
+        drop_last: bool = False,
+        seed: int = 0,
+        pad: int = 4,
+    ):
+        self.split, self.shuffle, self.augment, self.seed, self.pad = split, shuffle, augment, seed, pad
+        self.batch_size = min(batch_size, max(1, len(split)))
+        self.drop_last = drop_last
+        channels = split.images.shape[1]
+        device = split.images.device
+        mean = torch.zeros(channels, device=device) if mean is None else mean
+        std = torch.ones(channels, device=device) if std is None else std
+        # x / 255, then (x - mean) / std, as one multiply-add
+        self.scale = (1 / (255 * std)).view(1, -1, 1, 1)
+        self.shift = (-mean / std).view(1, -1, 1, 1)
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        n, device = len(self.split), self.split.images.device
+        gen = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=gen).to(device) if self.shuffle else None
+        for i in range(len(self)):
+            lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
+            idx = order[lo:hi] if order is not None else slice(lo, hi)
+            x = self.split.images[idx].float()
+            if self.augment:
+                size = (hi - lo,)
+                dy = torch.randint(0, 2 * self.pad + 1, size, generator=gen).to(device)
+                dx = torch.randint(0, 2 * self.pad + 1, size, generator=gen).to(device)
+                flip = (torch.rand(size, generator=gen) < 0.5).to(device)
+                x = crop_flip(x, dy, dx, flip, self.pad)
+            yield x * self.scale + self.shift, self.split.labels[idx]
