@@ -134,7 +134,7 @@ class Trainer:
                     return math.nan, 0.0
                 window.zero_()
                 window_steps = 0
-        return (loss_sum / max(count, 1)).item(), (correct / max(count, 1)).item()
+        return (loss_sum / max(count, 1)).item(), correct.item() / max(count, 1)
 
     @torch.inference_mode()
     def evaluate(self, batches: Batches) -> tuple[float | None, float | None]:
@@ -151,7 +151,7 @@ class Trainer:
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         n = len(batches.split)
-        return (loss_sum / n).item(), (correct / n).item()
+        return (loss_sum / n).item(), correct.item() / n
 
     def state_dict(self) -> dict:
         return {

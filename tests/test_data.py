@@ -1,0 +1,142 @@
+"""Data sources and device batches, on the embedded digits and on small files in the real formats."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from runner import data
+from runner.datasets import DataError, load_arrays, read_cifar_batch, read_idx
+from helpers import compose_cfg, write_cifar_like, write_idx, write_mnist_like
+
+FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+
+
+def test_mnist_5k_is_a_stratified_seeded_split_of_the_real_digits():
+    cfg = compose_cfg("data=mnist_5k").data
+    d = data.load(cfg, torch.device("cpu"))
+    assert d.info["sizes"] == {"train": 3600, "val": 400, "test": 1000}
+    assert d.in_shape == (1, 28, 28) and d.num_classes == 10
+    for split in (d.val, d.test):  # every class keeps its share
+        counts = torch.bincount(split.labels, minlength=10)
+        assert counts.min() == counts.max()
+    assert d.train.images.dtype == torch.uint8 and d.train.images.max() > 200  # real pixels, not zeros
+    again = data.load(cfg, torch.device("cpu"))
+    assert again.info["fingerprints"] == d.info["fingerprints"]
+    other = data.load(compose_cfg("data=mnist_5k", "data.split_seed=1").data, torch.device("cpu"))
+    assert other.info["fingerprints"]["test"] != d.info["fingerprints"]["test"]
+
+
+def test_train_size_caps_the_training_split_and_normalization_uses_its_statistics():
+    d = data.load(compose_cfg("data.train_size=100").data, torch.device("cpu"))
+    assert len(d.train) == 100 and len(d.val) == 400
+    x = d.train.images.float() / 255
+    assert torch.allclose(d.mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
+    batches = data.Batches(d.train, 100, d.mean, d.std)
+    (xb, _), = list(batches.epoch())
+    assert abs(xb.mean().item()) < 1e-4 and abs(xb.std().item() - 1) < 1e-2
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_mnist_loader_reads_idx_files_in_torchvision_layout(tmp_path, gz):
+    written = write_mnist_like(tmp_path / "MNIST" / "raw", n_train=50, n_test=20, gz=gz)
+    cfg = compose_cfg("data=mnist", f"data.root={tmp_path}", "data.verify=false", "data.download=false").data
+    arrays = load_arrays(cfg)
+    assert arrays.train[0].shape == (50, 1, 28, 28) and arrays.test[0].shape == (20, 1, 28, 28)
+    assert np.array_equal(arrays.train[0][:, 0], written["train-images-idx3-ubyte"])
+    assert np.array_equal(arrays.test[1], written["t10k-labels-idx1-ubyte"])
+    assert arrays.source == str(tmp_path / "MNIST" / "raw")
+
+
+def test_verify_rejects_files_that_are_not_the_known_data_set(tmp_path):
+    write_mnist_like(tmp_path / "FashionMNIST" / "raw")
+    cfg = compose_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false").data
+    with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: checksum does not match.*data.verify=false"):
+        load_arrays(cfg)
+
+
+def test_truncated_idx_file_is_named_in_the_error(tmp_path):
+    path = write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((10, 28, 28), np.uint8), gz=False)
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(DataError, match=rf"{path}: .*truncated or corrupt"):
+        read_idx(path)
+    path.write_bytes(b"not an idx file")
+    with pytest.raises(DataError, match="bad magic number"):
+        read_idx(path)
+
+
+def test_cifar10_loader_reads_python_batches(tmp_path):
+    written = write_cifar_like(tmp_path / "cifar-10-batches-py", per_batch=8)
+    cfg = compose_cfg("data=cifar10", f"data.root={tmp_path}", "data.verify=false", "data.download=false").data
+    arrays = load_arrays(cfg)
+    assert arrays.train[0].shape == (40, 3, 32, 32) and arrays.test[0].shape == (8, 3, 32, 32)
+    data_1, labels_1 = written["data_batch_1"]
+    # a row is 1024 red, then 1024 green, then 1024 blue values, each 32x32 in row-major order
+    assert arrays.train[0][0, 1, 2, 3] == data_1[0, 1024 + 2 * 32 + 3]
+    assert arrays.train[1][:8].tolist() == labels_1
+    d = data.load(cfg, torch.device("cpu"))
+    assert d.in_shape == (3, 32, 32) and d.mean.shape == (3,)
+
+
+def test_cifar_batch_that_carries_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": Payload(), b"labels": []}))
+    with pytest.raises(DataError, match="not a readable CIFAR-10 batch.*not allowed"):
+        read_cifar_batch(path)
+    assert not marker.exists()
+
+
+def test_missing_data_says_what_was_tried_and_what_to_do(tmp_path):
+    cfg = compose_cfg("data=cifar10", f"data.root={tmp_path}", "data.download=false").data
+    with pytest.raises(DataError) as err:
+        load_arrays(cfg)
+    message = str(err.value)
+    assert "\n" not in message
+    assert str(tmp_path / "cifar-10-batches-py") in message and "missing" in message
+    assert "data.download=false" in message and "cifar-10-python.tar.gz" in message
+
+
+@pytest.mark.skipif(not FASHION_SYSTEM.exists(), reason="apt-get install dataset-fashion-mnist (CI installs it)")
+def test_fashion_mnist_comes_from_the_debian_copy_and_passes_its_checksums(tmp_path):
+    cfg = compose_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false").data
+    arrays = load_arrays(cfg)
+    assert arrays.source == str(FASHION_SYSTEM)
+    assert arrays.train[0].shape == (60000, 1, 28, 28) and arrays.test[0].shape == (10000, 1, 28, 28)
+    assert np.bincount(arrays.test[1]).tolist() == [1000] * 10
+
+
+def _split(n: int) -> data.Split:
+    return data.Split(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n))
+
+
+def test_an_epoch_is_a_seeded_permutation_in_full_batches():
+    batches = data.Batches(_split(100), 32, None, None, shuffle=True, drop_last=True, seed=3)
+    assert len(batches) == 3
+    order = torch.cat([y for _, y in batches.epoch(0)])
+    assert len(order) == 96 and len(set(order.tolist())) == 96
+    assert torch.equal(order, torch.cat([y for _, y in batches.epoch(0)]))  # the same for (seed, epoch)
+    assert not torch.equal(order, torch.cat([y for _, y in batches.epoch(1)]))
+    other_seed = data.Batches(_split(100), 32, None, None, shuffle=True, drop_last=True, seed=4)
+    assert not torch.equal(order, torch.cat([y for _, y in other_seed.epoch(0)]))
+    for x, y in batches.epoch(0):  # images travel with their labels
+        assert torch.allclose(x[:, 0, 0, 0] * 255, y.float())
+
+
+def test_crop_flip_shifts_and_mirrors_each_image_of_the_batch():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    centre = torch.tensor([2, 2])
+    same = data.crop_flip(x, centre, centre, torch.tensor([False, False]), pad=2)
+    assert torch.equal(same, x)
+    mirrored = data.crop_flip(x, centre, centre, torch.tensor([True, False]), pad=2)
+    assert torch.equal(mirrored[0], x[0].flip(-1)) and torch.equal(mirrored[1], x[1])
+    shifted = data.crop_flip(x, torch.tensor([0, 4]), torch.tensor([2, 2]), torch.tensor([False, False]), pad=2)
+    assert torch.equal(shifted[0, 0, 2:], x[0, 0, :2]) and (shifted[0, 0, :2] == 0).all()  # down by 2, zero-padded
+    assert torch.equal(shifted[1, 0, :2], x[1, 0, 2:]) and (shifted[1, 0, 2:] == 0).all()  # up by 2

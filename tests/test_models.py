@@ -1,0 +1,339 @@
+"""The seed's semantics for models (DESIGN.md, "The seed's semantics"), checked on the real code.
+
+Every model is built with `models.build` from the real YAML configs, composed with Hydra,
+and checked on tiny tensors against the seed's equations computed by hand.
+"""
+
+import copy
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from torch import nn
+
+import models
+from models.blocks import Bottleneck, ConcatSkip, ConvBlock
+
+CONFIG_DIR = str((Path(__file__).resolve().parent.parent / "configs"))
+
+
+def hydra_compose(*overrides: str):
+    """The real config, composed by Hydra from the YAML files."""
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+_composed = functools.lru_cache(maxsize=None)(hydra_compose)
+
+
+def config(*overrides: str):
+    """`hydra_compose(*overrides)`, fast: Hydra composes the group choices (`model=bn`) once per
+    combination, and the value overrides (`model.channels=[4]`) are merged on a copy. The copy
+    keeps Hydra's struct mode, so a misspelled key still fails; `test_config_helper_is_hydra_compose`
+    checks the shortcut against a full compose.
+    """
+    choices = tuple(o for o in overrides if "." not in o.split("=", 1)[0])
+    values = [o for o in overrides if "." in o.split("=", 1)[0]]
+    cfg = copy.deepcopy(_composed(*choices))
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(values)) if values else cfg
+
+
+def test_config_helper_is_hydra_compose():
+    overrides = ("model=bn", "model.channels=[4]", "model.pool=null", "activation=leaky_relu", "activation.alpha=0.2")
+    assert config(*overrides) == hydra_compose(*overrides)
+
+
+def build(*overrides: str, in_shape=IN_SHAPE):
+    cfg = config(*overrides)
+    return models.build(cfg.model, cfg.activation, in_shape, NUM_CLASSES)
+
+
+def modules_of(model: nn.Module, kind: type) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, kind)]
+
+
+def leaf_types(model: nn.Module) -> list[type]:
+    """The types of the leaf modules, in forward order (every family is built from Sequentials)."""
+    return [type(m) for m in model.modules() if not list(m.children())]
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+
+
+# --- Plain CNN: the seed's one-hidden-layer network ---------------------------------------------
+
+SEED_NETWORK = ("model=plain", "model.channels=[4]", "model.pool=null", "model.hidden=[]", "activation=tanh")
+
+
+def test_one_conv_tanh_plain_network_has_the_seed_structure():
+    model = build(*SEED_NETWORK)
+    assert leaf_types(model) == [nn.Conv2d, nn.Tanh, nn.Flatten, nn.Linear]
+    (conv,) = modules_of(model, nn.Conv2d)
+    assert conv.in_channels == 1 and conv.out_channels == 4
+    assert conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+    assert conv.bias is not None
+    (linear,) = modules_of(model, nn.Linear)
+    assert linear.in_features == 4 * 6 * 6 and linear.out_features == NUM_CLASSES
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+def test_one_conv_tanh_plain_network_is_the_seed_equation(kernel_size):
+    """f(x) = tanh(x (*) W1 + b1) -> flatten -> W_out x + b_out, from the model's own parameters."""
+    model = build(*SEED_NETWORK, f"model.kernel_size={kernel_size}")
+    (conv,) = modules_of(model, nn.Conv2d)
+    (linear,) = modules_of(model, nn.Linear)
+    x = torch.randn(2, *IN_SHAPE)
+
+    hidden = torch.tanh(F.conv2d(x, conv.weight, conv.bias, padding=kernel_size // 2))
+    expected = hidden.reshape(x.shape[0], -1) @ linear.weight.T + linear.bias
+
+    torch.testing.assert_close(model(x), expected)
+
+
+# --- Activations --------------------------------------------------------------------------------
+
+X = torch.tensor([-3.0, -1.0, -0.25, 0.0, 0.5, 2.0])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["activation=tanh"], torch.tanh(X)),
+        (["activation=sigmoid"], 1 / (1 + torch.exp(-X))),
+        (["activation=relu"], torch.maximum(torch.zeros_like(X), X)),
+        (["activation=leaky_relu"], torch.maximum(0.1 * X, X)),  # default alpha = 0.1
+        (["activation=leaky_relu", "activation.alpha=0.2"], torch.maximum(0.2 * X, X)),
+    ],
+    ids=["tanh", "sigmoid", "relu_is_max_0_x", "leaky_relu_default_alpha", "leaky_relu_alpha_override"],
+)
+def test_activation_matches_its_formula(overrides, expected):
+    cfg = config(*overrides)
+    activation = models.activations.build_activation(cfg.activation)
+    torch.testing.assert_close(activation(X), expected)
+
+
+def test_every_activation_in_the_model_is_the_configured_one():
+    model = build("model=plain", "model.channels=[2,2]", "model.hidden=[4]", "activation=sigmoid",
+                  "model.pool=null")
+    assert len(modules_of(model, nn.Sigmoid)) == 3
+    assert not modules_of(model, nn.ReLU)
+
+
+# --- Batch norm ---------------------------------------------------------------------------------
+
+BN_NET = ("model=bn", "model.channels=[4]", "model.pool=null", "model.hidden=[5]", "activation=relu")
+
+
+def test_bn_sits_after_conv_and_before_activation_by_default():
+    model = build(*BN_NET)
+    assert leaf_types(model) == [
+        nn.Conv2d, nn.BatchNorm2d, nn.ReLU,  # conv block
+        nn.Flatten,
+        nn.Linear, nn.BatchNorm1d, nn.ReLU,  # hidden FC layer
+        nn.Linear,
+    ]
+
+
+def test_bn_position_after_puts_bn_after_the_activation():
+    model = build(*BN_NET, "model.bn_position=after")
+    assert leaf_types(model) == [
+        nn.Conv2d, nn.ReLU, nn.BatchNorm2d,
+        nn.Flatten,
+        nn.Linear, nn.ReLU, nn.BatchNorm1d,
+        nn.Linear,
+    ]
+
+
+def test_hidden_fc_layers_use_batchnorm1d_and_convs_batchnorm2d():
+    model = build(*BN_NET, "model.hidden=[5,6]")
+    assert [m.num_features for m in modules_of(model, nn.BatchNorm2d)] == [4]
+    assert [m.num_features for m in modules_of(model, nn.BatchNorm1d)] == [5, 6]
+    assert all(isinstance(m, nn.BatchNorm1d) for m in modules_of(model.head, nn.modules.batchnorm._BatchNorm))
+
+
+@pytest.mark.parametrize("position", ["before", "after"])
+def test_bn_gamma_starts_at_one_and_beta_at_zero(position):
+    model = build(*BN_NET, f"model.bn_position={position}")
+    norms = modules_of(model, nn.modules.batchnorm._BatchNorm)
+    assert len(norms) == 2
+    for bn in norms:
+        torch.testing.assert_close(bn.weight, torch.ones_like(bn.weight), rtol=0, atol=0)
+        torch.testing.assert_close(bn.bias, torch.zeros_like(bn.bias), rtol=0, atol=0)
+
+
+def test_bn2d_in_train_mode_normalizes_over_batch_and_spatial_positions():
+    model = build(*BN_NET)
+    (bn,) = modules_of(model, nn.BatchNorm2d)
+    assert bn.training
+    with torch.no_grad():  # non-trivial gamma and beta so they are checked too
+        bn.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+        bn.bias.copy_(torch.tensor([0.0, 1.0, -2.0, 3.0]))
+    h = torch.randn(3, 4, 5, 5) * 4 + 2
+
+    mean = h.mean(dim=(0, 2, 3), keepdim=True)
+    var = h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    gamma, beta = bn.weight.view(1, -1, 1, 1), bn.bias.view(1, -1, 1, 1)
+    expected = (h - mean) / torch.sqrt(var + bn.eps) * gamma + beta
+
+    torch.testing.assert_close(bn(h), expected)
+
+
+def test_bn1d_in_train_mode_normalizes_over_the_batch():
+    model = build(*BN_NET)
+    (bn,) = modules_of(model, nn.BatchNorm1d)
+    h = torch.randn(8, 5) * 3 - 1
+    expected = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + bn.eps)
+    torch.testing.assert_close(bn(h), expected)
+
+
+def test_conv_block_bn_output_is_normalized_per_channel():
+    """conv -> BN (gamma=1, beta=0): every channel has mean 0 and (biased) variance ~1 over B, H, W."""
+    model = build(*BN_NET)
+    conv_bn = nn.Sequential(*list(model.features[0])[:2])
+    out = conv_bn(torch.randn(4, *IN_SHAPE))
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.var(dim=(0, 2, 3), unbiased=False), torch.ones(4), atol=1e-3, rtol=0)
+
+
+# --- Concatenation skip -------------------------------------------------------------------------
+
+
+def test_concat_skip_output_is_input_then_new_channels():
+    in_shape = (2, 6, 6)
+    model = build("model=skip", "model.channels=[3,4]", "model.pool=null", "model.hidden=[]",
+                  in_shape=in_shape)
+    blocks = modules_of(model, ConcatSkip)
+    assert len(blocks) == 2
+    h = torch.randn(2, *in_shape)
+    for block, width in zip(blocks, [3, 4]):
+        out = block(h)
+        assert out.shape == (2, h.shape[1] + width, 6, 6)
+        torch.testing.assert_close(out[:, : h.shape[1]], h, rtol=0, atol=0)
+        h = out
+    assert h.shape[1] == 2 + 3 + 4
+
+
+def test_concat_skip_next_layer_takes_both_and_head_sees_all_channels():
+    in_shape = (2, 6, 6)
+    model = build("model=skip", "model.channels=[3,4]", "model.pool=null", "model.hidden=[]",
+                  in_shape=in_shape)
+    convs = modules_of(model, nn.Conv2d)
+    assert [c.in_channels for c in convs] == [2, 2 + 3]
+    (linear,) = modules_of(model, nn.Linear)
+    assert linear.in_features == (2 + 3 + 4) * 6 * 6
+    assert model(torch.randn(2, *in_shape)).shape == (2, NUM_CLASSES)
+
+
+# --- 1x1 convolution ----------------------------------------------------------------------------
+
+
+def test_1x1_conv_changes_channels_without_looking_at_neighbours():
+    model = build("model=plain", "model.channels=[5]", "model.kernel_size=1", "model.pool=null",
+                  "model.hidden=[]", in_shape=(3, 6, 6))
+    (conv,) = modules_of(model, nn.Conv2d)
+    assert conv.kernel_size == (1, 1) and conv.padding == (0, 0)
+
+    x = torch.randn(1, 3, 6, 6)
+    out = conv(x)
+    assert out.shape == (1, 5, 6, 6)
+
+    x2 = x.clone()
+    x2[0, :, 2, 3] += 10.0
+    changed = (conv(x2) - out).abs().amax(dim=1)[0] > 0  # (H, W) map of changed output positions
+    expected = torch.zeros(6, 6, dtype=torch.bool)
+    expected[2, 3] = True
+    assert torch.equal(changed, expected)
+
+
+# --- Residual bottleneck ------------------------------------------------------------------------
+
+
+def _randomize_bn(module: nn.Module) -> None:
+    with torch.no_grad():
+        for bn in modules_of(module, nn.BatchNorm2d):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.5, 0.5)
+
+
+def test_bottleneck_subnetwork_shrinks_to_c_over_r_and_expands_to_c_prime():
+    block = Bottleneck(8, 12, 4, nn.ReLU)
+    convs = modules_of(block.subnetwork, nn.Conv2d)
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (8, 2, (1, 1)),
+        (2, 2, (3, 3)),
+        (2, 12, (1, 1)),
+    ]
+    assert [type(m) for m in block.subnetwork] == [
+        nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d,
+    ]
+
+
+def test_bottleneck_shortcut_is_identity_when_channels_match():
+    block = Bottleneck(8, 8, 2, nn.ReLU)
+    assert isinstance(block.shortcut, nn.Identity)
+
+
+def test_bottleneck_shortcut_is_1x1_conv_and_bn_without_activation_when_channels_differ():
+    block = Bottleneck(8, 12, 2, nn.ReLU)
+    assert [type(m) for m in block.shortcut.modules() if not list(m.children())] == [nn.Conv2d, nn.BatchNorm2d]
+    conv = block.shortcut[0]
+    assert (conv.in_channels, conv.out_channels, conv.kernel_size) == (8, 12, (1, 1))
+
+
+@pytest.mark.parametrize(("c_in", "c_out"), [(8, 8), (8, 12)])
+def test_bottleneck_forward_is_act_of_subnetwork_plus_shortcut(c_in, c_out):
+    block = Bottleneck(c_in, c_out, 4, nn.Tanh)
+    _randomize_bn(block)
+    x = torch.randn(2, c_in, 5, 5)
+
+    sub = block.subnetwork
+    h = torch.tanh(sub[1](F.conv2d(x, sub[0].weight)))
+    h = torch.tanh(sub[4](F.conv2d(h, sub[3].weight, padding=1)))
+    h = sub[7](F.conv2d(h, sub[6].weight))
+    if c_in == c_out:
+        short = x
+    else:
+        short = block.shortcut[1](F.conv2d(x, block.shortcut[0].weight))
+    expected = torch.tanh(h + short)
+
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_residual_model_with_overridden_ratio_builds_and_classifies():
+    model = build("model=residual", "model.channels=[8,12]", "model.blocks=1", "model.bottleneck_ratio=2",
+                  "model.hidden=[6]")
+    blocks = modules_of(model, Bottleneck)
+    assert len(blocks) == 2
+    assert [b.subnetwork[0].out_channels for b in blocks] == [8 // 2, 8 // 2]
+    assert isinstance(blocks[0].shortcut, nn.Identity)  # 8 -> 8
+    assert not isinstance(blocks[1].shortcut, nn.Identity)  # 8 -> 12
+    assert model(torch.randn(2, *IN_SHAPE)).shape == (2, NUM_CLASSES)
+
+
+# --- Bad values ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model.channels=[]"], "model.channels"),
+        (["model.channels=[0]"], "model.channels"),
+        (["model.pool=bogus"], "model.pool"),
+        (["model.kernel_size=0"], "model.kernel_size"),
+        (["model.hidden=[-1]"], "model.hidden"),
+        (["model=bn", "model.bn_position=middle"], "model.bn_position"),
+        (["model.arch=bogus"], "model.arch"),
+        (["activation.name=bogus"], "activation.name"),
+        (["model=residual", "model.channels=[4]", "model.bottleneck_ratio=8"], "model.bottleneck_ratio"),
+        (["model=residual", "model.blocks=0"], "model.blocks"),
+    ],
+)
+def test_bad_value_raises_value_error_naming_the_key(overrides, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        build(*overrides)

@@ -1,0 +1,128 @@
+"""The `run` command end to end: real Hydra composition, real training on the embedded
+MNIST digits, the run directory read back (metrics.json, checkpoint, TensorBoard events)."""
+
+import json
+import sys
+
+import pytest
+import torch
+from helpers import run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+TAGS = {"loss/train", "loss/val", "acc/train", "acc/val", "lr", "acc/test", "loss/test"}
+METRICS_KEYS = {"status", "test_acc", "test_loss", "best_val_acc", "epochs", "train_seconds", "num_params"}
+
+
+def read_events(run_dir):
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
+def session_hparams(events) -> dict:
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+
+
+def test_one_epoch_learns_and_fills_the_run_directory(tmp_path, quick):
+    run_dir = tmp_path / "run"
+    result = run_cli(*quick, "optimizer=adam", "sched=cosine", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert METRICS_KEYS <= metrics.keys()
+    assert metrics["status"] == "completed" and metrics["epochs"] == 1
+    assert metrics["test_acc"] > 0.5  # chance is 0.1
+    assert metrics["choices"] == {
+        "data": "mnist_5k", "model": "plain", "activation": "relu",
+        "optimizer": "adam", "sched": "cosine", "trainer": "default",
+    }
+    assert metrics["seed"] == 0 and metrics["data"]["sizes"] == {"train": 3600, "val": 400, "test": 1000}
+
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["step"] == metrics["steps"] == 3600 // 64
+
+    events = read_events(run_dir)
+    assert TAGS <= set(events.Tags()["scalars"])
+    assert events.Scalars("acc/test")[-1].value == pytest.approx(metrics["test_acc"], abs=1e-6)
+    hparams = session_hparams(events)  # in the run itself, not in a sub-run
+    assert hparams["model"] == "plain" and hparams["optimizer"] == "adam" and hparams["sched"] == "cosine"
+    assert hparams["lr"] == pytest.approx(0.001) and hparams["data.batch_size"] == 64
+    assert not [p for p in run_dir.rglob("events.out.tfevents.*") if p.parent != run_dir]
+    assert "Run directory:" in result.stdout and "tensorboard --logdir" in result.stdout
+    assert "epoch 1/1" in result.stdout  # plain lines off a terminal
+
+
+def test_default_run_directory_names_what_was_chosen(tmp_path, quick):
+    result = run_cli(*quick, "model=bn", "optimizer=adam", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
+    assert run_dir.name.endswith("_bn-relu-adam-cosine")
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_bad_input_gets_one_line_naming_key_value_and_what_is_allowed(tmp_path):
+    result = run_cli("optimizer.lr=-1", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: optimizer.lr=-1 is not allowed; allowed: a number > 0"
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    unknown = run_cli("model=nope", f"hydra.run.dir={tmp_path / 'run2'}")
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+    assert "model" in unknown.stderr and "nope" in unknown.stderr and "residual" in unknown.stderr
+
+
+def test_help_and_cfg_job_do_not_import_torch():
+    code = (
+        "import sys; sys.argv = ['run', '--cfg', 'job', 'model=residual'];"
+        "from runner.app import main\n"
+        "try: main()\n"
+        "except SystemExit: pass\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "arch: residual" in result.stdout and "bottleneck_ratio: 4" in result.stdout
+    help_text = run_cli("--help")
+    assert help_text.returncode == 0 and "model: bn, plain, residual, skip" in help_text.stdout
+
+
+def test_examples_from_the_issue_compose_and_train(tmp_path, quick):
+    result = run_cli(
+        *quick, "model=residual", "activation=leaky_relu", "activation.alpha=0.2", "trainer.precision=bf16",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["precision"] == "bf16" and metrics["test_acc"] > 0.3
+
+
+def test_a_diverged_job_does_not_stop_the_sweep(tmp_path, quick):
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", *quick, "optimizer=sgd", "optimizer.lr=1e30,0.05", f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    statuses = {}
+    for metrics_file in sweep.glob("*/metrics.json"):
+        metrics = json.loads(metrics_file.read_text())
+        statuses[metrics_file.parent.name] = metrics["status"]
+    assert sorted(statuses.values()) == ["completed", "diverged"], statuses
+
+
+@pytest.mark.slow
+def test_sweep_over_every_model_and_activation(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "model=plain,bn,residual,skip", "activation=tanh,sigmoid,relu,leaky_relu",
+        "trainer.max_epochs=1", "data.train_size=256", "model.channels=[8,16]", "model.hidden=[16]",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert result.returncode == 0, result.stderr
+    runs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert len(runs) == 16
+    for metrics_file in sweep.glob("*/metrics.json"):
+        assert json.loads(metrics_file.read_text())["status"] == "completed"
