@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import compose_cfg, write_cifar_like, write_idx, write_mnist_like
 
 from runner import data
 from runner.datasets import DataError, load_arrays, read_cifar_batch, read_idx
-from helpers import compose_cfg, write_cifar_like, write_idx, write_mnist_like
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
