@@ -10,20 +10,24 @@ import torch
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _check(cfg) -> None:
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"optimizer.name={cfg.name!r} is not known; allowed: {', '.join(OPTIMIZERS)}")
-    if not cfg.lr > 0:
+    if not (is_number(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"optimizer.lr={cfg.lr} is not allowed; allowed: a number > 0")
-    if not cfg.weight_decay >= 0:
+    if not (is_number(cfg.weight_decay) and cfg.weight_decay >= 0):
         raise ValueError(f"optimizer.weight_decay={cfg.weight_decay} is not allowed; allowed: a number >= 0")
-    if cfg.name in ("momentum", "nesterov") and not 0 < cfg.momentum < 1:
+    if cfg.name in ("momentum", "nesterov") and not (is_number(cfg.momentum) and 0 < cfg.momentum < 1):
         raise ValueError(f"optimizer.momentum={cfg.momentum} is not allowed for {cfg.name}; allowed: 0 < momentum < 1")
     if cfg.name in ("adam", "adamw"):
         betas = list(cfg.betas)
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        if len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
             raise ValueError(f"optimizer.betas={betas} is not allowed; allowed: two numbers in [0, 1)")
-        if not cfg.eps > 0:
+        if not (is_number(cfg.eps) and cfg.eps > 0):
             raise ValueError(f"optimizer.eps={cfg.eps} is not allowed; allowed: a number > 0")
 
 

@@ -8,6 +8,8 @@ Cosine annealing: eta_t = eta_min + (eta_0 - eta_min) (1 + cos(pi t / T_max)) / 
 import torch
 from torch.optim import lr_scheduler
 
+from optim.optimizers import is_number
+
 SCHEDULES = ("constant", "cosine", "cosine_restarts", "step", "plateau")
 INTERVALS = ("step", "epoch")
 
@@ -43,13 +45,16 @@ def _check(cfg) -> None:
         raise ValueError(f"sched.interval={cfg.interval!r} is not known; allowed: step, epoch")
     if cfg.name == "plateau" and cfg.interval != "epoch":
         raise ValueError("sched.interval='step' is not allowed for sched=plateau; allowed: epoch")
-    if not cfg.get("warmup", 0) >= 0:
-        raise ValueError(f"sched.warmup={cfg.warmup} is not allowed; allowed: a number of epochs >= 0")
-    if cfg.name == "plateau" and cfg.get("warmup", 0):
-        raise ValueError(f"sched.warmup={cfg.warmup} is not allowed for sched=plateau; allowed: 0")
+    warmup = cfg.get("warmup", 0)
+    if not (is_number(warmup) and warmup >= 0):
+        raise ValueError(f"sched.warmup={warmup} is not allowed; allowed: a number of epochs >= 0")
+    if cfg.name == "plateau" and warmup:
+        raise ValueError(f"sched.warmup={warmup} is not allowed for sched=plateau; allowed: 0")
     for key in ("t_max", "t_0", "step_size"):
-        if cfg.get(key) is not None and not cfg[key] > 0:
+        if cfg.get(key) is not None and not (is_number(cfg[key]) and cfg[key] > 0):
             raise ValueError(f"sched.{key}={cfg[key]} is not allowed; allowed: a number of epochs > 0")
+    if cfg.get("eta_min") is not None and not (is_number(cfg.eta_min) and cfg.eta_min >= 0):
+        raise ValueError(f"sched.eta_min={cfg.eta_min} is not allowed; allowed: a number >= 0")
 
 
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> LrSchedule:

@@ -1,4 +1,4 @@
-"""What the terminal shows: a rich progress bar with live loss (plain lines when not a TTY),
+"""What the terminal shows: a rich progress bar with live loss and accuracy (plain lines off a TTY),
 one line per epoch, and a short summary at the end."""
 
 import logging
@@ -17,6 +17,8 @@ def use_rich_logging() -> None:
     if not console.is_terminal:
         return
     root = logging.getLogger()
+    if any(isinstance(handler, RichHandler) for handler in root.handlers):
+        return
     for handler in list(root.handlers):
         if type(handler) is logging.StreamHandler:
             root.removeHandler(handler)
@@ -49,7 +51,8 @@ class TrainingProgress:
             TextColumn("[bold]train[/]"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  val acc {task.fields[val_acc]}"),
+            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            TextColumn("loss {task.fields[loss]}  acc {task.fields[acc]}  val acc {task.fields[val_acc]}"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=console,
@@ -57,7 +60,14 @@ class TrainingProgress:
         )
         total = max_epochs * steps_per_epoch
         self.task = self.bar.add_task(
-            "train", total=total, completed=done_epochs * steps_per_epoch, epoch=done_epochs + 1, loss="-", val_acc="-"
+            "train",
+            total=total,
+            completed=done_epochs * steps_per_epoch,
+            epoch=done_epochs + 1,
+            epochs=max_epochs,
+            loss="-",
+            acc="-",
+            val_acc="-",
         )
         self.bar.start()
 
@@ -65,9 +75,10 @@ class TrainingProgress:
         if self.bar:
             self.bar.advance(self.task)
 
-    def show(self, loss: float) -> None:
+    def show(self, loss: float, acc: float) -> None:
+        """The training loss and accuracy over the steps since the last update."""
         if self.bar:
-            self.bar.update(self.task, loss=f"{loss:.4f}")
+            self.bar.update(self.task, loss=f"{loss:.4f}", acc=f"{acc:.4f}")
 
     def end_epoch(self, entry: dict, max_epochs: int) -> None:
         log.info(epoch_line(entry, max_epochs))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from runner.datasets import load_arrays, stratified_split
 
-EVAL_BATCH_SIZE = 1000
+EVAL_BATCH_SIZE = 256  # the fastest of 128, 256 and 1000 for evaluation on a 2-core CPU
 
 
 @dataclass
@@ -56,6 +56,18 @@ def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
     return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
 
 
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of uint8 images scaled to [0, 1], from a histogram of the 256 values."""
+    values = np.arange(256) / 255
+    mean, std = [], []
+    for c in range(images.shape[1]):
+        counts = np.bincount(images[:, c].ravel(), minlength=256)
+        m = counts @ values / counts.sum()
+        mean.append(m)
+        std.append(np.sqrt(counts @ (values - m) ** 2 / counts.sum()))
+    return np.array(mean), np.array(std)
+
+
 def load(cfg, device: torch.device) -> Data:
     """The splits `data=<name>` chooses, on `device`: val held out of train, train capped at train_size."""
     _check(cfg)
@@ -69,8 +81,7 @@ def load(cfg, device: torch.device) -> Data:
         "val": (images[val_idx], labels[val_idx]),
         "test": arrays.test,
     }
-    scaled = splits["train"][0].astype(np.float64) / 255
-    mean, std = scaled.mean(axis=(0, 2, 3)), scaled.std(axis=(0, 2, 3))
+    mean, std = channel_stats(splits["train"][0])
     info = {
         "name": cfg.name,
         "source": arrays.source,

@@ -8,6 +8,7 @@ import os
 import platform
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +80,61 @@ def hparams(cfg: DictConfig, choices, precision: str) -> dict:
     for override in HydraConfig.get().overrides.task:
         key = override.split("=", 1)[0].lstrip("+~")
         value = OmegaConf.select(cfg, key, default=None)
-        if key not in GROUPS and not isinstance(value, DictConfig):
-            values[key] = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str(value)
+        if key in GROUPS or value is None or isinstance(value, DictConfig):
+            continue  # group choices are listed already; hydra.* keys are not in cfg
+        values[key] = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str(value)
     return values
+
+
+def check_run(cfg: DictConfig) -> None:
+    """The top-level and trainer values that no builder reads."""
+    t = cfg.trainer
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise ValueError(f"seed={cfg.seed!r} is not allowed; allowed: an integer >= 0")
+    if not isinstance(t.max_epochs, int) or t.max_epochs < 0:
+        raise ValueError(f"trainer.max_epochs={t.max_epochs!r} is not allowed; allowed: an integer >= 0")
+    if t.grad_clip is not None and not (isinstance(t.grad_clip, (int, float)) and t.grad_clip > 0):
+        raise ValueError(f"trainer.grad_clip={t.grad_clip!r} is not allowed; allowed: a number > 0 or null")
+    if not isinstance(t.log_every_n_steps, int) or t.log_every_n_steps < 1:
+        raise ValueError(f"trainer.log_every_n_steps={t.log_every_n_steps!r} is not allowed; allowed: an integer >= 1")
+
+
+@dataclass
+class Parts:
+    """Everything a run trains with, built from the config before any training starts."""
+
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    dataset: data.Data
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: optim.LrSchedule
+    train: data.Batches
+    val: data.Batches
+    test: data.Batches
+
+
+def build(cfg: DictConfig) -> Parts:
+    """Data on the device, model, optimizer, schedule and batches; bad input raises SetupError."""
+    try:
+        check_run(cfg)
+        seed_everything(cfg.seed)
+        device = pick_device(cfg.trainer.device)
+        autocast_dtype = pick_precision(cfg.trainer.precision, device)
+        dataset = data.load(cfg.data, device)
+        model = models.build(cfg.model, cfg.activation, dataset.in_shape, dataset.num_classes).to(device)
+        optimizer = optim.build(cfg.optimizer, model.parameters())
+        mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
+        train = data.Batches(
+            dataset.train, cfg.data.batch_size, mean, std,
+            shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed,
+        )
+        val = data.Batches(dataset.val, data.EVAL_BATCH_SIZE, mean, std)
+        test = data.Batches(dataset.test, data.EVAL_BATCH_SIZE, mean, std)
+        schedule = optim.build_scheduler(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
+    except (ValueError, DataError) as e:
+        raise SetupError(str(e)) from e
+    return Parts(device, autocast_dtype, dataset, model, optimizer, schedule, train, val, test)
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -89,43 +142,21 @@ def run_job(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     choices = hydra_cfg.runtime.choices
     console.use_rich_logging()
-    seed_everything(cfg.seed)
-    try:
-        device = pick_device(cfg.trainer.device)
-        autocast_dtype = pick_precision(cfg.trainer.precision, device)
-        dataset = data.load(cfg.data, device)
-        model = models.build(cfg.model, cfg.activation, dataset.in_shape, dataset.num_classes).to(device)
-        optimizer = optim.build(cfg.optimizer, model.parameters())
-        mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
-        if cfg.data.augment and dataset.in_shape[1:] != (32, 32):
-            console.log.warning("data.augment=true: random crops and flips are meant for CIFAR-10 images")
-        train = data.Batches(
-            dataset.train, cfg.data.batch_size, mean, std, shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed
-        )
-        val = data.Batches(dataset.val, data.EVAL_BATCH_SIZE, mean, std)
-        test = data.Batches(dataset.test, data.EVAL_BATCH_SIZE, mean, std)
-        schedule = optim.build_scheduler(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
-        if cfg.trainer.max_epochs < 0:
-            raise ValueError(f"trainer.max_epochs={cfg.trainer.max_epochs} is not allowed; allowed: an integer >= 0")
-        if cfg.trainer.grad_clip is not None and not cfg.trainer.grad_clip > 0:
-            raise ValueError(f"trainer.grad_clip={cfg.trainer.grad_clip} is not allowed; allowed: a number > 0 or null")
-    except (ValueError, DataError) as e:
-        raise SetupError(str(e)) from e
+    parts = build(cfg)
 
-    precision = "bf16" if autocast_dtype == torch.bfloat16 else "fp32"
+    precision = "bf16" if parts.autocast_dtype == torch.bfloat16 else "fp32"
     name = run_name(choices)
-    console.log.info(f"{name}: {len(dataset.train)} training images on {device} ({precision}), run dir {run_dir}")
+    console.log.info(f"{name}: {len(parts.dataset.train)} training images on {parts.device} ({precision})")
     logger = RunLogger(run_dir)
     logger.hparams(hparams(cfg, choices, precision))
     last = run_dir / "checkpoints" / "last.pt"
     trainer = Trainer(
-        model, optimizer, schedule, train, val, test, cfg.trainer, autocast_dtype, logger,
-        console.TrainingProgress(), checkpoint=lambda state: checkpoint.save(last, state),
+        parts.model, parts.optimizer, parts.schedule, parts.train, parts.val, parts.test, cfg.trainer,
+        parts.autocast_dtype, logger, console.TrainingProgress(), checkpoint=lambda state: checkpoint.save(last, state),
     )
     status = "failed"
     try:
-        result = trainer.fit()
-        status = result.status
+        status = trainer.fit().status
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -140,12 +171,12 @@ def run_job(cfg: DictConfig) -> float | None:
             "epochs": trainer.epoch,
             "steps": trainer.step,
             "train_seconds": round(result.train_seconds, 3),
-            "num_params": models.num_params(model),
+            "num_params": models.num_params(parts.model),
             "seed": cfg.seed,
             "choices": {g: choices.get(g) for g in GROUPS},
-            "device": str(device),
+            "device": str(parts.device),
             "precision": precision,
-            "data": dataset.info,
+            "data": parts.dataset.info,
             "history": result.history,
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
             "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
@@ -153,7 +184,7 @@ def run_job(cfg: DictConfig) -> float | None:
         write_json(run_dir / "metrics.json", metrics)
         logger.close(status)
     if status == "diverged":
-        console.log.error(f"{name}: the training loss became NaN or infinite at step {trainer.step}; status: diverged")
+        console.log.error(f"{name}: the training loss became NaN or infinite by step {trainer.step}; status: diverged")
     outputs = Path(hydra_cfg.runtime.cwd, "outputs").resolve()
     logdir = "outputs" if run_dir.resolve().is_relative_to(outputs) else str(run_dir)
     console.print_summary(metrics, str(run_dir), logdir)

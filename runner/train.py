@@ -62,7 +62,7 @@ class Trainer:
     def fit(self) -> Result:
         start = time.perf_counter() - self.result.train_seconds
         self.progress.start(self.max_epochs, len(self.train_batches), done_epochs=self.epoch)
-        while self.epoch < self.max_epochs and self.result.status == "completed":
+        while self.epoch < self.max_epochs:
             lr = self.lr()
             train_loss, train_acc = self.train_epoch(self.epoch)
             if not math.isfinite(train_loss):
@@ -106,8 +106,9 @@ class Trainer:
         device = next(self.model.parameters()).device
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
-        window = torch.zeros((), device=device)
-        count = window_steps = 0
+        window_loss = torch.zeros((), device=device)
+        window_correct = torch.zeros((), device=device, dtype=torch.long)
+        count = window_steps = window_count = 0
         for x, y in self.train_batches.epoch(epoch):
             with self.autocast():
                 logits = self.model(x)
@@ -120,20 +121,24 @@ class Trainer:
             self.schedule.after_step()
             self.step += 1
             loss = loss.detach().float()
+            hits = (logits.argmax(1) == y).sum()
             loss_sum += loss * len(y)
-            correct += (logits.argmax(1) == y).sum()
+            correct += hits
             count += len(y)
-            window += loss
+            window_loss += loss
+            window_correct += hits
             window_steps += 1
+            window_count += len(y)
             self.progress.advance()
             if self.step % self.log_every == 0:
-                mean = (window / window_steps).item()  # the only host sync between epochs
+                mean = (window_loss / window_steps).item()  # the only host syncs between epochs
                 self.logger.scalars({"loss/train": mean, "lr": self.lr()}, self.step)
-                self.progress.show(loss=mean)
+                self.progress.show(loss=mean, acc=window_correct.item() / window_count)
                 if not math.isfinite(mean):
                     return math.nan, 0.0
-                window.zero_()
-                window_steps = 0
+                window_loss.zero_()
+                window_correct.zero_()
+                window_steps = window_count = 0
         return (loss_sum / max(count, 1)).item(), correct.item() / max(count, 1)
 
     @torch.inference_mode()
