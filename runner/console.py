@@ -93,10 +93,11 @@ class TrainingProgress:
 
 def print_summary(metrics: dict, run_dir: str, logdir: str) -> None:
     """The run's final numbers, where its files are and how to open TensorBoard."""
-    table = Table(title=f"ablate: {metrics['name']}", show_header=False, title_justify="left")
+    table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     rows = [
+        ("run", metrics["name"]),
         ("status", metrics["status"]),
         ("test accuracy", _fmt(metrics["test_acc"])),
         ("test loss", _fmt(metrics["test_loss"])),
