@@ -7,9 +7,10 @@ STAMP := $(VENV)/.installed
 .PHONY: venv run test test-all tensorboard clean
 
 $(STAMP): pyproject.toml
+	@echo "Creating $(VENV) with torch, torchvision, hydra-core, tensorboard, rich, mlxtend (first time: about 2 minutes)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install -qq --upgrade pip
+	$(BIN)/pip install -qq -e '.[test]'
 	touch $(STAMP)
 
 venv: $(STAMP)
