@@ -59,6 +59,18 @@ def test_one_epoch_learns_and_fills_the_run_directory(tmp_path, quick):
     assert "epoch 1/1" in result.stdout  # plain lines off a terminal
 
 
+def test_the_same_command_reproduces_every_number(tmp_path, quick):
+    histories = []
+    for name in ("first", "second"):
+        result = run_cli(*quick, "seed=7", f"hydra.run.dir={tmp_path / name}")
+        assert result.returncode == 0, result.stderr
+        metrics = json.loads((tmp_path / name / "metrics.json").read_text())
+        histories.append([{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]] + [metrics["test_acc"]])
+    assert histories[0] == histories[1]
+    other_seed = run_cli(*quick, "seed=8", f"hydra.run.dir={tmp_path / 'other'}")
+    assert json.loads((tmp_path / "other" / "metrics.json").read_text())["history"][0]["train_loss"] != histories[0][0]["train_loss"]
+
+
 def test_default_run_directory_names_what_was_chosen(tmp_path, quick):
     result = run_cli(*quick, "model=bn", "optimizer=adam", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
