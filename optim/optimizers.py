@@ -1,4 +1,7 @@
-"""Optimizer factory on torch.optim: sgd, momentum, nesterov, adam, adamw.
+"""Optimizer factory: sgd, momentum, nesterov, adam, adamw, from torch.optim or the seed's equations.
+
+`optimizer.impl=torch` (the default) builds torch.optim optimizers; `optimizer.impl=textbook`
+builds optim/textbook.py's, which run the seed's update equations as written.
 
 torch.optim.SGD keeps v <- mu v + g; theta <- theta - eta v. The seed writes momentum as
 v <- mu v + eta g; theta <- theta - v: the same updates while eta is constant. torch's
@@ -7,7 +10,10 @@ nesterov=True is the seed's look-ahead Nesterov after a change of variables.
 
 import torch
 
+from optim import textbook
+
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adam", "adamw")
+IMPLS = ("torch", "textbook")
 
 
 def is_number(value) -> bool:
@@ -17,6 +23,9 @@ def is_number(value) -> bool:
 def _check(cfg) -> None:
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"optimizer.name={cfg.name!r} is not known; allowed: {', '.join(OPTIMIZERS)}")
+    impl = cfg.get("impl", "torch")
+    if impl not in IMPLS:
+        raise ValueError(f"optimizer.impl={impl!r} is not known; allowed: {', '.join(IMPLS)}")
     if not (is_number(cfg.lr) and cfg.lr > 0):
         raise ValueError(f"optimizer.lr={cfg.lr} is not allowed; allowed: a number > 0")
     if not (is_number(cfg.weight_decay) and cfg.weight_decay >= 0):
@@ -32,12 +41,25 @@ def _check(cfg) -> None:
 
 
 def build(cfg, params) -> torch.optim.Optimizer:
-    """The torch.optim optimizer that `optimizer=<name>` chooses, over `params`."""
+    """The optimizer that `optimizer=<name>` and `optimizer.impl` choose, over `params`."""
     _check(cfg)
+    if cfg.get("impl", "torch") == "textbook":
+        return _build_textbook(cfg, params)
     lr, wd = float(cfg.lr), float(cfg.weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=lr, weight_decay=wd)
     if cfg.name in ("momentum", "nesterov"):
         return torch.optim.SGD(params, lr=lr, momentum=float(cfg.momentum), nesterov=cfg.name == "nesterov", weight_decay=wd)
     adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return adam(params, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps), weight_decay=wd)
+
+
+def _build_textbook(cfg, params) -> textbook.TextbookOptimizer:
+    lr, wd = float(cfg.lr), float(cfg.weight_decay)
+    if cfg.name == "sgd":
+        return textbook.TextbookSGD(params, lr=lr, weight_decay=wd)
+    if cfg.name in ("momentum", "nesterov"):
+        method = textbook.TextbookMomentum if cfg.name == "momentum" else textbook.TextbookNesterov
+        return method(params, lr=lr, momentum=float(cfg.momentum), weight_decay=wd)
+    adam = textbook.TextbookAdam if cfg.name == "adam" else textbook.TextbookAdamW
     return adam(params, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps), weight_decay=wd)

@@ -1,6 +1,7 @@
 """The `run` command end to end: real Hydra composition, real training on the embedded
 MNIST digits, the run directory read back (metrics.json, checkpoint, TensorBoard events)."""
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -74,6 +75,7 @@ def test_the_same_command_reproduces_every_number(tmp_path, quick):
 def test_default_run_directory_names_what_was_chosen(tmp_path, quick):
     result = run_cli(*quick, "model=bn", "optimizer=adam", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    assert [p.name for p in (tmp_path / "outputs").iterdir()] == ["runs"]  # no sweep directory for a run
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     assert run_dir.name.endswith("_bn-relu-adam-cosine")
     assert (run_dir / "metrics.json").is_file()
@@ -119,15 +121,23 @@ def test_residual_leaky_relu_example_on_fashion_mnist(tmp_path, quick):
     assert metrics["test_acc"] > 0.4  # chance is 0.1
 
 
-def test_a_diverged_job_does_not_stop_the_sweep(tmp_path, quick):
+def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_path, quick):
     sweep = tmp_path / "sweep"
     result = run_cli("-m", *quick, "optimizer=sgd", "optimizer.lr=1e30,0.05", f"hydra.sweep.dir={sweep}")
     assert result.returncode == 0, result.stderr
-    statuses = {}
-    for metrics_file in sweep.glob("*/metrics.json"):
-        metrics = json.loads(metrics_file.read_text())
-        statuses[metrics_file.parent.name] = metrics["status"]
-    assert sorted(statuses.values()) == ["completed", "diverged"], statuses
+    statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/metrics.json")}
+    assert statuses == {"optimizer.lr=1e+30": "diverged", "optimizer.lr=0.05": "completed"}  # named by the swept key
+
+    with open(sweep / "summary.csv") as f:
+        rows = {row["optimizer.lr"]: row for row in csv.DictReader(f)}
+    assert rows["1e+30"]["status"] == "diverged" and rows["1e+30"]["test_acc"] == ""
+    assert float(rows["0.05"]["test_acc"]) == json.loads((sweep / "optimizer.lr=0.05" / "metrics.json").read_text())["test_acc"]
+    summary = (sweep / "summary.md").read_text()
+    assert "| **optimizer.lr=0.05** | 1 |" in summary and "best" in summary
+    assert "| optimizer.lr=1e+30 | 0 | - |" in summary and "1 diverged" in summary
+    for plot in ("val_acc.png", "train_loss.png", "test_acc.png"):
+        assert (sweep / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
+    assert "2 runs, 2 variants" in result.stdout
 
 
 @pytest.mark.slow

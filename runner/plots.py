@@ -1,0 +1,63 @@
+"""Plots of a comparison (matplotlib, written as PNG): validation accuracy and train loss per
+epoch for each variant with a ±std band over seeds, and final test accuracy with error bars."""
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _curves(variant, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Epochs, mean and std of `key` over the variant's completed runs (up to the shortest history)."""
+    histories = [r.metrics.get("history") or [] for r in variant.completed()]
+    length = min((len(h) for h in histories), default=0)
+    if length == 0:
+        return None
+    values = np.array([[e[key] if e[key] is not None else np.nan for e in h[:length]] for h in histories], dtype=float)
+    return np.arange(1, length + 1), np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+
+
+def write_plots(variants: list, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for key, title, name in (("val_acc", "validation accuracy", "val_acc.png"), ("train_loss", "train loss", "train_loss.png")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for v in variants:
+            curve = _curves(v, key)
+            if curve is None:
+                continue
+            epochs, mean, std = curve
+            (line,) = ax.plot(epochs, mean, marker="o", markersize=3, label=f"{v.label} (n={len(v.completed())})")
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(title)
+        ax.set_title(f"{title} per epoch (mean ± std over seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+
+    stats = [(v.label, *v.stat("test_acc")) for v in variants if v.stat("test_acc")[0] is not None]
+    fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(stats) + 2), 4.5))
+    if stats:
+        labels, means, stds = zip(*stats)
+        ax.bar(range(len(stats)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+        ax.set_xticks(range(len(stats)), labels, rotation=30, ha="right", fontsize=8)
+        low = min(m - s for m, s in zip(means, stds))
+        ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.02))
+    ax.set_ylabel("test accuracy")
+    ax.set_title("final test accuracy (mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "test_acc.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "test_acc.png")
+    return written

@@ -1,0 +1,228 @@
+"""Comparisons of many runs: one row per run (summary.csv), one row per variant (summary.md),
+plots (plots/*.png) and a table on the terminal.
+
+A variant is a set of runs that differ only in `seed`. Runs are told apart by the choices
+and values that differ between them, so runs of different sweeps can be compared too.
+Written at the end of every sweep (SweepSummary, a Hydra callback) and by `report PATH ...`.
+"""
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+GROUPS = ("data", "model", "activation", "optimizer", "sched", "trainer")
+RUN_COLUMNS = ("status", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "epochs", "train_seconds", "num_params")
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict
+    values: dict  # the run's choices ("model": "bn") and flattened config ("model.channels": "[32, 64]")
+
+    @property
+    def final_train_loss(self) -> float | None:
+        history = self.metrics.get("history") or []
+        return history[-1]["train_loss"] if history else None
+
+
+@dataclass
+class Variant:
+    label: str
+    runs: list[Run] = field(default_factory=list)
+
+    def completed(self) -> list[Run]:
+        return [r for r in self.runs if r.metrics["status"] == "completed"]
+
+    def stat(self, key: str) -> tuple[float | None, float | None]:
+        """Mean and sample std over the completed runs (std 0 for one run)."""
+        values = [getattr(r, key) if key == "final_train_loss" else r.metrics[key] for r in self.completed()]
+        values = [v for v in values if v is not None]
+        if not values:
+            return None, None
+        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+    def statuses(self) -> str:
+        counts: dict[str, int] = {}
+        for r in self.runs:
+            counts[r.metrics["status"]] = counts.get(r.metrics["status"], 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
+
+
+def load_run(path: Path) -> Run:
+    metrics = json.loads((path / "metrics.json").read_text())
+    config_file = path / ".hydra" / "config.yaml"
+    config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False) if config_file.exists() else {}
+    values = {g: v for g, v in (metrics.get("choices") or {}).items() if v is not None}
+    values.update({k: v for k, v in _flatten(config).items() if k != "seed"})
+    return Run(path, metrics, values)
+
+
+def find_runs(paths: list[Path]) -> list[Run]:
+    """Every run directory (one holding metrics.json) at or below the given paths, once each."""
+    found = {}
+    for path in paths:
+        for metrics_file in sorted(Path(path).rglob("metrics.json")):
+            found.setdefault(metrics_file.parent.resolve(), metrics_file.parent)
+    return [load_run(p) for p in found.values()]
+
+
+def distinguishing_keys(runs: list[Run]) -> list[str]:
+    """The choices that differ between runs, and the values that differ among runs of the same choices
+    (so `model=plain,bn` is labelled by `model`, not by the model.batch_norm it implies)."""
+    keys = sorted({k for r in runs for k in r.values})
+    differing = [k for k in keys if len({json.dumps(r.values.get(k)) for r in runs}) > 1]
+    labels = [g for g in GROUPS if g in differing]
+    for key in differing:
+        group = key.split(".", 1)[0]
+        if key in labels or "." not in key:
+            continue
+        by_choice: dict[str, set] = {}
+        for r in runs:
+            by_choice.setdefault(json.dumps(r.values.get(group)), set()).add(json.dumps(r.values.get(key)))
+        if group not in GROUPS or any(len(v) > 1 for v in by_choice.values()):
+            labels.append(key)
+    return labels
+
+
+def variants(runs: list[Run]) -> tuple[list[str], list[Variant]]:
+    keys = distinguishing_keys(runs)
+    groups: dict[str, Variant] = {}
+    for run in runs:
+        label = ",".join(f"{k}={run.values.get(k)}" for k in keys) or "all runs"
+        groups.setdefault(label, Variant(label)).runs.append(run)
+    return keys, list(groups.values())
+
+
+def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
+    return "-" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _noise_note(best: Variant, other: Variant) -> str:
+    """Whether `other` trails `best` by more than two standard errors of the difference."""
+    (m1, s1), (m2, s2) = best.stat("test_acc"), other.stat("test_acc")
+    n1, n2 = len(best.completed()), len(other.completed())
+    if m1 is None or m2 is None:
+        return ""
+    if min(n1, n2) < 2:
+        return "n=1, noise unknown"
+    se = math.sqrt(s1**2 / n1 + s2**2 / n2)
+    return "within noise" if m1 - m2 <= 2 * se else "beyond noise"
+
+
+def write_csv(path: Path, keys: list[str], runs: list[Run]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["run", *keys, "seed", *RUN_COLUMNS])
+        for r in runs:
+            cells = [r.final_train_loss if c == "final_train_loss" else r.metrics.get(c) for c in RUN_COLUMNS]
+            writer.writerow([str(r.path), *(r.values.get(k) for k in keys), r.metrics.get("seed"), *cells])
+
+
+def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
+    """The per-variant table: best first by mean test accuracy, each with its distance to the best."""
+    ranked = sorted(found, key=lambda v: -(v.stat("test_acc")[0] if v.stat("test_acc")[0] is not None else -1))
+    best = ranked[0]
+    header = ["variant", "n", "test acc", "Δ to best", "best val acc", "final train loss", "seconds", "params", "runs"]
+    rows = []
+    for v in ranked:
+        acc = v.stat("test_acc")
+        if v is best and acc[0] is not None:
+            delta = "best"
+        elif acc[0] is None or best.stat("test_acc")[0] is None:
+            delta = "-"
+        else:
+            delta = f"{acc[0] - best.stat('test_acc')[0]:+.4f}, {_noise_note(best, v)}"
+        seconds = v.stat("train_seconds")[0]
+        params = v.runs[0].metrics.get("num_params")
+        rows.append([
+            v.label, str(len(v.completed())), _pm(*acc), delta, _pm(*v.stat("best_val_acc")),
+            _pm(*v.stat("final_train_loss")), "-" if seconds is None else f"{seconds:.1f}",
+            "-" if params is None else f"{params:,}", v.statuses(),
+        ])
+    return header, rows
+
+
+def write_markdown(path: Path, header: list[str], rows: list[list[str]], sources: list[Path]) -> None:
+    lines = [
+        "# Summary",
+        "",
+        f"Runs from: {', '.join(str(s) for s in sources)}. Mean ± std over seeds of completed runs; "
+        "'within noise' means the gap to the best is at most two standard errors.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for row in rows:
+        cells = [f"**{c}**" if row[3] == "best" and i == 0 else c for i, c in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def build_report(paths: list[Path], out: Path, quiet: bool = False) -> Path | None:
+    """summary.csv, summary.md and plots/ in `out` for the runs under `paths`; prints the table."""
+    runs = find_runs(paths)
+    if not runs:
+        print(f"report: no run directory (with metrics.json) under {', '.join(map(str, paths))}", file=sys.stderr)
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    keys, found = variants(runs)
+    write_csv(out / "summary.csv", keys, runs)
+    header, rows = variant_rows(found)
+    write_markdown(out / "summary.md", header, rows, paths)
+    from runner import plots
+
+    plots.write_plots(found, out / "plots")
+    if not quiet:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{len(runs)} runs, {len(found)} variants", title_justify="left")
+        for column in header:
+            table.add_column(column, justify="left" if column in ("variant", "runs", "Δ to best") else "right")
+        for row in rows:
+            table.add_row(*row, style="bold green" if row[3] == "best" else None)
+        console = Console() if Console().is_terminal else Console(width=200)
+        console.print(table)
+        console.print(f"Summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", soft_wrap=True)
+    return out
+
+
+class SweepSummary(Callback):
+    """Hydra callback: the summary of a sweep, in its sweep directory, when the sweep ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        build_report([sweep_dir], sweep_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="report", description="Compare runs: summary.csv, summary.md and plots of the runs under the PATHs."
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="run or sweep directories (searched recursively)")
+    parser.add_argument("--out", type=Path, help="where to write (default: the PATH when there is one, else ./report)")
+    args = parser.parse_args(argv)
+    missing = [p for p in args.paths if not p.exists()]
+    if missing:
+        print(f"report: PATH={missing[0]} does not exist; allowed: run or sweep directories", file=sys.stderr)
+        return 2
+    out = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
+    return 0 if build_report(args.paths, out) else 1

@@ -1,0 +1,38 @@
+"""Comparing runs: job naming in sweeps, sweep directories, and `report` across separate runs."""
+
+import csv
+import json
+
+from helpers import run_cli
+
+from runner.app import name_jobs_by_swept_keys, new_dir
+from runner.report import main as report_main
+
+
+def test_two_sweeps_started_in_the_same_second_never_share_a_directory(tmp_path):
+    first, second = new_dir(str(tmp_path / "2026-01-01_00-00-00")), new_dir(str(tmp_path / "2026-01-01_00-00-00"))
+    assert first != second and tmp_path.joinpath(second).is_dir() and second.endswith("-2")
+
+
+def test_jobs_are_named_by_the_swept_keys_only():
+    argv = ["run", "-m", "model=plain,bn", "seed=range(3)", "trainer.max_epochs=2", "hydra.sweep.dir=x"]
+    assert name_jobs_by_swept_keys(argv)[-1] == "hydra.job.config.override_dirname.exclude_keys=[trainer.max_epochs]"
+    assert name_jobs_by_swept_keys(["run", "model=bn"]) == ["run", "model=bn"]  # a single run is left alone
+
+
+def test_report_compares_runs_from_separate_commands_by_what_differs(tmp_path, quick):
+    sweep = run_cli("-m", *quick, "optimizer=adam", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    single = run_cli(*quick, "optimizer=momentum", f"hydra.run.dir={tmp_path / 'single'}")
+    assert sweep.returncode == 0 and single.returncode == 0, sweep.stderr + single.stderr
+    seed_0 = tmp_path / "sweep" / "seed=0"
+    assert report_main([str(seed_0), str(tmp_path / "sweep"), str(tmp_path / "single"), "--out", str(tmp_path / "cmp")]) == 0
+    with open(tmp_path / "cmp" / "summary.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3  # seed=0 is named twice, counted once
+    assert sorted(r["optimizer"] for r in rows) == ["adam", "adam", "momentum"] and "model" not in rows[0]
+    summary = (tmp_path / "cmp" / "summary.md").read_text()
+    adam = [json.loads((tmp_path / "sweep" / f"seed={s}" / "metrics.json").read_text())["test_acc"] for s in (0, 1)]
+    assert f"optimizer=adam** | 2 | {sum(adam) / 2:.4f} ± " in summary or f"optimizer=adam | 2 | {sum(adam) / 2:.4f} ± " in summary
+    assert "optimizer=momentum" in summary and "n=1, noise unknown" in summary  # one side has one seed
+    assert (tmp_path / "cmp" / "plots" / "val_acc.png").is_file()
+    assert report_main([str(tmp_path / "nothing-here")]) == 2
