@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-run: $(STAMP)  ## the main job: train on the embedded MNIST digits and log to TensorBoard
-	$(BIN)/run
+run: $(STAMP)  ## the main job: a quick ablation on the embedded MNIST digits, with its summary
+	$(BIN)/run -m experiment=quick
 
 test: $(STAMP)  ## the fast tests
 	$(BIN)/pytest -m "not slow"

@@ -40,7 +40,8 @@ def new_dir(path: str) -> str:
 
 def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
     """In a sweep, leave the fixed overrides out of the job directory names, so a job of
-    `run -m model=plain,bn seed=0,1 trainer.max_epochs=3` is named `model=bn,seed=1`."""
+    `run -m model=plain,bn seed=0,1 trainer.max_epochs=3` is named `model=bn,seed=1` (and a job of
+    `run -m experiment=quick`, whose preset sweeps model and seed, `model=bn,seed=1`)."""
     if not {"-m", "--multirun"} & set(argv) or any(a.startswith(EXCLUDE_KEYS) for a in argv):
         return argv
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -52,7 +53,7 @@ def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
     except HydraException:
         return argv  # Hydra reports the bad override itself
     fixed = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
-    if not fixed or len(fixed) == len(overrides):
+    if not fixed:
         return argv
     return [*argv, f"{EXCLUDE_KEYS}=[{','.join(fixed)}]"]
 

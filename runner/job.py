@@ -20,6 +20,7 @@ import models
 import optim
 from runner import checkpoint, console, data
 from runner.datasets import DataError
+from runner.diagnostics import Diagnostics
 from runner.log import RunLogger, write_json
 from runner.train import Trainer
 
@@ -153,6 +154,7 @@ def run_job(cfg: DictConfig) -> float | None:
     trainer = Trainer(
         parts.model, parts.optimizer, parts.schedule, parts.train, parts.val, parts.test, cfg.trainer,
         parts.autocast_dtype, logger, console.TrainingProgress(), checkpoint=lambda state: checkpoint.save(last, state),
+        diagnostics=Diagnostics(parts.model) if cfg.trainer.diagnostics else None,
     )
     status = "failed"
     try:

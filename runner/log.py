@@ -13,6 +13,20 @@ from pathlib import Path
 STATUSES = ("completed", "diverged", "interrupted", "failed")
 
 
+# TensorBoard's CUSTOM SCALARS tab: each chart shows these tags for every selected run, side by side.
+LAYOUT = {
+    "train vs val": {
+        "loss": ["Multiline", ["loss/train", "loss/val"]],
+        "accuracy": ["Multiline", ["acc/train", "acc/val"]],
+    },
+    "diagnostics": {
+        "first layer / last layer gradient norm": ["Multiline", ["grad_norm/first_to_last"]],
+        "dead units": ["Multiline", ["dead_units/.*"]],
+        "learning rate": ["Multiline", ["lr"]],
+    },
+}
+
+
 def write_json(path: Path, obj) -> None:
     """Write `obj` as JSON atomically: a reader sees the old file or the new one, never half."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -44,11 +58,20 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(run_dir))
+            self.writer.add_custom_scalars(LAYOUT)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
+
+    def histograms(self, model, step: int) -> None:
+        """Weight and gradient histograms of every parameter."""
+        if self.writer:
+            for name, p in model.named_parameters():
+                self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+                if p.grad is not None:
+                    self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
     def hparams(self, hparams: dict[str, str | float | int]) -> None:
         """Start the hparams session: the choices and main hyperparameters of this run.

@@ -40,6 +40,7 @@ class Trainer:
         logger,
         progress,
         checkpoint=None,
+        diagnostics=None,
     ):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.train_batches, self.val_batches, self.test_batches = train, val, test
@@ -47,6 +48,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.device_type = next(model.parameters()).device.type
         self.logger, self.progress, self.checkpoint = logger, progress, checkpoint
+        self.diagnostics, self.histograms = diagnostics, cfg.histograms
         self.epoch = 0  # epochs finished
         self.step = 0  # optimizer steps taken
         self.result = Result(status="completed")
@@ -109,12 +111,18 @@ class Trainer:
         window_loss = torch.zeros((), device=device)
         window_correct = torch.zeros((), device=device, dtype=torch.long)
         count = window_steps = window_count = 0
-        for x, y in self.train_batches.epoch(epoch):
+        last = len(self.train_batches) - 1
+        for i, (x, y) in enumerate(self.train_batches.epoch(epoch)):
+            log_now = (self.step + 1) % self.log_every == 0 or i == last  # and at the end of each epoch
+            if self.diagnostics:
+                self.diagnostics.active = log_now
             with self.autocast():
                 logits = self.model(x)
                 loss = F.cross_entropy(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if log_now:
+                self.log_diagnostics(self.step + 1)
             if self.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
             self.optimizer.step()
@@ -130,7 +138,7 @@ class Trainer:
             window_steps += 1
             window_count += len(y)
             self.progress.advance()
-            if self.step % self.log_every == 0:
+            if log_now:
                 mean = (window_loss / window_steps).item()  # the only host syncs between epochs
                 self.logger.scalars({"loss/train": mean, "lr": self.lr()}, self.step)
                 self.progress.show(loss=mean, acc=window_correct.item() / window_count)
@@ -140,6 +148,14 @@ class Trainer:
                 window_correct.zero_()
                 window_steps = window_count = 0
         return (loss_sum / max(count, 1)).item(), correct.item() / max(count, 1)
+
+    def log_diagnostics(self, step: int) -> None:
+        """Gradient norms and dead units (and histograms if asked), before the optimizer step."""
+        if self.diagnostics:
+            self.diagnostics.active = False
+            self.logger.scalars(self.diagnostics.read(), step)
+        if self.histograms:
+            self.logger.histograms(self.model, step)
 
     @torch.inference_mode()
     def evaluate(self, batches: Batches) -> tuple[float | None, float | None]:

@@ -51,6 +51,9 @@ def test_one_epoch_learns_and_fills_the_run_directory(tmp_path, quick):
 
     events = read_events(run_dir)
     assert TAGS <= set(events.Tags()["scalars"])
+    assert {"grad_norm/first_to_last", "dead_units/features.0.1"} <= set(events.Tags()["scalars"])
+    (layout,) = events.Tensors("custom_scalars__config__")  # the CUSTOM SCALARS tab's layout
+    assert b"loss/val" in layout.tensor_proto.string_val[0]
     assert events.Scalars("acc/test")[-1].value == pytest.approx(metrics["test_acc"], abs=1e-6)
     hparams = session_hparams(events)  # in the run itself, not in a sub-run
     assert hparams["model"] == "plain" and hparams["optimizer"] == "adam" and hparams["sched"] == "cosine"

@@ -1,0 +1,52 @@
+"""Diagnostics that make the seed's arguments visible, read only on logging steps:
+
+- grad_norm/<layer>: the gradient norm of each layer with parameters, and grad_norm/first_to_last,
+  the first layer's over the last layer's (vanishing gradients show up as a tiny ratio);
+- dead_units/<layer>: the fraction of units of each ReLU (LeakyReLU) layer that output zero (get a
+  negative input) for every sample of the batch.
+
+Between logging steps the forward hooks return at once, and nothing is read from the device.
+"""
+
+import torch
+from torch import nn
+
+
+class Diagnostics:
+    def __init__(self, model: nn.Module):
+        self.layers = [(name, list(m.parameters(recurse=False))) for name, m in model.named_modules()]
+        self.layers = [(name, params) for name, params in self.layers if params]
+        self.active = False
+        self.dead: dict[str, torch.Tensor] = {}
+        for name, module in model.named_modules():
+            if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
+                module.register_forward_hook(self._dead_units_hook(name))
+
+    def _dead_units_hook(self, name: str):
+        def hook(module, inputs, output):
+            if self.active:
+                off = output < 0 if isinstance(module, nn.LeakyReLU) else output <= 0
+                self.dead[name] = off.flatten(1).all(dim=0).float().mean().detach()
+
+        return hook
+
+    def grad_norms(self) -> dict[str, torch.Tensor]:
+        """Each layer's gradient norm (over all its parameters) as device tensors, and first/last."""
+        norms = {}
+        for name, params in self.layers:
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:
+                norms[name] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        if len(norms) > 1:
+            first, *_, last = norms.values()
+            norms["first_to_last"] = first / last
+        return norms
+
+    def read(self) -> dict[str, float]:
+        """Everything gathered on this step, as TensorBoard tags and Python floats (one device read)."""
+        values = {f"grad_norm/{k}": v for k, v in self.grad_norms().items()}
+        values.update({f"dead_units/{k}": v for k, v in self.dead.items()})
+        self.dead = {}
+        if not values:
+            return {}
+        return dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))
