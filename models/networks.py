@@ -35,38 +35,48 @@ def _pool(cfg) -> list[nn.Module]:
     return [POOLS[cfg.pool](2)]
 
 
+def stage_ends(channels) -> set[int]:
+    """Indices of the last entry of each stage, a run of equal widths: [16, 16, 32] ends at 1 and 2."""
+    return {i for i in range(len(channels)) if i == len(channels) - 1 or channels[i] != channels[i + 1]}
+
+
 def plain_features(cfg, activation: Callable[[], nn.Module], in_channels: int) -> nn.Sequential:
-    """Conv blocks, each followed by the optional 2x2 pooling."""
+    """Conv blocks; the optional 2x2 pooling closes each stage (run of equal widths)."""
     layers: list[nn.Module] = []
-    for width in cfg.channels:
+    ends = stage_ends(cfg.channels)
+    for i, width in enumerate(cfg.channels):
         layers += [ConvBlock(in_channels, width, cfg.kernel_size, activation, cfg.batch_norm, cfg.bn_position)]
-        layers += _pool(cfg)
+        layers += _pool(cfg) if i in ends else []
         in_channels = width
     return nn.Sequential(*layers)
 
 
 def skip_features(cfg, activation: Callable[[], nn.Module], in_channels: int) -> nn.Sequential:
-    """Conv blocks whose output is [x, h]: each block adds `width` channels to what it got."""
+    """Conv blocks whose output is [x, h]: each block adds `width` channels to what it got;
+    the optional 2x2 pooling closes each stage (run of equal widths)."""
     layers: list[nn.Module] = []
-    for width in cfg.channels:
+    ends = stage_ends(cfg.channels)
+    for i, width in enumerate(cfg.channels):
         block = ConvBlock(in_channels, width, cfg.kernel_size, activation, cfg.batch_norm, cfg.bn_position)
         layers += [ConcatSkip(block)]
-        layers += _pool(cfg)
+        layers += _pool(cfg) if i in ends else []
         in_channels += width
     return nn.Sequential(*layers)
 
 
 def residual_features(cfg, activation: Callable[[], nn.Module], in_channels: int) -> nn.Sequential:
-    """A conv + BN stem to channels[0], then one stage of `blocks` bottlenecks per width."""
+    """A conv + BN stem to channels[0], then `blocks` bottlenecks per width; the optional 2x2
+    pooling closes each stage (run of equal widths)."""
     if cfg.blocks < 1:
         raise ValueError(f"model.blocks={cfg.blocks} is not allowed; allowed: an integer >= 1")
     layers: list[nn.Module] = [ConvBlock(in_channels, cfg.channels[0], cfg.kernel_size, activation, batch_norm=True)]
     in_channels = cfg.channels[0]
-    for width in cfg.channels:
+    ends = stage_ends(cfg.channels)
+    for i, width in enumerate(cfg.channels):
         for _ in range(cfg.blocks):
             layers += [Bottleneck(in_channels, width, cfg.bottleneck_ratio, activation)]
             in_channels = width
-        layers += _pool(cfg)
+        layers += _pool(cfg) if i in ends else []
     return nn.Sequential(*layers)
 
 

@@ -55,7 +55,8 @@ def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
     fixed = [o.key_or_group for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")]
     if not fixed:
         return argv
-    return [*argv, f"{EXCLUDE_KEYS}=[{','.join(fixed)}]"]
+    at = argv.index(candidates[0])  # next to the other overrides: argparse wants them together
+    return [*argv[:at], f"{EXCLUDE_KEYS}=[{','.join(fixed)}]", *argv[at:]]
 
 
 def main() -> None:

@@ -311,3 +311,12 @@ BAD_VALUES = [
 def test_bad_value_raises_value_error_naming_the_key(overrides, key):
     with pytest.raises(ValueError, match=re.escape(key) + ".*allowed"):
         build(*overrides)
+
+
+@pytest.mark.parametrize("family", ["plain", "skip", "residual"])
+def test_pooling_closes_each_stage_of_equal_widths(family):
+    blocks = ["model.blocks=1"] if family == "residual" else []
+    model = build(f"model={family}", "model.channels=[4,4,8]", "model.pool=max", *blocks, in_shape=(1, 8, 8))
+    kinds = [type(m).__name__ for m in model.features]
+    assert kinds.count("MaxPool2d") == 2  # after the two 4-wide blocks, and after the 8-wide one
+    assert kinds[-1] == "MaxPool2d" and kinds[-2] != "MaxPool2d" and kinds[-3] == "MaxPool2d"

@@ -16,10 +16,11 @@ def test_two_sweeps_started_in_the_same_second_never_share_a_directory(tmp_path)
 
 def test_jobs_are_named_by_the_swept_keys_only():
     argv = ["run", "-m", "model=plain,bn", "seed=range(3)", "trainer.max_epochs=2", "hydra.sweep.dir=x"]
-    assert name_jobs_by_swept_keys(argv)[-1] == "hydra.job.config.override_dirname.exclude_keys=[trainer.max_epochs]"
+    named = name_jobs_by_swept_keys(argv)
+    assert named[2] == "hydra.job.config.override_dirname.exclude_keys=[trainer.max_epochs]" and named[3:] == argv[2:]
     assert name_jobs_by_swept_keys(["run", "model=bn"]) == ["run", "model=bn"]  # a single run is left alone
-    preset = name_jobs_by_swept_keys(["run", "-m", "experiment=quick"])  # the preset sweeps model and seed
-    assert preset[-1] == "hydra.job.config.override_dirname.exclude_keys=[experiment]"
+    preset = name_jobs_by_swept_keys(["run", "-m", "experiment=quick", "--cfg", "job"])  # the preset sweeps
+    assert preset == ["run", "-m", "hydra.job.config.override_dirname.exclude_keys=[experiment]", "experiment=quick", "--cfg", "job"]
 
 
 def test_report_compares_runs_from_separate_commands_by_what_differs(tmp_path, quick):
