@@ -4,10 +4,8 @@ config -> seed -> data on the device -> model -> optimizer and schedule -> Train
 -> metrics.json, TensorBoard, checkpoint -> the objective (best val accuracy) for sweepers.
 """
 
-import os
 import platform
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,7 +179,7 @@ def run_job(cfg: DictConfig) -> float | None:
             "data": parts.dataset.info,
             "history": result.history,
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
-            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]),
+            "command": " ".join(["run", *hydra_cfg.overrides.task]),  # this run alone, also inside a sweep
         }
         write_json(run_dir / "metrics.json", metrics)
         logger.close(status)

@@ -130,6 +130,8 @@ def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_pat
     assert result.returncode == 0, result.stderr
     statuses = {p.parent.name: json.loads(p.read_text())["status"] for p in sweep.glob("*/metrics.json")}
     assert statuses == {"optimizer.lr=1e+30": "diverged", "optimizer.lr=0.05": "completed"}  # named by the swept key
+    job = json.loads((sweep / "optimizer.lr=0.05" / "metrics.json").read_text())
+    assert job["command"] == " ".join(["run", *quick, "optimizer=sgd", "optimizer.lr=0.05"])  # reruns this job alone
 
     with open(sweep / "summary.csv") as f:
         rows = {row["optimizer.lr"]: row for row in csv.DictReader(f)}
