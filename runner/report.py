@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -202,6 +203,10 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False) -> Path | No
         console = Console() if Console().is_terminal else Console(width=200)
         console.print(table)
         console.print(f"Summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", soft_wrap=True)
+        from runner.console import tensorboard_command
+
+        logdir = paths[0] if len(paths) == 1 else os.path.commonpath([str(p.resolve()) for p in paths])
+        console.print(f"TensorBoard: {tensorboard_command()} --logdir {logdir}", soft_wrap=True)
     return out
 
 
