@@ -19,9 +19,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from helpers import compose_cfg  # noqa: E402
+
 import models  # noqa: E402
 import optim  # noqa: E402
-from helpers import compose_cfg  # noqa: E402
 from runner.diagnostics import Diagnostics  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import optim
-from runner import checkpoint, console, data
+from runner import GROUPS, checkpoint, console, data
 from runner.datasets import DataError
 from runner.diagnostics import Diagnostics
 from runner.log import RunLogger, write_json
@@ -24,7 +24,6 @@ from runner.train import Trainer
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "bf16")
-GROUPS = ("data", "model", "activation", "optimizer", "sched", "trainer")
 
 
 class SetupError(Exception):

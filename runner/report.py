@@ -19,7 +19,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-GROUPS = ("data", "model", "activation", "optimizer", "sched", "trainer")
+from runner import GROUPS
+
 RUN_COLUMNS = ("status", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "epochs", "train_seconds", "num_params")
 
 

@@ -72,6 +72,7 @@ def test_the_same_command_reproduces_every_number(tmp_path, quick):
         histories.append([{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]] + [metrics["test_acc"]])
     assert histories[0] == histories[1]
     other_seed = run_cli(*quick, "seed=8", f"hydra.run.dir={tmp_path / 'other'}")
+    assert other_seed.returncode == 0, other_seed.stderr
     assert json.loads((tmp_path / "other" / "metrics.json").read_text())["history"][0]["train_loss"] != histories[0][0]["train_loss"]
 
 
