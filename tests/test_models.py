@@ -320,3 +320,19 @@ def test_pooling_closes_each_stage_of_equal_widths(family):
     kinds = [type(m).__name__ for m in model.features]
     assert kinds.count("MaxPool2d") == 2  # after the two 4-wide blocks, and after the 8-wide one
     assert kinds[-1] == "MaxPool2d" and kinds[-2] != "MaxPool2d" and kinds[-3] == "MaxPool2d"
+
+
+@pytest.mark.parametrize("activation, gain", [("sigmoid", 1.0), ("tanh", 5 / 3), ("relu", 2**0.5)])
+def test_scaled_init_draws_weights_with_the_activations_gain(activation, gain):
+    model = build("model=plain", "model.channels=[64]", "model.init=scaled", f"activation={activation}", in_shape=(3, 6, 6))
+    conv = model.features[0][0]
+    fan_in = 3 * 3 * 3
+    assert abs(conv.weight.std().item() - gain / fan_in**0.5) < 0.08 * gain / fan_in**0.5
+    assert torch.count_nonzero(conv.bias) == 0
+    default = build("model=plain", "model.channels=[64]", f"activation={activation}", in_shape=(3, 6, 6))
+    assert torch.count_nonzero(default.features[0][0].bias) > 0  # torch's default init is left alone
+
+
+def test_unknown_init_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match=r"model.init='he' is not known; allowed: torch, scaled"):
+        build("model=plain", "model.init=he")
