@@ -82,19 +82,24 @@ def test_bad_impl_raises_value_error():
 # --- Where the two forms are the same method ----------------------------------------------------
 
 
+def equal_under_cosine(book, ref, p_book, p_torch, steps: int) -> None:
+    """Step both optimizers under the same cosine schedule; the parameters agree after every step."""
+    schedules = [cosine_schedule(book, steps), cosine_schedule(ref, steps)]
+    for _ in range(steps):
+        descend(book, p_book)
+        descend(ref, p_torch)
+        for schedule in schedules:
+            schedule.after_step()
+        torch.testing.assert_close(p_book.data, p_torch.data)
+
+
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_sgd_matches_torch_under_a_schedule(weight_decay):
     """theta <- theta - eta_t (g + wd theta) in both forms, whatever eta_t is."""
     p_book, p_torch = param(1.0, -2.0), param(1.0, -2.0)
     overrides = ("optimizer.lr=0.1", f"optimizer.weight_decay={weight_decay}")
     book, ref = build("sgd", "textbook", p_book, *overrides), build("sgd", "torch", p_torch, *overrides)
-    schedules = [cosine_schedule(book, 10), cosine_schedule(ref, 10)]
-    for _ in range(10):
-        descend(book, p_book)
-        descend(ref, p_torch)
-        for schedule in schedules:
-            schedule.after_step()
-        torch.testing.assert_close(p_book.data, p_torch.data)
+    equal_under_cosine(book, ref, p_book, p_torch, steps=10)
     assert not torch.allclose(p_book.data, torch.tensor([1.0, -2.0], dtype=torch.float64))
 
 
@@ -162,13 +167,7 @@ def test_adam_and_adamw_match_torch_under_a_schedule(name, weight_decay):
         f"optimizer.weight_decay={weight_decay}",
     )
     book, ref = build(name, "textbook", p_book, *overrides), build(name, "torch", p_torch, *overrides)
-    schedules = [cosine_schedule(book, 12), cosine_schedule(ref, 12)]
-    for _ in range(12):
-        descend(book, p_book)
-        descend(ref, p_torch)
-        for schedule in schedules:
-            schedule.after_step()
-        torch.testing.assert_close(p_book.data, p_torch.data)
+    equal_under_cosine(book, ref, p_book, p_torch, steps=12)
     assert book.state[p_book]["step"].item() == 12
 
 
