@@ -9,21 +9,15 @@ Each round trains `--steps` steps on mnist_5k-shaped batches with diagnostics of
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from helpers import compose_cfg  # noqa: E402
-
-import models  # noqa: E402
-import optim  # noqa: E402
-from runner.diagnostics import Diagnostics  # noqa: E402
+import models
+import optim
+from runner.diagnostics import Diagnostics
+from runner.fixtures import compose_cfg
 
 
 def steps_per_second(model, optimizer, batches, log_every: int, diagnostics: Diagnostics | None) -> float:

@@ -93,7 +93,7 @@ def load(cfg, device: torch.device) -> Data:
     }
 
     def to_device(x: np.ndarray, y: np.ndarray) -> Split:
-        return Split(torch.from_numpy(np.ascontiguousarray(x)).to(device), torch.from_numpy(y).to(device))
+        return Split(torch.from_numpy(np.array(x)).to(device), torch.from_numpy(np.array(y)).to(device))  # own, writable copies
 
     return Data(
         **{k: to_device(*v) for k, v in splits.items()},
@@ -136,8 +136,10 @@ class Batches:
         drop_last: bool = False,
         seed: int = 0,
         pad: int = 4,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ):
         self.split, self.shuffle, self.augment, self.seed, self.pad = split, shuffle, augment, seed, pad
+        self.memory_format = memory_format
         self.batch_size = min(batch_size, max(1, len(split)))
         self.drop_last = drop_last
         channels = split.images.shape[1]
@@ -166,4 +168,5 @@ class Batches:
                 dx = torch.randint(0, 2 * self.pad + 1, size, generator=gen).to(device)
                 flip = (torch.rand(size, generator=gen) < 0.5).to(device)
                 x = crop_flip(x, dy, dx, flip, self.pad)
-            yield x * self.scale + self.shift, self.split.labels[idx]
+            x = x * self.scale + self.shift
+            yield x.contiguous(memory_format=self.memory_format), self.split.labels[idx]

@@ -4,6 +4,7 @@ config -> seed -> data on the device -> model -> optimizer and schedule -> Train
 -> metrics.json, TensorBoard, checkpoint -> the objective (best val accuracy) for sweepers.
 """
 
+import os
 import platform
 import random
 from dataclasses import dataclass
@@ -16,14 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import optim
-from runner import GROUPS, checkpoint, console, data
+from runner import GROUPS, checkpoint, console, data, device
 from runner.datasets import DataError
 from runner.diagnostics import Diagnostics
 from runner.log import RunLogger, write_json
 from runner.train import Trainer
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class SetupError(Exception):
@@ -36,28 +34,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def pick_device(name: str) -> torch.device:
-    if name not in DEVICES:
-        raise ValueError(f"trainer.device={name!r} is not known; allowed: {', '.join(DEVICES)}")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available[name]:
-        raise ValueError(f"trainer.device={name!r} is not available on this machine; allowed here: auto, cpu")
-    return torch.device(name)
+def parallel_jobs(hydra_cfg) -> int:
+    """How many jobs the launcher runs at once: its n_jobs in a sweep (joblib's -1 is every core), else 1."""
+    from hydra.types import RunMode
 
-
-def pick_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. `auto` is bf16 on CUDA GPUs that support it, else fp32."""
-    if name not in PRECISIONS:
-        raise ValueError(f"trainer.precision={name!r} is not known; allowed: {', '.join(PRECISIONS)}")
-    if name == "auto":
-        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return torch.bfloat16 if name == "bf16" else None
+    n = hydra_cfg.launcher.get("n_jobs") if hydra_cfg.mode == RunMode.MULTIRUN else None
+    if not isinstance(n, int) or n == 0:
+        return 1
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
 
 
 def run_name(choices) -> str:
@@ -95,14 +79,15 @@ def check_run(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.grad_clip={t.grad_clip!r} is not allowed; allowed: a number > 0 or null")
     if not isinstance(t.log_every_n_steps, int) or t.log_every_n_steps < 1:
         raise ValueError(f"trainer.log_every_n_steps={t.log_every_n_steps!r} is not allowed; allowed: an integer >= 1")
+    if not isinstance(t.compile, bool):
+        raise ValueError(f"trainer.compile={t.compile!r} is not allowed; allowed: true or false")
 
 
 @dataclass
 class Parts:
     """Everything a run trains with, built from the config before any training starts."""
 
-    device: torch.device
-    autocast_dtype: torch.dtype | None
+    compute: device.Compute
     dataset: data.Data
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -112,27 +97,31 @@ class Parts:
     test: data.Batches
 
 
-def build(cfg: DictConfig) -> Parts:
-    """Data on the device, model, optimizer, schedule and batches; bad input raises SetupError."""
+def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
+    """Data on the device, model, optimizer, schedule and batches; bad input raises SetupError.
+    `parallel_jobs` (the jobs a launcher runs at once) shares the CPU cores out under threads=auto."""
     try:
         check_run(cfg)
         seed_everything(cfg.seed)
-        device = pick_device(cfg.trainer.device)
-        autocast_dtype = pick_precision(cfg.trainer.precision, device)
-        dataset = data.load(cfg.data, device)
-        model = models.build(cfg.model, cfg.activation, dataset.in_shape, dataset.num_classes).to(device)
+        compute = device.pick(cfg.trainer, parallel_jobs)
+        torch.set_num_threads(compute.threads)
+        dataset = data.load(cfg.data, compute.device)
+        model = models.build(cfg.model, cfg.activation, dataset.in_shape, dataset.num_classes)
+        model = model.to(compute.device, memory_format=compute.memory_format)
+        if cfg.trainer.compile:
+            model.compile()  # in place: parameter names and checkpoints stay those of the model
         optimizer = optim.build(cfg.optimizer, model.parameters())
         mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
         train = data.Batches(
             dataset.train, cfg.data.batch_size, mean, std,
-            shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed,
+            shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed, memory_format=compute.memory_format,
         )
-        val = data.Batches(dataset.val, data.EVAL_BATCH_SIZE, mean, std)
-        test = data.Batches(dataset.test, data.EVAL_BATCH_SIZE, mean, std)
+        val = data.Batches(dataset.val, data.EVAL_BATCH_SIZE, mean, std, memory_format=compute.memory_format)
+        test = data.Batches(dataset.test, data.EVAL_BATCH_SIZE, mean, std, memory_format=compute.memory_format)
         schedule = optim.build_scheduler(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from e
-    return Parts(device, autocast_dtype, dataset, model, optimizer, schedule, train, val, test)
+    return Parts(compute, dataset, model, optimizer, schedule, train, val, test)
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -140,17 +129,19 @@ def run_job(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     choices = hydra_cfg.runtime.choices
     console.use_rich_logging()
-    parts = build(cfg)
-
-    precision = "bf16" if parts.autocast_dtype == torch.bfloat16 else "fp32"
+    parts = build(cfg, parallel_jobs(hydra_cfg))
+    compute = parts.compute
     name = run_name(choices)
-    console.log.info(f"{name}: {len(parts.dataset.train)} training images on {parts.device} ({precision})")
+    console.log.info(
+        f"{name}: {len(parts.dataset.train)} training images on {compute.device} "
+        f"({compute.precision}, {compute.layout}, {compute.threads} threads)"
+    )
     logger = RunLogger(run_dir)
-    logger.hparams(hparams(cfg, choices, precision))
+    logger.hparams(hparams(cfg, choices, compute.precision))
     last = run_dir / "checkpoints" / "last.pt"
     trainer = Trainer(
         parts.model, parts.optimizer, parts.schedule, parts.train, parts.val, parts.test, cfg.trainer,
-        parts.autocast_dtype, logger, console.TrainingProgress(), checkpoint=lambda state: checkpoint.save(last, state),
+        compute.autocast_dtype, logger, console.TrainingProgress(), checkpoint=lambda state: checkpoint.save(last, state),
         diagnostics=Diagnostics(parts.model) if cfg.trainer.diagnostics else None,
     )
     status = "failed"
@@ -173,8 +164,10 @@ def run_job(cfg: DictConfig) -> float | None:
             "num_params": models.num_params(parts.model),
             "seed": cfg.seed,
             "choices": {g: choices.get(g) for g in GROUPS},
-            "device": str(parts.device),
-            "precision": precision,
+            "device": str(compute.device),
+            "precision": compute.precision,
+            "layout": compute.layout,
+            "threads": compute.threads,
             "data": parts.dataset.info,
             "history": result.history,
             "versions": {"python": platform.python_version(), "torch": torch.__version__},

@@ -1,0 +1,95 @@
+"""Where and how a run computes: the device, the precision (autocast dtype), the memory layout and
+the number of CPU threads, each chosen per machine under `auto` and forced by `trainer.*`.
+
+`auto` takes bf16 autocast with channels_last on CUDA GPUs with bf16 and on CPUs with native
+bf16 (AVX512-BF16 or AMX), and fp32 in the default layout elsewhere: on CPUs without native bf16,
+autocast emulates it and is several times slower (benchmarks/precision.py measures it).
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16")
+LAYOUTS = ("auto", "contiguous", "channels_last")
+
+
+@dataclass(frozen=True)
+class Compute:
+    device: torch.device
+    precision: str  # fp32 | bf16
+    layout: str  # contiguous | channels_last
+    threads: int  # torch's intra-op threads (CPU)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return torch.bfloat16 if self.precision == "bf16" else None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.layout == "channels_last" else torch.contiguous_format
+
+
+def pick_device(name: str) -> torch.device:
+    if name not in DEVICES:
+        raise ValueError(f"trainer.device={name!r} is not known; allowed: {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[name]:
+        raise ValueError(f"trainer.device={name!r} is not available on this machine; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does this device compute in bf16 natively (and so fast)?"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        cpu = torch.cpu
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(cpu, check, lambda: False)() for check in checks)
+    return False
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name not in PRECISIONS:
+        raise ValueError(f"trainer.precision={name!r} is not known; allowed: {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return name
+
+
+def pick_layout(name: str, device: torch.device) -> str:
+    if name not in LAYOUTS:
+        raise ValueError(f"trainer.layout={name!r} is not known; allowed: {', '.join(LAYOUTS)}")
+    if name == "auto":
+        return "channels_last" if native_bf16(device) else "contiguous"
+    return name
+
+
+def pick_threads(threads, parallel_jobs: int) -> int:
+    """`auto`: the cores this process may use, shared out among the jobs that run at once."""
+    if threads == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // max(1, parallel_jobs))
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"trainer.threads={threads!r} is not allowed; allowed: auto or an integer >= 1")
+    return threads
+
+
+def pick(trainer_cfg, parallel_jobs: int = 1) -> Compute:
+    """The Compute that `trainer.device/precision/layout/threads` ask for, on this machine."""
+    device = pick_device(trainer_cfg.device)
+    return Compute(
+        device=device,
+        precision=pick_precision(trainer_cfg.precision, device),
+        layout=pick_layout(trainer_cfg.layout, device),
+        threads=pick_threads(trainer_cfg.threads, parallel_jobs),
+    )
