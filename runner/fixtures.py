@@ -3,6 +3,7 @@ Hydra, for the tests and the benchmarks."""
 
 import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -44,8 +45,25 @@ def write_mnist_like(folder: Path, n_train: int = 60, n_test: int = 20, gz: bool
     return arrays
 
 
+class _Python2Pickler(pickle._Pickler):
+    """Pickles bytes as Python 2 `str` (the BINSTRING opcodes), as in the real CIFAR-10 batch files,
+    which Python 3 reads as bytes with encoding="bytes" and as text with encoding="latin1"."""
+
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_python2_str(self, obj: bytes) -> None:
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    dispatch[bytes] = save_python2_str
+
+
 def write_cifar_like(folder: Path, per_batch: int = 20, seed: int = 0) -> dict:
-    """Small CIFAR-10 python batches (dicts of bytes keys, data rows of 3072 uint8, labels lists)."""
+    """Small CIFAR-10 python batches as Python 2 pickled them (dicts of str keys, data rows of 3072
+    uint8, labels lists), and batches.meta."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -53,6 +71,8 @@ def write_cifar_like(folder: Path, per_batch: int = 20, seed: int = 0) -> dict:
         data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, per_batch)]
         with open(folder / name, "wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data}, f, protocol=2)
+            _Python2Pickler(f, protocol=2).dump({b"batch_label": name.encode(), b"labels": labels, b"data": data})
         written[name] = (data, labels)
+    with open(folder / "batches.meta", "wb") as f:
+        _Python2Pickler(f, protocol=2).dump({b"label_names": [f"class{i}".encode() for i in range(10)]})
     return written

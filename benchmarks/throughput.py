@@ -1,0 +1,252 @@
+"""Training images per second, measured side by side in one process (`make bench`):
+
+  minimal     a hand-written PyTorch loop: normalized tensors in memory, shuffled batches by
+              index, forward, loss, backward, step; the same model, precision and layout as ablate
+  runner      ablate's own Trainer.train_epoch, with its default logging (TensorBoard every 50
+              steps) and diagnostics, on uint8 data held on the device
+  dataloader  the usual path: the torchvision dataset class reading the real file format, with
+              ToTensor and Normalize, through a DataLoader (the faster of 0 and 2 workers), fp32
+
+for model=plain, bn and residual on Fashion-MNIST-shaped (1x28x28) and CIFAR-10-shaped (3x32x32)
+data. The images are random bytes written in the real formats, so the numbers measure speed only.
+Rounds alternate the three paths and each figure is the median over rounds. Last line:
+
+  min runner/minimal=X.XX runner/dataloader=Y.YY   (the worst case over models and shapes)
+
+Other questions, same method:
+  --compute   ablate's runner in fp32 and bf16 autocast, contiguous and channels_last (ratios to fp32)
+  --compile   ablate's runner with and without trainer.compile=true
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils.data import DataLoader
+from torchvision import transforms
+
+import models
+import optim
+from runner import data, device
+from runner.console import TrainingProgress
+from runner.diagnostics import Diagnostics
+from runner.fixtures import compose_cfg, write_cifar_like, write_mnist_like
+from runner.log import RunLogger
+from runner.train import Trainer
+
+SHAPES = {"fashion": (1, 28, 28), "cifar": (3, 32, 32)}
+MODELS = ("plain", "bn", "residual")
+
+
+class CifarFiles(torchvision.datasets.CIFAR10):
+    """torchvision's CIFAR10 on the files written here: their checksums are not the real ones."""
+
+    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+
+    def _check_integrity(self) -> bool:
+        return True
+
+
+def usual_dataset(shape: str, root: Path, n: int) -> torch.utils.data.Dataset:
+    """The torchvision dataset class over `n` random images written in its real file format."""
+    if shape == "fashion":
+        write_mnist_like(root / "FashionMNIST" / "raw", n_train=n, n_test=10, gz=False)
+        mean, std, cls = (0.286,), (0.353,), torchvision.datasets.FashionMNIST
+    else:
+        write_cifar_like(root / "cifar-10-batches-py", per_batch=n // 5)
+        mean, std, cls = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262), CifarFiles
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    return cls(str(root), train=True, transform=transform, download=False)
+
+
+def build_model(cfg, in_shape, compute: device.Compute) -> torch.nn.Module:
+    model = models.build(cfg.model, cfg.activation, in_shape, 10)
+    return model.to(compute.device, memory_format=compute.memory_format)
+
+
+def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute):
+    """A hand-written loop over normalized float tensors; returns a function timing one epoch."""
+    model = build_model(cfg, images.shape[1:], compute)
+    opt = optim.build(cfg.optimizer, model.parameters())
+    x_all = ((images.float() / 255 - 0.5) / 0.25).contiguous(memory_format=compute.memory_format)
+    batch = cfg.data.batch_size
+
+    def epoch() -> float:
+        model.train()
+        start = time.perf_counter()
+        order = torch.randperm(len(labels))
+        for i in range(len(labels) // batch):
+            idx = order[i * batch : (i + 1) * batch]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute.precision == "bf16"):
+                loss = F.cross_entropy(model(x_all[idx]), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    return epoch
+
+
+def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, logdir: Path):
+    """ablate's Trainer with its default logging and diagnostics; returns a function timing one epoch."""
+    model = build_model(cfg, images.shape[1:], compute)
+    if cfg.trainer.compile:
+        model.compile()
+    opt = optim.build(cfg.optimizer, model.parameters())
+    split = data.Split(images, labels)
+    mean, std = torch.full((images.shape[1],), 0.5), torch.full((images.shape[1],), 0.25)
+    train = data.Batches(split, cfg.data.batch_size, mean, std, shuffle=True, drop_last=True, memory_format=compute.memory_format)
+    empty = data.Batches(data.Split(images[:0], labels[:0]), 256, mean, std)
+    schedule = optim.build_scheduler(cfg.sched, opt, len(train), 1000)
+    trainer = Trainer(
+        model, opt, schedule, train, empty, empty, cfg.trainer, compute.autocast_dtype,
+        RunLogger(logdir), TrainingProgress(enabled=False),
+        diagnostics=Diagnostics(model) if cfg.trainer.diagnostics else None,
+    )  # fmt: skip
+    epochs = iter(range(10**6))
+
+    def epoch() -> float:
+        start = time.perf_counter()
+        trainer.train_epoch(next(epochs))
+        return time.perf_counter() - start
+
+    return epoch
+
+
+def dataloader_loop(cfg, dataset, in_shape, workers: int):
+    """The usual path, fp32 in the default layout; returns a function timing one epoch."""
+    fp32 = device.Compute(torch.device("cpu"), "fp32", "contiguous", torch.get_num_threads())
+    model = build_model(cfg, in_shape, fp32)
+    opt = optim.build(cfg.optimizer, model.parameters())
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=workers)
+
+    def epoch() -> float:
+        model.train()
+        start = time.perf_counter()
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return time.perf_counter() - start
+
+    return epoch
+
+
+def images_per_second(loops: dict, n: int, rounds: int) -> dict[str, float]:
+    """Median images/s of each loop over `rounds`, the loops alternating within each round."""
+    for loop in loops.values():
+        loop()  # warm-up: allocator, oneDNN kernels, compilation
+    times = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            times[name].append(loop())
+    return {name: n / statistics.median(t) for name, t in times.items()}
+
+
+def random_images(shape: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, *SHAPES[shape]), generator=gen, dtype=torch.uint8)
+    return images, torch.randint(0, 10, (n,), generator=gen)
+
+
+def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
+    """The issue's table: minimal, runner and dataloader per model and shape."""
+    print(f"compute: {compute.precision}, {compute.layout}, {compute.threads} threads; batch 128; images/s, median of {args.rounds}")
+    worst_minimal, worst_loader = [], []
+    for shape in args.shapes:
+        images, labels = random_images(shape, args.images)
+        datasets = usual_dataset(shape, tmp / shape, args.images)
+        for name in args.models:
+            cfg = compose_cfg(f"model={name}")
+            loaders = {w: dataloader_loop(cfg, datasets, SHAPES[shape], w) for w in (0, 2)}
+            loops = {
+                "minimal": minimal_loop(cfg, images, labels, compute),
+                "runner": runner_loop(cfg, images, labels, compute, tmp / f"logs-{shape}-{name}"),
+                "dataloader-0": loaders[0],
+                "dataloader-2": loaders[2],
+            }
+            speed = images_per_second(loops, args.images, args.rounds)
+            workers = max((0, 2), key=lambda w: speed[f"dataloader-{w}"])
+            loader = speed[f"dataloader-{workers}"]
+            worst_minimal.append(speed["runner"] / speed["minimal"])
+            worst_loader.append(speed["runner"] / loader)
+            print(
+                f"{shape:8s} model={name:9s} minimal {speed['minimal']:7.0f}  runner {speed['runner']:7.0f}  "
+                f"dataloader {loader:7.0f} ({workers} workers)  runner/minimal={worst_minimal[-1]:.2f} "
+                f"runner/dataloader={worst_loader[-1]:.2f}",
+                flush=True,
+            )
+    print(f"min runner/minimal={min(worst_minimal):.2f} runner/dataloader={min(worst_loader):.2f}")
+
+
+def compare_compute(args, tmp: Path) -> None:
+    """ablate's runner in each precision and layout, as ratios to fp32 contiguous."""
+    threads = torch.get_num_threads()
+    combos = [(p, layout) for p in ("fp32", "bf16") for layout in ("contiguous", "channels_last")]
+    print(f"native bf16 on this CPU: {device.native_bf16(torch.device('cpu'))}; images/s, median of {args.rounds}")
+    for shape in args.shapes:
+        images, labels = random_images(shape, args.images)
+        for name in args.models:
+            cfg = compose_cfg(f"model={name}")
+            loops = {
+                f"{p}/{layout}": runner_loop(cfg, images, labels, device.Compute(torch.device("cpu"), p, layout, threads), tmp / f"{shape}-{name}-{p}-{layout}")
+                for p, layout in combos
+            }  # fmt: skip
+            speed = images_per_second(loops, args.images, args.rounds)
+            base = speed["fp32/contiguous"]
+            cells = "  ".join(f"{k} {v:6.0f} ({v / base:.2f})" for k, v in speed.items())
+            print(f"{shape:8s} model={name:9s} {cells}", flush=True)
+
+
+def compare_compile(args, compute: device.Compute, tmp: Path) -> None:
+    """ablate's runner with trainer.compile=true against the same without it."""
+    for shape in args.shapes:
+        images, labels = random_images(shape, args.images)
+        for name in args.models:
+            eager = compose_cfg(f"model={name}")
+            compiled = compose_cfg(f"model={name}", "trainer.compile=true")
+            start = time.perf_counter()
+            loops = {
+                "eager": runner_loop(eager, images, labels, compute, tmp / f"{shape}-{name}-eager"),
+                "compiled": runner_loop(compiled, images, labels, compute, tmp / f"{shape}-{name}-compiled"),
+            }
+            speed = images_per_second(loops, args.images, args.rounds)
+            print(
+                f"{shape:8s} model={name:9s} eager {speed['eager']:7.0f}  compiled {speed['compiled']:7.0f}  "
+                f"compiled/eager={speed['compiled'] / speed['eager']:.2f}  (all, compilation included: "
+                f"{time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=6400, help="images per timed epoch (default 6400: 50 batches, one logging step)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--compute", action="store_true", help="fp32/bf16 x contiguous/channels_last")
+    mode.add_argument("--compile", action="store_true", help="trainer.compile=true against eager")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    np.random.seed(0)
+    compute = device.pick(compose_cfg().trainer)
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.compute:
+            compare_compute(args, Path(tmp))
+        elif args.compile:
+            compare_compile(args, compute, Path(tmp))
+        else:
+            compare_paths(args, compute, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Precision, layout, threads and compilation: chosen per machine under `auto`, forced by
+`trainer.*`, recorded in metrics.json, and the same model computes the same function in each."""
+
+import json
+import os
+
+import pytest
+import torch
+from helpers import compose_cfg, run_cli
+
+import models
+from runner import device
+
+
+def test_auto_picks_bf16_and_channels_last_exactly_where_the_cpu_has_native_bf16():
+    cpu = torch.device("cpu")
+    native = device.native_bf16(cpu)
+    compute = device.pick(compose_cfg().trainer)
+    assert compute.device == cpu or torch.cuda.is_available() or torch.backends.mps.is_available()
+    if compute.device == cpu:
+        assert compute.precision == ("bf16" if native else "fp32")
+        assert compute.layout == ("channels_last" if native else "contiguous")
+        assert (compute.autocast_dtype is torch.bfloat16) == native
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_each_precision_and_layout_can_be_forced(precision, layout):
+    compute = device.pick(compose_cfg(f"trainer.precision={precision}", f"trainer.layout={layout}").trainer)
+    assert (compute.precision, compute.layout) == (precision, layout)
+    assert compute.memory_format == (torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+
+
+def test_threads_share_the_cores_among_parallel_jobs():
+    cores = len(os.sched_getaffinity(0))
+    assert device.pick_threads("auto", 1) == cores
+    assert device.pick_threads("auto", cores) == 1
+    assert device.pick_threads("auto", 4 * cores) == 1  # never below one
+    assert device.pick_threads(3, 2) == 3  # a number is taken as it is
+
+
+@pytest.mark.parametrize(
+    "key, value, allowed",
+    [
+        ("precision", "fp16", "auto, fp32, bf16"),
+        ("layout", "nhwc", "auto, contiguous, channels_last"),
+        ("device", "tpu", "auto, cpu, cuda, mps"),
+        ("threads", 0, "auto or an integer >= 1"),
+    ],
+)
+def test_unknown_compute_names_are_refused_with_what_is_allowed(key, value, allowed):
+    with pytest.raises(ValueError, match=f"trainer.{key}={value!r}.*{allowed}"):
+        device.pick(compose_cfg(f"trainer.{key}={value}").trainer)
+
+
+@pytest.mark.parametrize("name", ["plain", "bn", "residual"])
+def test_channels_last_and_bf16_compute_the_same_function(name):
+    torch.manual_seed(0)
+    cfg = compose_cfg(f"model={name}")
+    model = models.build(cfg.model, cfg.activation, (3, 32, 32), 10).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.inference_mode():
+        reference = model(x)
+        nhwc = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = model(x).float()
+    torch.testing.assert_close(nhwc, reference, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bf16, reference, rtol=0.1, atol=0.1)  # bf16 keeps 8 bits of mantissa
+
+
+def test_a_channels_last_run_trains_and_records_how_it_computed(tmp_path, quick):
+    run_dir = tmp_path / "run"
+    result = run_cli(*quick, "trainer.layout=channels_last", "trainer.threads=1", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert (metrics["layout"], metrics["threads"], metrics["precision"]) == ("channels_last", 1, "fp32")
+    assert metrics["test_acc"] > 0.5
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_and_matches_the_eager_run_closely(tmp_path, quick):
+    runs = {}
+    for compile_ in ("false", "true"):
+        run_dir = tmp_path / compile_
+        result = run_cli(*quick, f"trainer.compile={compile_}", f"hydra.run.dir={run_dir}")
+        assert result.returncode == 0, result.stderr
+        runs[compile_] = json.loads((run_dir / "metrics.json").read_text())
+    assert runs["true"]["test_acc"] > 0.5
+    # fused kernels round differently, so after one epoch the two agree closely but not bitwise
+    assert abs(runs["true"]["history"][0]["train_loss"] - runs["false"]["history"][0]["train_loss"]) < 0.05
