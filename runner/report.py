@@ -88,8 +88,9 @@ def find_runs(paths: list[Path]) -> list[Run]:
 
 def distinguishing_keys(runs: list[Run]) -> list[str]:
     """The choices that differ between runs, and the values that differ among runs of the same choices
-    (so `model=plain,bn` is labelled by `model`, not by the model.batch_norm it implies)."""
-    keys = sorted({k for r in runs for k in r.values})
+    (so `model=plain,bn` is labelled by `model`, not by the model.batch_norm it implies). A key that
+    some runs lack (they were made before ablate had it) tells no runs apart."""
+    keys = sorted(set.intersection(*(set(r.values) for r in runs))) if runs else []
     differing = [k for k in keys if len({json.dumps(r.values.get(k)) for r in runs}) > 1]
     labels = [g for g in GROUPS if g in differing]
     for key in differing:

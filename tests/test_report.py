@@ -39,3 +39,16 @@ def test_report_compares_runs_from_separate_commands_by_what_differs(tmp_path, q
     assert "optimizer=momentum" in summary and "n=1, noise unknown" in summary  # one side has one seed
     assert (tmp_path / "cmp" / "plots" / "val_acc.png").is_file()
     assert report_main([str(tmp_path / "nothing-here")]) == 2
+
+
+def test_keys_that_older_runs_lack_do_not_split_a_variant(tmp_path):
+    from runner.report import Run, distinguishing_keys
+
+    def run(name, values):
+        return Run(tmp_path / name, {}, values)
+
+    old = run("old", {"sched": "constant", "trainer.max_epochs": 10})
+    new = run("new", {"sched": "constant", "trainer.max_epochs": 10, "trainer.layout": "auto"})
+    cosine = run("cos", {"sched": "cosine", "trainer.max_epochs": 10, "trainer.layout": "auto"})
+    assert distinguishing_keys([old, new, cosine]) == ["sched"]
+    assert distinguishing_keys([old, new]) == []
