@@ -48,7 +48,7 @@ class TrainingProgress:
         self.enabled = enabled and console.is_terminal
         self.task = None
 
-    def start(self, max_epochs: int, steps_per_epoch: int, done_epochs: int = 0) -> None:
+    def start(self, max_epochs: int, steps_per_epoch: int, done_steps: int = 0) -> None:
         if not self.enabled:
             return
         self.bar = Progress(
@@ -66,8 +66,8 @@ class TrainingProgress:
         self.task = self.bar.add_task(
             "train",
             total=total,
-            completed=done_epochs * steps_per_epoch,
-            epoch=done_epochs + 1,
+            completed=done_steps,
+            epoch=min(done_steps // max(1, steps_per_epoch) + 1, max_epochs),
             epochs=max_epochs,
             loss="-",
             acc="-",

@@ -154,19 +154,23 @@ class Batches:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of `epoch`, from batch `start` on (a resumed epoch draws what it skips)."""
         n, device = len(self.split), self.split.images.device
         gen = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=gen).to(device) if self.shuffle else None
         for i in range(len(self)):
             lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
-            idx = order[lo:hi] if order is not None else slice(lo, hi)
-            x = self.split.images[idx].float()
             if self.augment:
                 size = (hi - lo,)
                 dy = torch.randint(0, 2 * self.pad + 1, size, generator=gen).to(device)
                 dx = torch.randint(0, 2 * self.pad + 1, size, generator=gen).to(device)
                 flip = (torch.rand(size, generator=gen) < 0.5).to(device)
+            if i < start:
+                continue
+            idx = order[lo:hi] if order is not None else slice(lo, hi)
+            x = self.split.images[idx].float()
+            if self.augment:
                 x = crop_flip(x, dy, dx, flip, self.pad)
             x = x * self.scale + self.shift
             yield x.contiguous(memory_format=self.memory_format), self.split.labels[idx]

@@ -4,6 +4,7 @@ config -> seed -> data on the device -> model -> optimizer and schedule -> Train
 -> metrics.json, TensorBoard, checkpoint -> the objective (best val accuracy) for sweepers.
 """
 
+import json
 import os
 import platform
 import random
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import models
@@ -20,6 +22,7 @@ import optim
 from runner import GROUPS, checkpoint, console, data, device
 from runner.datasets import DataError
 from runner.diagnostics import Diagnostics
+from runner.interrupt import stop_on_signals
 from runner.log import RunLogger, write_json
 from runner.train import Trainer
 
@@ -36,8 +39,6 @@ def seed_everything(seed: int) -> None:
 
 def parallel_jobs(hydra_cfg) -> int:
     """How many jobs the launcher runs at once: its n_jobs in a sweep (joblib's -1 is every core), else 1."""
-    from hydra.types import RunMode
-
     n = hydra_cfg.launcher.get("n_jobs") if hydra_cfg.mode == RunMode.MULTIRUN else None
     if not isinstance(n, int) or n == 0:
         return 1
@@ -79,6 +80,9 @@ def check_run(cfg: DictConfig) -> None:
         raise ValueError(f"trainer.grad_clip={t.grad_clip!r} is not allowed; allowed: a number > 0 or null")
     if not isinstance(t.log_every_n_steps, int) or t.log_every_n_steps < 1:
         raise ValueError(f"trainer.log_every_n_steps={t.log_every_n_steps!r} is not allowed; allowed: an integer >= 1")
+    minutes = t.checkpoint_every_minutes
+    if minutes is not None and not (isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes > 0):
+        raise ValueError(f"trainer.checkpoint_every_minutes={minutes!r} is not allowed; allowed: a number > 0 or null")
     if not isinstance(t.compile, bool):
         raise ValueError(f"trainer.compile={t.compile!r} is not allowed; allowed: true or false")
 
@@ -136,20 +140,32 @@ def run_job(cfg: DictConfig) -> float | None:
         f"{name}: {len(parts.dataset.train)} training images on {compute.device} "
         f"({compute.precision}, {compute.layout}, {compute.threads} threads)"
     )
-    logger = RunLogger(run_dir)
-    logger.hparams(hparams(cfg, choices, compute.precision))
     last = run_dir / "checkpoints" / "last.pt"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        saved = checkpoint.load_matching(last, config)  # None for a fresh run
+    except ValueError as e:
+        raise SetupError(str(e)) from e
+    done = finished_metrics(run_dir, saved, cfg.trainer.max_epochs)
+    if done:
+        console.log.info(f"{name}: completed already in {run_dir}; skipped")
+        console.print_summary(done, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
+        return objective(done)
+    logger = RunLogger(run_dir, purge_step=saved["step"] if saved else None)
+    logger.hparams(hparams(cfg, choices, compute.precision))
     trainer = Trainer(
         parts.model, parts.optimizer, parts.schedule, parts.train, parts.val, parts.test, cfg.trainer,
-        compute.autocast_dtype, logger, console.TrainingProgress(), checkpoint=lambda state: checkpoint.save(last, state),
+        compute.autocast_dtype, logger, console.TrainingProgress(),
+        checkpoint=lambda state: checkpoint.save(last, {**state, "config": config}),
         diagnostics=Diagnostics(parts.model) if cfg.trainer.diagnostics else None,
-    )
+    )  # fmt: skip
+    if saved:
+        trainer.load_state_dict(saved)
+        console.log.info(f"{name}: resuming from {last} (epoch {trainer.epoch}, batch {trainer.batch}, step {trainer.step})")
     status = "failed"
     try:
-        status = trainer.fit().status
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
+        with stop_on_signals(trainer.request_stop):
+            status = trainer.fit().status
     finally:
         result = trainer.result
         metrics = {
@@ -177,7 +193,28 @@ def run_job(cfg: DictConfig) -> float | None:
         logger.close(status)
     if status == "diverged":
         console.log.error(f"{name}: the training loss became NaN or infinite by step {trainer.step}; status: diverged")
+    if status == "interrupted":
+        again = f"hydra.sweep.dir={run_dir.parent}" if hydra_cfg.mode == RunMode.MULTIRUN else f"hydra.run.dir={run_dir}"
+        console.log.warning(f"{name}: stopped by signal {trainer.stop_signal} at step {trainer.step}; to resume, run it again with {again}")
+        raise SystemExit(128 + trainer.stop_signal)
+    console.print_summary(metrics, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
+    return objective(metrics)
+
+
+def objective(metrics: dict) -> float | None:
+    """What a sweeper optimizes: the best validation accuracy, or test accuracy without a val split."""
+    return metrics["best_val_acc"] if metrics["best_val_acc"] is not None else metrics["test_acc"]
+
+
+def tensorboard_logdir(hydra_cfg, run_dir: Path) -> str:
     outputs = Path(hydra_cfg.runtime.cwd, "outputs").resolve()
-    logdir = "outputs" if run_dir.resolve().is_relative_to(outputs) else str(run_dir)
-    console.print_summary(metrics, str(run_dir), logdir)
-    return result.best_val_acc if result.best_val_acc is not None else result.test_acc
+    return "outputs" if run_dir.resolve().is_relative_to(outputs) else str(run_dir)
+
+
+def finished_metrics(run_dir: Path, saved: dict | None, max_epochs: int) -> dict | None:
+    """metrics.json of a run that completed in `run_dir` with this config, else None."""
+    path = run_dir / "metrics.json"
+    if saved is None or saved["epoch"] < max_epochs or not path.exists():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("status") == "completed" else None

@@ -2,14 +2,18 @@
 
 No host synchronization inside a step: losses and counts accumulate on the device and are
 read (`.item()`) only every `log_every_n_steps` and at the end of an epoch. The Trainer's
-state (model, optimizer, schedule, counters, history) can be saved and restored.
+state (model, optimizer, schedule, counters, the running epoch's totals, RNG states, history)
+can be saved at any step and restored, so a resumed run continues exactly where it stopped.
+A signal (`request_stop`) ends the run after the current step, with a checkpoint.
 """
 
 import contextlib
 import math
+import random
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -18,12 +22,72 @@ from runner.data import Batches
 
 @dataclass
 class Result:
-    status: str  # completed or diverged
+    status: str  # completed, diverged or interrupted
     history: list[dict] = field(default_factory=list)  # one entry per epoch
     best_val_acc: float | None = None
     test_loss: float | None = None
     test_acc: float | None = None
     train_seconds: float = 0.0
+
+
+class Totals:
+    """Device-side sums over the running epoch and over the steps since the last log line."""
+
+    def __init__(self, device: torch.device):
+        self.loss = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.count = 0
+        self.window_loss = torch.zeros((), device=device)
+        self.window_correct = torch.zeros((), device=device, dtype=torch.long)
+        self.window_steps = self.window_count = 0
+
+    def add(self, loss: torch.Tensor, hits: torch.Tensor, n: int) -> None:
+        self.loss += loss * n
+        self.correct += hits
+        self.count += n
+        self.window_loss += loss
+        self.window_correct += hits
+        self.window_steps += 1
+        self.window_count += n
+
+    def read_window(self) -> tuple[float, float]:
+        """Mean loss and accuracy since the last read (one device read), and a fresh window."""
+        loss, acc = (self.window_loss / self.window_steps).item(), self.window_correct.item() / self.window_count
+        self.window_loss.zero_()
+        self.window_correct.zero_()
+        self.window_steps = self.window_count = 0
+        return loss, acc
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value.to(self.loss.device) if isinstance(value, torch.Tensor) else value)
+
+
+def rng_states() -> dict:
+    """Every random generator's state, in types that torch.load(weights_only=True) accepts."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "python": [version, list(mt), gauss],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    version, mt, gauss = states["python"]
+    random.setstate((version, tuple(mt), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 class Trainer:
@@ -45,55 +109,78 @@ class Trainer:
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.train_batches, self.val_batches, self.test_batches = train, val, test
         self.max_epochs, self.grad_clip, self.log_every = cfg.max_epochs, cfg.grad_clip, max(1, cfg.log_every_n_steps)
+        minutes = cfg.get("checkpoint_every_minutes")
+        self.checkpoint_every = None if minutes is None else 60 * minutes  # seconds
         self.autocast_dtype = autocast_dtype
-        self.device_type = next(model.parameters()).device.type
+        self.device = next(model.parameters()).device
         self.logger, self.progress, self.checkpoint = logger, progress, checkpoint
         self.diagnostics, self.histograms = diagnostics, cfg.histograms
         self.epoch = 0  # epochs finished
+        self.batch = 0  # batches finished in the running epoch
         self.step = 0  # optimizer steps taken
+        self.epoch_lr = self.lr()  # the learning rate the running epoch started with
+        self.totals = Totals(self.device)
+        self.stop_signal: int | None = None
+        self.last_save = time.monotonic()
         self.result = Result(status="completed")
+
+    def request_stop(self, signum: int) -> None:
+        """End the run after the current step (from a signal handler)."""
+        self.stop_signal = signum
 
     def autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
 
+    def save(self) -> None:
+        if self.checkpoint is not None:
+            self.checkpoint(self.state_dict())
+        self.last_save = time.monotonic()
+
     def fit(self) -> Result:
         start = time.perf_counter() - self.result.train_seconds
-        self.progress.start(self.max_epochs, len(self.train_batches), done_epochs=self.epoch)
-        while self.epoch < self.max_epochs:
-            lr = self.lr()
-            train_loss, train_acc = self.train_epoch(self.epoch)
+        self.progress.start(self.max_epochs, len(self.train_batches), done_steps=self.epoch * len(self.train_batches) + self.batch)
+        while self.epoch < self.max_epochs and self.stop_signal is None:
+            outcome = self.train_epoch(self.epoch)
+            self.result.train_seconds = time.perf_counter() - start
+            if outcome is None:  # stopped by a signal, mid-epoch
+                break
+            train_loss, train_acc = outcome
             if not math.isfinite(train_loss):
                 self.result.status = "diverged"
                 break
             val_loss, val_acc = self.evaluate(self.val_batches)
             self.schedule.after_epoch(val_loss if val_loss is not None else train_loss)
             self.epoch += 1
+            self.batch = 0
+            self.totals = Totals(self.device)
             self.result.train_seconds = time.perf_counter() - start
             entry = {
                 "epoch": self.epoch,
                 "step": self.step,
-                "lr": lr,
+                "lr": self.epoch_lr,
                 "train_loss": train_loss,
                 "train_acc": train_acc,
                 "val_loss": val_loss,
                 "val_acc": val_acc,
                 "seconds": round(self.result.train_seconds, 3),
             }
+            self.epoch_lr = self.lr()
             self.result.history.append(entry)
             if val_acc is not None and (self.result.best_val_acc is None or val_acc > self.result.best_val_acc):
                 self.result.best_val_acc = val_acc
             values = {"acc/train": train_acc, "loss/val": val_loss, "acc/val": val_acc}
             self.logger.scalars({k: v for k, v in values.items() if v is not None}, self.step)
             self.progress.end_epoch(entry, self.max_epochs)
-            if self.checkpoint is not None:
-                self.checkpoint(self.state_dict())
+            self.save()
         self.progress.stop()
         self.result.train_seconds = time.perf_counter() - start
+        if self.stop_signal is not None and self.epoch < self.max_epochs and self.result.status == "completed":
+            self.result.status = "interrupted"  # the checkpoint was written where it stopped
         if self.result.status == "completed":
             self.result.test_loss, self.result.test_acc = self.evaluate(self.test_batches)
             final = {"loss/test": self.result.test_loss, "acc/test": self.result.test_acc}
@@ -102,17 +189,13 @@ class Trainer:
             self.logger.scalars({k: v for k, v in final.items() if v is not None}, self.step)
         return self.result
 
-    def train_epoch(self, epoch: int) -> tuple[float, float]:
-        """One pass over the training batches; mean loss and accuracy (nan loss if it diverged)."""
+    def train_epoch(self, epoch: int) -> tuple[float, float] | None:
+        """The rest of one pass over the training batches: mean loss and accuracy (nan loss if it
+        diverged), or None when a stop was requested before the epoch's end."""
         self.model.train()
-        device = next(self.model.parameters()).device
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        window_loss = torch.zeros((), device=device)
-        window_correct = torch.zeros((), device=device, dtype=torch.long)
-        count = window_steps = window_count = 0
         last = len(self.train_batches) - 1
-        for i, (x, y) in enumerate(self.train_batches.epoch(epoch)):
+        totals = self.totals
+        for i, (x, y) in enumerate(self.train_batches.epoch(epoch, start=self.batch), start=self.batch):
             log_now = (self.step + 1) % self.log_every == 0 or i == last  # and at the end of each epoch
             if self.diagnostics:
                 self.diagnostics.active = log_now
@@ -128,26 +211,21 @@ class Trainer:
             self.optimizer.step()
             self.schedule.after_step()
             self.step += 1
-            loss = loss.detach().float()
-            hits = (logits.argmax(1) == y).sum()
-            loss_sum += loss * len(y)
-            correct += hits
-            count += len(y)
-            window_loss += loss
-            window_correct += hits
-            window_steps += 1
-            window_count += len(y)
+            self.batch = i + 1
+            totals.add(loss.detach().float(), (logits.argmax(1) == y).sum(), len(y))
             self.progress.advance()
             if log_now:
-                mean = (window_loss / window_steps).item()  # the only host syncs between epochs
+                mean, acc = totals.read_window()  # the only host syncs between epochs
                 self.logger.scalars({"loss/train": mean, "lr": self.lr()}, self.step)
-                self.progress.show(loss=mean, acc=window_correct.item() / window_count)
+                self.progress.show(loss=mean, acc=acc)
                 if not math.isfinite(mean):
                     return math.nan, 0.0
-                window_loss.zero_()
-                window_correct.zero_()
-                window_steps = window_count = 0
-        return (loss_sum / max(count, 1)).item(), correct.item() / max(count, 1)
+            if i < last and self.stop_signal is not None:
+                self.save()
+                return None
+            if i < last and self.checkpoint_every is not None and time.monotonic() - self.last_save >= self.checkpoint_every:
+                self.save()
+        return (totals.loss / max(totals.count, 1)).item(), totals.correct.item() / max(totals.count, 1)
 
     def log_diagnostics(self, step: int) -> None:
         """Gradient norms and dead units (and histograms if asked), before the optimizer step."""
@@ -163,9 +241,8 @@ class Trainer:
         if len(batches.split) == 0:
             return None, None
         self.model.eval()
-        device = next(self.model.parameters()).device
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
         for x, y in batches.epoch():
             with self.autocast():
                 logits = self.model(x)
@@ -180,8 +257,11 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "epoch": self.epoch,
+            "batch": self.batch,
             "step": self.step,
-            "torch_rng": torch.get_rng_state(),
+            "epoch_lr": self.epoch_lr,
+            "totals": self.totals.state_dict(),
+            "rng": rng_states(),
             "history": self.result.history,
             "best_val_acc": self.result.best_val_acc,
             "train_seconds": self.result.train_seconds,
@@ -191,8 +271,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.epoch, self.step = state["epoch"], state["step"]
-        torch.set_rng_state(state["torch_rng"])
+        self.epoch, self.batch, self.step, self.epoch_lr = state["epoch"], state["batch"], state["step"], state["epoch_lr"]
+        self.totals.load_state_dict(state["totals"])
+        set_rng_states(state["rng"])
         self.result.history = list(state["history"])
         self.result.best_val_acc = state["best_val_acc"]
         self.result.train_seconds = state["train_seconds"]

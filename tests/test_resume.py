@@ -1,0 +1,112 @@
+"""Nothing lost: a run stopped by SIGTERM or killed by SIGKILL, mid-epoch, and started again in
+its directory ends bitwise equal to a run that was never interrupted (real subprocesses)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from helpers import ROOT, run_cli
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+# checkpoint_every_minutes=0.0001: a checkpoint after (nearly) every step, so kills land mid-epoch
+RESUMABLE = ["trainer.max_epochs=2", "model.channels=[8,16]", "model.hidden=[32]", "data.batch_size=32",
+             "trainer.checkpoint_every_minutes=0.0001", "trainer.log_every_n_steps=5"]  # fmt: skip
+
+
+def start(run_dir) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *RESUMABLE, f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def wait_for_checkpoint_at_step(run_dir, min_step: int, timeout: float = 120) -> int:
+    """Wait until checkpoints/last.pt holds step >= min_step; returns that step."""
+    path = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            step = torch.load(path, weights_only=True)["step"]
+            if step >= min_step:
+                return step
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step >= {min_step} within {timeout} s")
+
+
+def outcome(run_dir) -> tuple[list, float, dict]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = [{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]]
+    weights = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    return history, metrics["test_acc"], weights
+
+
+def assert_bitwise_equal(a, b) -> None:
+    assert a[0] == b[0] and a[1] == b[1]  # every epoch's losses and accuracies, and test accuracy
+    assert a[2].keys() == b[2].keys()
+    for name in a[2]:
+        assert torch.equal(a[2][name], b[2][name]), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference")
+    result = run_cli(*RESUMABLE, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    return outcome(run_dir)
+
+
+def test_sigterm_mid_epoch_checkpoints_exits_143_and_the_same_command_completes_it(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    stopped_near = wait_for_checkpoint_at_step(run_dir, 20)  # epoch 1 has 112 steps
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    assert f"to resume, run it again with hydra.run.dir={run_dir}" in output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["epochs"] == 0 and metrics["steps"] >= stopped_near
+    again = run_cli(*RESUMABLE, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout + again.stderr
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+    assert_bitwise_equal(outcome(run_dir), uninterrupted)
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = [e.step for e in events.Scalars("loss/train")]
+    assert steps == sorted(set(steps)), "a resumed run logs each step once"
+
+
+@pytest.mark.slow
+def test_sigkill_at_three_points_then_resume_ends_bitwise_equal(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    for min_step in (15, 100, 150):  # mid epoch 1, near its end, mid epoch 2
+        process = start(run_dir)
+        wait_for_checkpoint_at_step(run_dir, min_step)
+        process.kill()
+        process.wait(timeout=60)
+        assert process.returncode == -signal.SIGKILL
+    again = run_cli(*RESUMABLE, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr
+    assert_bitwise_equal(outcome(run_dir), uninterrupted)
+
+
+def test_a_checkpoint_of_another_config_is_refused_and_left_as_it_is(tmp_path, quick):
+    run_dir = tmp_path / "run"
+    assert run_cli(*quick, f"hydra.run.dir={run_dir}").returncode == 0
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    other = run_cli(*quick, "optimizer.lr=0.01", f"hydra.run.dir={run_dir}")
+    assert other.returncode == 2
+    assert other.stderr.strip().endswith(
+        "holds a checkpoint of another config (optimizer.lr=0.05 there, 0.01 now); "
+        "allowed: the same config to resume it, or another hydra.run.dir / hydra.sweep.dir"
+    )
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+    assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
