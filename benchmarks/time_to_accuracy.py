@@ -24,7 +24,7 @@ def main() -> None:
     walls, accs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            run_dir = Path(tmp, f"seed={seed}")
+            run_dir = Path(tmp, f"seed-{seed}")
             command = [sys.executable, "-m", "runner", f"experiment={args.preset}", f"seed={seed}", *args.overrides]
             start = time.perf_counter()
             subprocess.run([*command, f"hydra.run.dir={run_dir}"], check=True, stdout=subprocess.DEVNULL)

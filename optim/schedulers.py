@@ -8,10 +8,8 @@ Cosine annealing: eta_t = eta_min + (eta_0 - eta_min) (1 + cos(pi t / T_max)) / 
 import torch
 from torch.optim import lr_scheduler
 
-from optim.optimizers import is_number
-
-SCHEDULES = ("constant", "cosine", "cosine_restarts", "step", "plateau")
-INTERVALS = ("step", "epoch")
+from runner import schema
+from runner.schema import INTERVALS, SCHEDULES  # noqa: F401  (the names sched= chooses from)
 
 
 class LrSchedule:
@@ -38,28 +36,9 @@ class LrSchedule:
         self.scheduler.load_state_dict(state)
 
 
-def _check(cfg) -> None:
-    if cfg.name not in SCHEDULES:
-        raise ValueError(f"sched.name={cfg.name!r} is not known; allowed: {', '.join(SCHEDULES)}")
-    if cfg.interval not in INTERVALS:
-        raise ValueError(f"sched.interval={cfg.interval!r} is not known; allowed: step, epoch")
-    if cfg.name == "plateau" and cfg.interval != "epoch":
-        raise ValueError("sched.interval='step' is not allowed for sched=plateau; allowed: epoch")
-    warmup = cfg.get("warmup", 0)
-    if not (is_number(warmup) and warmup >= 0):
-        raise ValueError(f"sched.warmup={warmup} is not allowed; allowed: a number of epochs >= 0")
-    if cfg.name == "plateau" and warmup:
-        raise ValueError(f"sched.warmup={warmup} is not allowed for sched=plateau; allowed: 0")
-    for key in ("t_max", "t_0", "step_size"):
-        if cfg.get(key) is not None and not (is_number(cfg[key]) and cfg[key] > 0):
-            raise ValueError(f"sched.{key}={cfg[key]} is not allowed; allowed: a number of epochs > 0")
-    if cfg.get("eta_min") is not None and not (is_number(cfg.eta_min) and cfg.eta_min >= 0):
-        raise ValueError(f"sched.eta_min={cfg.eta_min} is not allowed; allowed: a number >= 0")
-
-
 def build_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int) -> LrSchedule:
     """The schedule `sched=<name>` chooses, for a training of `epochs` x `steps_per_epoch` steps."""
-    _check(cfg)
+    schema.check("sched", cfg)  # the rules `run` checks before anything runs
     per_epoch = steps_per_epoch if cfg.interval == "step" else 1
 
     def ticks(epochs_: float) -> int:

@@ -1,15 +1,31 @@
 """The `run` command: a Hydra app over configs/. torch is imported inside the task, so
-`run --help` and `run --cfg job` stay fast."""
+`run --help` and `run --cfg job` stay fast.
+
+Bad input is refused before anything is written: composition checks the keys and types
+(runner/schema.py), the CheckFirst callback the values of the run or of every job of a sweep, and
+either refusal comes out as one line, `error: <key>=<value> is not allowed; allowed: ...`, exit 2
+(with HYDRA_FULL_ERROR=1, the traceback instead)."""
 
 import os
 import sys
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from runner import schema
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
+FULL_ERROR = "HYDRA_FULL_ERROR"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 @hydra.main(config_path=str(CONFIGS), config_name="config", version_base="1.3")
@@ -44,9 +60,6 @@ def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
     `run -m experiment=quick`, whose preset sweeps model and seed, `model=bn,seed=1`)."""
     if not {"-m", "--multirun"} & set(argv) or any(a.startswith(EXCLUDE_KEYS) for a in argv):
         return argv
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
     candidates = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
     try:
         overrides = OverridesParser.create().parse_overrides(candidates)
@@ -59,7 +72,81 @@ def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
     return [*argv[:at], f"{EXCLUDE_KEYS}=[{','.join(fixed)}]", *argv[at:]]
 
 
+class CheckFirst(Callback):
+    """Hydra callback: the run's config, or every job's config of a sweep, passes schema.validate
+    before Hydra writes anything (run directory, sweep directory, multirun.yaml). Hydra turns what a
+    callback raises into a warning, so a refusal ends the program here."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        try:
+            schema.validate(config)
+        except schema.ConfigError as e:
+            refuse(e, [])
+        errors_as_usual()
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        for overrides in sweep_jobs(config):
+            try:
+                schema.validate(GlobalHydra.instance().config_loader().load_sweep_config(config, overrides))
+            except (schema.ConfigError, HydraException, OmegaConfBaseException) as e:
+                refuse(e, overrides)
+        errors_as_usual()
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The overrides of each job the sweep will launch: every combination of the swept values
+    (Hydra's basic sweeper); under another sweeper, only the fixed overrides."""
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        return [[o.input_line for o in overrides if not o.is_sweep_override()]]
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    (jobs,) = BasicSweeper.split_arguments(overrides, None)
+    return jobs
+
+
+_user_full_error: list[str | None] = []  # HYDRA_FULL_ERROR as the user set it, while main() holds it at 1
+
+
+def hold_errors() -> None:
+    """Until the config is composed and checked, have Hydra raise its errors (HYDRA_FULL_ERROR=1)
+    rather than print them over several lines, so that they come out in one."""
+    _user_full_error.append(os.environ.get(FULL_ERROR))
+    os.environ[FULL_ERROR] = "1"
+
+
+def errors_as_usual() -> None:
+    """HYDRA_FULL_ERROR as the user set it, for the jobs (and the processes a launcher starts)."""
+    if _user_full_error:
+        value = _user_full_error.pop()
+        if value is None:
+            os.environ.pop(FULL_ERROR, None)
+        else:
+            os.environ[FULL_ERROR] = value
+
+
+def refuse(error: Exception, overrides: list[str]) -> NoReturn:
+    """Exit 2 on bad input: one line naming the key, the value and what is allowed, or with
+    HYDRA_FULL_ERROR=1 the traceback."""
+    user_value = _user_full_error[-1] if _user_full_error else os.environ.get(FULL_ERROR)
+    if user_value == "1":
+        traceback.print_exception(error)
+    else:
+        print(f"error: {schema.describe(error, overrides)}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     OmegaConf.register_new_resolver("new_dir", new_dir, use_cache=True, replace=True)
     sys.argv = name_jobs_by_swept_keys(sys.argv)
-    task()
+    hold_errors()
+    try:
+        task()
+    except (HydraException, OmegaConfBaseException) as e:
+        if not _user_full_error:
+            raise  # after the config was checked: Hydra reported it already, or HYDRA_FULL_ERROR=1 wants it raised
+        refuse(e, sys.argv[1:])  # while composing
+    finally:
+        errors_as_usual()

@@ -1,6 +1,9 @@
-"""Checkpoints: written atomically, loaded with weights_only=True (no pickled code runs)."""
+"""Checkpoints: written atomically, loaded with weights_only=True (no pickled code runs); the
+final weights of a completed run also as model.safetensors (tensors only, readable anywhere)."""
 
 import os
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -18,7 +21,39 @@ def save(path: Path, state: dict) -> None:
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=True)
+    """The checkpoint at `path`, unpickled with torch's weights-only unpickler: a file that carries
+    code (or any object other than tensors and plain values) raises ValueError, and nothing in it runs."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)|Unsupported operand \S+", str(e))
+        what = f" ({found.group(1) or found.group(0)})" if found else ""
+        raise ValueError(
+            f"{path} was refused: it holds pickled code or objects other than tensors{what}, which were not run; "
+            "allowed: a checkpoint written by ablate; move the file away to start this run afresh"
+        ) from None
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(
+            f"{path} is not a readable checkpoint ({str(e).split('.')[0]}); "
+            "allowed: a checkpoint written by ablate; move the file away to start this run afresh"
+        ) from None
+    if not isinstance(state, dict):
+        kind = type(state).__name__
+        raise ValueError(f"{path} holds a {kind}, not a checkpoint; allowed: a checkpoint written by ablate")  # noqa: TRY004
+    return state
+
+
+def export_weights(path: Path, model: torch.nn.Module) -> None:
+    """The model's state (parameters and buffers) as a safetensors file, written atomically."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}  # no views, no NHWC
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def first_difference(old, new, key: str = "") -> tuple[str, object, object] | None:

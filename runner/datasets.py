@@ -22,14 +22,27 @@ IDX_FILES = {
 }
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
 
-# MD5 of the files' bytes: "raw" of the decompressed file, "gz" of torchvision's .gz download.
-# Debian's fashion-mnist .gz files differ from torchvision's, their decompressed bytes do not.
+# Checksums of the files' bytes: "raw" (MD5) or "raw_sha256" of the decompressed file, "gz" (MD5) of
+# torchvision's .gz download. Debian's fashion-mnist .gz files differ from torchvision's, their
+# decompressed bytes do not. A file passes when any checksum known for it matches.
 CHECKSUMS = {
     "mnist": {
-        "train-images-idx3-ubyte": {"gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873"},
-        "train-labels-idx1-ubyte": {"gz": "d53e105ee54ea40749a09fcbcd1e9432"},
-        "t10k-images-idx3-ubyte": {"gz": "9fb629c4189551a2d022fa330f9573f3"},
-        "t10k-labels-idx1-ubyte": {"gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+        "train-images-idx3-ubyte": {
+            "gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+            "raw_sha256": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        },
+        "train-labels-idx1-ubyte": {
+            "gz": "d53e105ee54ea40749a09fcbcd1e9432",
+            "raw_sha256": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        },
+        "t10k-images-idx3-ubyte": {
+            "gz": "9fb629c4189551a2d022fa330f9573f3",
+            "raw_sha256": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        },
+        "t10k-labels-idx1-ubyte": {
+            "gz": "ec29112dd5afa0611ce80d1b7f02629c",
+            "raw_sha256": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        },
     },
     "fashion_mnist": {
         "train-images-idx3-ubyte": {"raw": "f4a8712d7a061bf5bd6d2ca38dc4d50a", "gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d"},
@@ -97,9 +110,11 @@ def _verify(dataset: str, path: Path, raw: bytes, packed: bytes | None) -> None:
         return
     if packed is not None and known.get("gz") == _md5(packed):
         return
-    if "raw" not in known and packed is None:
+    if not {"raw", "raw_sha256"} & known.keys() and packed is None:
         return  # only the download's .gz checksum is known; the format checks still ran
-    if known.get("raw") == _md5(raw):
+    if "raw" in known and known["raw"] == _md5(raw):
+        return
+    if "raw_sha256" in known and known["raw_sha256"] == hashlib.sha256(raw).hexdigest():
         return
     raise DataError(
         f"{path}: checksum does not match the known {dataset} file (truncated or corrupt?); "
@@ -190,10 +205,16 @@ def _find(folder: Path, name: str) -> Path | None:
     return None
 
 
-def _complete(dataset: str, folder: Path) -> bool:
+def _missing(dataset: str, folder: Path) -> list[str]:
+    """The data set's files that `folder` lacks (an IDX file may be there as .gz or not)."""
     if dataset == "cifar10":
-        return all((folder / f).is_file() for names in CIFAR_FILES.values() for f in names)
-    return all(_find(folder, f) for names in IDX_FILES.values() for f in names)
+        return [f for names in CIFAR_FILES.values() for f in names if not (folder / f).is_file()]
+    return [f for names in IDX_FILES.values() for f in names if not _find(folder, f)]
+
+
+def _holds_some(dataset: str, folder: Path) -> bool:
+    every = CIFAR_FILES if dataset == "cifar10" else IDX_FILES
+    return len(_missing(dataset, folder)) < sum(len(names) for names in every.values())
 
 
 def _download(dataset: str, root: Path) -> None:
@@ -209,10 +230,15 @@ def locate(dataset: str, root: str | None, download: bool) -> Path:
     tried = []
     candidates = ([Path(root).expanduser() / source.folder] if root else []) + [Path(p) for p in source.system]
     for folder in candidates:
-        if _complete(dataset, folder):
+        missing = _missing(dataset, folder)
+        if not missing:
             return folder
-        tried.append(f"{folder} ({'incomplete' if folder.exists() else 'missing'})")
-    if download and root:
+        tried.append(f"{folder} ({'incomplete, no ' + ', '.join(missing) if folder.exists() else 'missing'})")
+    target = Path(root).expanduser() / source.folder if root else None
+    if target is not None and _holds_some(dataset, target):
+        # torchvision would replace the files there that it finds wrong; ablate never rewrites a data file
+        tried.append(f"download (not into {target}: it holds some of the files, which a download would replace)")
+    elif download and root:
         try:
             _download(dataset, Path(root).expanduser())
             return Path(root).expanduser() / source.folder

@@ -1,7 +1,9 @@
 """One run: compose what the config chose, train, and write the run directory.
 
 config -> seed -> data on the device -> model -> optimizer and schedule -> Trainer.fit()
--> metrics.json, TensorBoard, checkpoint -> the objective (best val accuracy) for sweepers.
+-> metrics.json, TensorBoard, checkpoint, model.safetensors -> the objective (best val accuracy)
+for sweepers. Run again in its directory, a run resumes from its checkpoint, or is skipped when it
+completed or diverged there already.
 """
 
 import json
@@ -19,12 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import optim
-from runner import GROUPS, checkpoint, console, data, device
+from runner import GROUPS, checkpoint, console, data, device, schema
 from runner.datasets import DataError
 from runner.diagnostics import Diagnostics
 from runner.interrupt import stop_on_signals
 from runner.log import RunLogger, write_json
 from runner.train import Trainer
+
+DIVERGED_EXIT = 3  # a single run whose loss became NaN or infinite; a sweep goes on and exits 0
 
 
 class SetupError(Exception):
@@ -69,24 +73,6 @@ def hparams(cfg: DictConfig, choices, precision: str) -> dict:
     return values
 
 
-def check_run(cfg: DictConfig) -> None:
-    """The top-level and trainer values that no builder reads."""
-    t = cfg.trainer
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise ValueError(f"seed={cfg.seed!r} is not allowed; allowed: an integer >= 0")
-    if not isinstance(t.max_epochs, int) or t.max_epochs < 0:
-        raise ValueError(f"trainer.max_epochs={t.max_epochs!r} is not allowed; allowed: an integer >= 0")
-    if t.grad_clip is not None and not (isinstance(t.grad_clip, (int, float)) and t.grad_clip > 0):
-        raise ValueError(f"trainer.grad_clip={t.grad_clip!r} is not allowed; allowed: a number > 0 or null")
-    if not isinstance(t.log_every_n_steps, int) or t.log_every_n_steps < 1:
-        raise ValueError(f"trainer.log_every_n_steps={t.log_every_n_steps!r} is not allowed; allowed: an integer >= 1")
-    minutes = t.checkpoint_every_minutes
-    if minutes is not None and not (isinstance(minutes, (int, float)) and not isinstance(minutes, bool) and minutes > 0):
-        raise ValueError(f"trainer.checkpoint_every_minutes={minutes!r} is not allowed; allowed: a number > 0 or null")
-    if not isinstance(t.compile, bool):
-        raise ValueError(f"trainer.compile={t.compile!r} is not allowed; allowed: true or false")
-
-
 @dataclass
 class Parts:
     """Everything a run trains with, built from the config before any training starts."""
@@ -105,7 +91,7 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
     """Data on the device, model, optimizer, schedule and batches; bad input raises SetupError.
     `parallel_jobs` (the jobs a launcher runs at once) shares the CPU cores out under threads=auto."""
     try:
-        check_run(cfg)
+        schema.validate(cfg)  # also checked before Hydra wrote anything (runner.app.CheckFirst)
         seed_everything(cfg.seed)
         compute = device.pick(cfg.trainer, parallel_jobs)
         torch.set_num_threads(compute.threads)
@@ -148,9 +134,9 @@ def run_job(cfg: DictConfig) -> float | None:
         raise SetupError(str(e)) from e
     done = finished_metrics(run_dir, saved, cfg.trainer.max_epochs)
     if done:
-        console.log.info(f"{name}: completed already in {run_dir}; skipped")
+        console.log.info(f"{name}: {done['status']} already in {run_dir}; skipped")
         console.print_summary(done, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
-        return objective(done)
+        return finish(done, name, run_dir, hydra_cfg)
     logger = RunLogger(run_dir, purge_step=saved["step"] if saved else None)
     logger.hparams(hparams(cfg, choices, compute.precision))
     trainer = Trainer(
@@ -166,6 +152,8 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         with stop_on_signals(trainer.request_stop):
             status = trainer.fit().status
+        if status == "completed":
+            checkpoint.export_weights(run_dir / "model.safetensors", parts.model)
     finally:
         result = trainer.result
         metrics = {
@@ -191,13 +179,26 @@ def run_job(cfg: DictConfig) -> float | None:
         }
         write_json(run_dir / "metrics.json", metrics)
         logger.close(status)
-    if status == "diverged":
-        console.log.error(f"{name}: the training loss became NaN or infinite by step {trainer.step}; status: diverged")
-    if status == "interrupted":
-        again = f"hydra.sweep.dir={run_dir.parent}" if hydra_cfg.mode == RunMode.MULTIRUN else f"hydra.run.dir={run_dir}"
-        console.log.warning(f"{name}: stopped by signal {trainer.stop_signal} at step {trainer.step}; to resume, run it again with {again}")
+    if status == "interrupted":  # a sweep stops here too: its later jobs have not started
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            again = f"to resume the sweep, run the same command with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+        else:
+            again = f"to resume, run it again with hydra.run.dir={run_dir}"
+        console.log.warning(f"{name}: stopped by signal {trainer.stop_signal} at step {trainer.step}; {again}")
         raise SystemExit(128 + trainer.stop_signal)
     console.print_summary(metrics, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
+    return finish(metrics, name, run_dir, hydra_cfg)
+
+
+def finish(metrics: dict, name: str, run_dir: Path, hydra_cfg) -> float | None:
+    """The objective for sweepers; a diverged single run exits with DIVERGED_EXIT (a sweep goes on)."""
+    if metrics["status"] == "diverged":
+        console.log.error(
+            f"{name}: the training loss became NaN or infinite by step {metrics['steps']} ({run_dir}); "
+            "status: diverged. Try a lower optimizer.lr or set trainer.grad_clip"
+        )
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise SystemExit(DIVERGED_EXIT)
     return objective(metrics)
 
 
@@ -212,9 +213,14 @@ def tensorboard_logdir(hydra_cfg, run_dir: Path) -> str:
 
 
 def finished_metrics(run_dir: Path, saved: dict | None, max_epochs: int) -> dict | None:
-    """metrics.json of a run that completed in `run_dir` with this config, else None."""
+    """metrics.json of a run that completed, or diverged, in `run_dir` with this config (its checkpoint
+    says so), else None. A diverged run would diverge again the same way: it is not rerun either."""
     path = run_dir / "metrics.json"
-    if saved is None or saved["epoch"] < max_epochs or not path.exists():
+    if saved is None or not path.exists():
         return None
     metrics = json.loads(path.read_text())
-    return metrics if metrics.get("status") == "completed" else None
+    if metrics.get("status") == "completed" and saved["epoch"] >= max_epochs:
+        return metrics
+    if metrics.get("status") == "diverged" and saved["step"] <= metrics.get("steps", -1):
+        return metrics
+    return None

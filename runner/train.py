@@ -156,8 +156,6 @@ class Trainer:
             val_loss, val_acc = self.evaluate(self.val_batches)
             self.schedule.after_epoch(val_loss if val_loss is not None else train_loss)
             self.epoch += 1
-            self.batch = 0
-            self.totals = Totals(self.device)
             self.result.train_seconds = time.perf_counter() - start
             entry = {
                 "epoch": self.epoch,
@@ -225,6 +223,7 @@ class Trainer:
                 return None
             if i < last and self.checkpoint_every is not None and time.monotonic() - self.last_save >= self.checkpoint_every:
                 self.save()
+        self.batch, self.totals = 0, Totals(self.device)  # the next call starts the next epoch
         return (totals.loss / max(totals.count, 1)).item(), totals.correct.item() / max(totals.count, 1)
 
     def log_diagnostics(self, step: int) -> None:

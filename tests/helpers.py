@@ -1,10 +1,14 @@
 """Test helpers: the `run` command in a subprocess, and (from runner.fixtures) the real config
 tree composed with Hydra and small data files in the real formats."""
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import torch
 
 from runner.fixtures import CONFIGS, compose_cfg, write_cifar_like, write_idx, write_mnist_like  # noqa: F401
 
@@ -23,3 +27,32 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
         text=True,
         timeout=timeout,
     )
+
+
+def wait_for_checkpoint_at_step(run_dir, min_step: int, timeout: float = 120) -> int:
+    """Wait until checkpoints/last.pt holds step >= min_step; returns that step."""
+    path = run_dir / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            step = torch.load(path, weights_only=True)["step"]
+            if step >= min_step:
+                return step
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"no checkpoint at step >= {min_step} within {timeout} s")
+
+
+def outcome(run_dir) -> tuple[list, float, dict]:
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    history = [{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]]
+    weights = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    return history, metrics["test_acc"], weights
+
+
+def assert_bitwise_equal(a, b) -> None:
+    assert a[0] == b[0] and a[1] == b[1]  # every epoch's losses and accuracies, and test accuracy
+    assert a[2].keys() == b[2].keys()
+    for name in a[2]:
+        assert torch.equal(a[2][name], b[2][name]), name

@@ -1,12 +1,14 @@
 """Data sources and device batches, on the embedded digits and on small files in the real formats."""
 
+import gzip
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import compose_cfg, write_cifar_like, write_idx, write_mnist_like
+from helpers import compose_cfg, run_cli, write_cifar_like, write_idx, write_mnist_like
 
 from runner import data
 from runner.datasets import DataError, load_arrays, read_cifar_batch, read_idx
@@ -65,6 +67,87 @@ def test_truncated_idx_file_is_named_in_the_error(tmp_path):
     path.write_bytes(b"not an idx file")
     with pytest.raises(DataError, match="bad magic number"):
         read_idx(path)
+
+
+def _files(folder: Path) -> dict:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize(
+    "dataset, folder, write",
+    [
+        ("mnist", "MNIST/raw", lambda f: write_mnist_like(f, gz=False)),
+        ("fashion_mnist", "FashionMNIST/raw", lambda f: write_mnist_like(f, gz=False)),
+        ("cifar10", "cifar-10-batches-py", lambda f: write_cifar_like(f, per_batch=4)),
+    ],
+)
+def test_verify_checks_the_decompressed_files_of_every_data_set(tmp_path, dataset, folder, write):
+    """Decompressed files (as torchvision leaves them) have known checksums too: a file that is not
+    the real one is named, with the fix, and left as it was."""
+    write(tmp_path / folder)
+    before = _files(tmp_path / folder)
+    cfg = compose_cfg(f"data={dataset}", f"data.root={tmp_path}", "data.download=false").data
+    with pytest.raises(DataError) as err:
+        load_arrays(cfg)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path / folder}/") and "\n" not in message
+    assert f"checksum does not match the known {dataset} file (truncated or corrupt?)" in message
+    assert "replace it with a fresh copy, or set data.verify=false for a file you made yourself" in message
+    assert _files(tmp_path / folder) == before
+
+
+@pytest.mark.parametrize("damage", ["truncated", "corrupt"])
+def test_a_damaged_data_file_stops_the_run_with_one_line_and_is_left_as_it_is(tmp_path, damage):
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist_like(raw)
+    path = raw / "train-images-idx3-ubyte.gz"  # the first file read
+    if damage == "truncated":  # a download cut short
+        path.write_bytes(path.read_bytes()[:-200])
+        expected = rf"error: {path}: not a readable gzip file \(.+\); replace it with a fresh copy"
+    else:  # not the known MNIST bytes (the files hold random digits)
+        expected = rf"error: {path}: checksum does not match the known mnist file \(truncated or corrupt\?\); "
+        expected += "replace it with a fresh copy, or set data.verify=false for a file you made yourself"
+    before = _files(raw)
+    result = run_cli("data=mnist", f"data.root={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 2, result.stderr
+    assert re.fullmatch(expected, result.stderr.strip()), result.stderr
+    assert _files(raw) == before  # bytes and modification times: nothing rewritten, nothing deleted
+
+
+def test_no_download_into_a_folder_that_holds_some_of_the_files(tmp_path):
+    """torchvision's download replaces the files it finds wrong; ablate never lets it at a user's files."""
+    raw = tmp_path / "MNIST" / "raw"
+    write_mnist_like(raw)
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    before = _files(raw)
+    cfg = compose_cfg("data=mnist", f"data.root={tmp_path}", "data.download=true").data
+    with pytest.raises(DataError) as err:
+        load_arrays(cfg)
+    message = str(err.value)
+    assert f"{raw} (incomplete, no t10k-labels-idx1-ubyte)" in message
+    assert f"download (not into {raw}: it holds some of the files, which a download would replace)" in message
+    assert _files(raw) == before
+
+
+@pytest.mark.skipif(not FASHION_SYSTEM.exists(), reason="apt-get install dataset-fashion-mnist (CI installs it)")
+def test_a_real_file_with_one_byte_changed_or_cut_short_is_named(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for path in FASHION_SYSTEM.iterdir():
+        (raw / path.name).write_bytes(path.read_bytes())
+    labels = gzip.decompress((raw / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+    flipped = bytearray(labels)
+    flipped[500] = (flipped[500] + 1) % 10  # one label changed: still a valid IDX file
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(flipped))
+    cfg = compose_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false").data
+    with pytest.raises(DataError, match=rf"^{raw / 't10k-labels-idx1-ubyte'}: checksum does not match"):
+        load_arrays(cfg)
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(labels)  # the real bytes pass
+    images = raw / "t10k-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[: 1 << 20])
+    with pytest.raises(DataError, match=rf"^{images}: not a readable gzip file .*replace it with a fresh copy"):
+        load_arrays(cfg)
 
 
 def test_cifar10_loader_reads_python_batches(tmp_path):

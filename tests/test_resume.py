@@ -6,11 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
-import torch
-from helpers import ROOT, run_cli
+from helpers import ROOT, assert_bitwise_equal, outcome, run_cli, wait_for_checkpoint_at_step
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 # checkpoint_every_minutes=0.0001: a checkpoint after (nearly) every step, so kills land mid-epoch
@@ -24,35 +22,6 @@ def start(run_dir) -> subprocess.Popen:
         [sys.executable, "-m", "runner", *RESUMABLE, f"hydra.run.dir={run_dir}"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-
-
-def wait_for_checkpoint_at_step(run_dir, min_step: int, timeout: float = 120) -> int:
-    """Wait until checkpoints/last.pt holds step >= min_step; returns that step."""
-    path = run_dir / "checkpoints" / "last.pt"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            step = torch.load(path, weights_only=True)["step"]
-            if step >= min_step:
-                return step
-        except (FileNotFoundError, RuntimeError, EOFError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"no checkpoint at step >= {min_step} within {timeout} s")
-
-
-def outcome(run_dir) -> tuple[list, float, dict]:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    history = [{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]]
-    weights = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
-    return history, metrics["test_acc"], weights
-
-
-def assert_bitwise_equal(a, b) -> None:
-    assert a[0] == b[0] and a[1] == b[1]  # every epoch's losses and accuracies, and test accuracy
-    assert a[2].keys() == b[2].keys()
-    for name in a[2]:
-        assert torch.equal(a[2][name], b[2][name]), name
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import run_cli
+from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -48,6 +49,9 @@ def test_one_epoch_learns_and_fills_the_run_directory(tmp_path, quick):
 
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["step"] == metrics["steps"] == 3600 // 64
+    weights = load_file(run_dir / "model.safetensors")  # the final weights, tensors only
+    assert weights.keys() == state["model"].keys()
+    assert all(torch.equal(weights[k], state["model"][k]) for k in weights)
 
     events = read_events(run_dir)
     assert TAGS <= set(events.Tags()["scalars"])
@@ -146,6 +150,28 @@ def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_pat
     for plot in ("val_acc.png", "train_loss.png", "test_acc.png"):
         assert (sweep / "plots" / plot).read_bytes()[:4] == b"\x89PNG"
     assert "2 runs, 2 variants" in result.stdout
+    log = result.stdout + result.stderr
+    assert "the training loss became NaN or infinite by step" in log and "Try a lower optimizer.lr" in log
+    assert not (sweep / "optimizer.lr=1e+30" / "model.safetensors").exists()  # only a completed run exports weights
+
+
+def test_a_diverged_single_run_exits_3_with_a_clear_message_and_is_not_rerun(tmp_path, quick):
+    run_dir = tmp_path / "run"
+    checkpoints = "trainer.checkpoint_every_minutes=0.0001"  # so a checkpoint holds the config when it diverges
+    command = [*quick, "optimizer=sgd", "optimizer.lr=1e30", checkpoints, f"hydra.run.dir={run_dir}"]
+    result = run_cli(*command)
+    assert result.returncode == 3, result.stderr
+    log = result.stdout + result.stderr
+    assert f"the training loss became NaN or infinite by step 50 ({run_dir}); status: diverged" in log
+    assert "Traceback" not in log
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["test_acc"] is None and metrics["steps"] == 50
+    assert not (run_dir / "model.safetensors").exists()
+    before = (run_dir / "metrics.json").read_bytes()
+    again = run_cli(*command)  # it would diverge the same way again
+    assert again.returncode == 3, again.stderr
+    assert f"diverged already in {run_dir}; skipped" in again.stdout + again.stderr
+    assert (run_dir / "metrics.json").read_bytes() == before
 
 
 @pytest.mark.slow

@@ -1,0 +1,240 @@
+"""Bad input is refused before anything runs: the schema (types, known keys) at composition, then
+runner.schema.validate (ranges, names, rules between keys); one line naming the key, the value
+and what is allowed; exit 2, no traceback unless HYDRA_FULL_ERROR=1; nothing already written lost."""
+
+import itertools
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import CONFIGS, compose_cfg, run_cli
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from runner import schema
+
+TRAINER_KEYS = (
+    "max_epochs, device, precision, layout, threads, compile, checkpoint_every_minutes, grad_clip, "
+    "log_every_n_steps, diagnostics, histograms"
+)
+
+# overrides -> the message, from composition (types, keys, options) or from validate (values)
+BAD_INPUTS = [
+    # types and keys, refused while Hydra composes
+    (["optimizer.lr=abc"], "optimizer.lr=abc is not allowed; allowed: a number > 0"),
+    (["data.batch_size=1.5"], "data.batch_size=1.5 is not allowed; allowed: an integer >= 1"),
+    (["model.channels=[a]"], "model.channels=[a] is not allowed; allowed: a non-empty list of positive integers"),
+    (["model.channels=16"], "model.channels=16 is not allowed; allowed: a non-empty list of positive integers"),
+    (["seed=abc"], "seed=abc is not allowed; allowed: an integer >= 0"),
+    (["trainer.compile=maybe"], "trainer.compile=maybe is not allowed; allowed: true or false"),
+    (["trainer.grad_clip=abc"], "trainer.grad_clip=abc is not allowed; allowed: a number > 0 or null"),
+    (["sched=cosine_restarts", "sched.t_mult=1.5"], "sched.t_mult=1.5 is not allowed; allowed: an integer >= 1"),
+    (["optimizer=adam", "optimizer.betas=abc"], "optimizer.betas=abc is not allowed; allowed: two numbers in [0, 1)"),
+    (["trainer.nonexistent=1"], f"trainer.nonexistent=1 is not allowed; allowed: a key of trainer ({TRAINER_KEYS})"),
+    (
+        ["optimizer=sgd", "optimizer.momentum=0.9"],
+        "optimizer.momentum=0.9 is not allowed; allowed: a key of optimizer (name, lr, weight_decay, impl)",
+    ),
+    (
+        ["nonexistent=1"],
+        "nonexistent=1 is not allowed; allowed: a key of the config (data, model, activation, optimizer, sched, trainer, seed)",
+    ),
+    (
+        ["~optimizer.impl"],
+        "~optimizer.impl is not allowed; allowed: a value for each key of optimizer (keys cannot be removed)",
+    ),
+    (
+        ["model=nope"],
+        "model=nope is not known; allowed: bn, bn_after, deep_plain, deep_residual, plain, residual, skip",
+    ),
+    # values, refused by validate
+    (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed; allowed: a number > 0"),
+    (["optimizer.lr=0"], "optimizer.lr=0 is not allowed; allowed: a number > 0"),
+    (["optimizer=momentum", "optimizer.momentum=1"], "optimizer.momentum=1 is not allowed; allowed: 0 < momentum < 1"),
+    (["optimizer=nesterov", "optimizer.momentum=0"], "optimizer.momentum=0 is not allowed; allowed: 0 < momentum < 1"),
+    (
+        ["optimizer=adam", "optimizer.betas=[0.9,1.0]"],
+        "optimizer.betas=[0.9, 1] is not allowed; allowed: two numbers in [0, 1)",
+    ),
+    (
+        ["optimizer=adamw", "optimizer.betas=[0.9]"],
+        "optimizer.betas=[0.9] is not allowed; allowed: two numbers in [0, 1)",
+    ),
+    (["optimizer=adam", "optimizer.eps=0"], "optimizer.eps=0 is not allowed; allowed: a number > 0"),
+    (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1 is not allowed; allowed: a number >= 0"),
+    (["optimizer.impl=bogus"], "optimizer.impl='bogus' is not known; allowed: torch, textbook"),
+    (
+        ["optimizer=momentum", "optimizer.name=adam"],
+        "optimizer.name='adam' is not allowed; allowed: momentum, nesterov; for the keys of adam, choose optimizer=adam",
+    ),
+    (["activation=leaky_relu", "activation.alpha=1.5"], "activation.alpha=1.5 is not allowed; allowed: 0 < alpha < 1"),
+    (["activation=leaky_relu", "activation.alpha=0"], "activation.alpha=0 is not allowed; allowed: 0 < alpha < 1"),
+    (["data.batch_size=0"], "data.batch_size=0 is not allowed; allowed: an integer >= 1"),
+    (["data.val_fraction=1"], "data.val_fraction=1 is not allowed; allowed: 0 <= val_fraction < 1"),
+    (["data.val_fraction=-0.1"], "data.val_fraction=-0.1 is not allowed; allowed: 0 <= val_fraction < 1"),
+    (["data.train_size=0"], "data.train_size=0 is not allowed; allowed: an integer >= 1 or null"),
+    (
+        ["data.train_size=100"],
+        "data.batch_size=128 is not allowed for data.train_size=100; allowed: batch_size <= train_size",
+    ),
+    (["data.name=svhn"], "data.name='svhn' is not known; allowed: mnist_5k, mnist, fashion_mnist, cifar10"),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is not allowed; allowed: an integer >= 0"),
+    (["trainer.grad_clip=0"], "trainer.grad_clip=0 is not allowed; allowed: a number > 0 or null"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is not allowed; allowed: an integer >= 1"),
+    (["trainer.threads=0"], "trainer.threads=0 is not allowed; allowed: auto or an integer >= 1"),
+    (["trainer.device=tpu"], "trainer.device='tpu' is not known; allowed: auto, cpu, cuda, mps"),
+    (["trainer.precision=fp16"], "trainer.precision='fp16' is not known; allowed: auto, fp32, bf16"),
+    (["trainer.layout=nhwc"], "trainer.layout='nhwc' is not known; allowed: auto, contiguous, channels_last"),
+    (["seed=-1"], "seed=-1 is not allowed; allowed: an integer >= 0"),
+    (["model.channels=[]"], "model.channels=[] is not allowed; allowed: a non-empty list of positive integers"),
+    (
+        ["model.channels=[16,0]"],
+        "model.channels=[16, 0] is not allowed; allowed: a non-empty list of positive integers",
+    ),
+    (["model.hidden=[-1]"], "model.hidden=[-1] is not allowed; allowed: a list of positive integers"),
+    (["model.pool=min"], "model.pool='min' is not known; allowed: max, avg, null"),
+    (["model=residual", "model.blocks=0"], "model.blocks=0 is not allowed; allowed: an integer >= 1"),
+    (
+        ["model=residual", "model.channels=[4]", "model.bottleneck_ratio=8"],
+        "model.bottleneck_ratio=8 is not allowed for model.channels=[4]; allowed: 1 <= bottleneck_ratio <= 4",
+    ),
+    (["sched=cosine", "sched.t_max=0"], "sched.t_max=0 is not allowed; allowed: a number of epochs > 0 or null"),
+    (["sched=step", "sched.gamma=0"], "sched.gamma=0 is not allowed; allowed: a number > 0"),
+    (["sched=plateau", "sched.factor=1"], "sched.factor=1 is not allowed; allowed: 0 < factor < 1"),
+    (
+        ["sched=plateau", "sched.interval=step"],
+        "sched.interval='step' is not allowed for sched=plateau; allowed: epoch",
+    ),
+    (
+        ["sched=constant", "sched.warmup_start_factor=0"],
+        "sched.warmup_start_factor=0 is not allowed; allowed: 0 < warmup_start_factor <= 1",
+    ),
+    (["+trainer.foo=1"], f"trainer.foo=1 is not allowed; allowed: a key of trainer ({TRAINER_KEYS})"),
+]
+
+
+def refusal(*overrides: str) -> str:
+    """The message `run *overrides` refuses with: from Hydra's composition, or from validate."""
+    try:
+        cfg = compose_cfg(*overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        return schema.describe(e, list(overrides))
+    with pytest.raises(schema.ConfigError) as error:
+        schema.validate(cfg)
+    return str(error.value)
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_refused_in_one_line_naming_key_value_and_what_is_allowed(overrides, message):
+    assert refusal(*overrides) == message
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [f"{group}={option}"]
+        for group in ("data", "model", "activation", "optimizer", "sched", "trainer")
+        for option in options(group)
+    ],
+    ids=lambda o: o[0],
+)
+def test_every_option_composes_and_validates(overrides):
+    schema.validate(compose_cfg(*overrides))
+
+
+def preset_jobs(preset: str) -> list[list[str]]:
+    """The overrides of each job `run -m experiment=<preset>` launches (its sweep's combinations)."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params or {}
+    values = [[f"{key}={v}" for v in str(choices).split(",")] for key, choices in params.items()]
+    return [[f"experiment={preset}", *combination] for combination in itertools.product(*values)]
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_every_preset_and_every_job_of_its_sweep_composes_and_validates(preset):
+    jobs = preset_jobs(preset)
+    for overrides in jobs:
+        schema.validate(compose_cfg(*overrides))
+    assert len(jobs) >= 1
+
+
+def test_the_names_the_schema_allows_are_the_names_the_code_builds():
+    from models import INITS, activations, blocks, networks
+    from runner import datasets, device
+
+    assert schema.ARCHS == tuple(networks.FAMILIES)
+    assert schema.POOLS == tuple(networks.POOLS)
+    assert schema.BN_POSITIONS == blocks.BN_POSITIONS
+    assert schema.INITS == INITS
+    assert schema.ACTIVATIONS == activations.ACTIVATIONS
+    assert schema.DATASETS == datasets.DATASETS
+    assert (schema.DEVICES, schema.PRECISIONS, schema.LAYOUTS) == (device.DEVICES, device.PRECISIONS, device.LAYOUTS)
+    for group in ("optimizer", "sched", "activation", "data"):
+        assert {compose_cfg(f"{group}={o}")[group].name for o in options(group)} <= set(schema.RULES[f"{group}.name"])
+
+
+def test_importing_the_schema_does_not_import_torch():
+    import subprocess
+
+    code = "import sys, runner.schema, runner.app; assert 'torch' not in sys.modules, 'torch was imported'"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+# --- The `run` command ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer.lr=abc", "optimizer.lr=abc is not allowed; allowed: a number > 0"),  # composition
+        ("trainer.nonexistent=1", f"trainer.nonexistent=1 is not allowed; allowed: a key of trainer ({TRAINER_KEYS})"),
+        ("data.batch_size=0", "data.batch_size=0 is not allowed; allowed: an integer >= 1"),  # validate
+    ],
+)
+def test_run_refuses_bad_input_with_one_line_exit_2_and_writes_nothing(tmp_path, override, message):
+    run_dir = tmp_path / "run"
+    result = run_cli(override, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert result.stderr == f"error: {message}\n" and "Traceback" not in result.stdout
+    assert not run_dir.exists()
+
+
+@pytest.mark.parametrize("override", ["optimizer.lr=abc", "data.batch_size=0"])
+def test_hydra_full_error_shows_the_traceback(tmp_path, override):
+    result = run_cli(override, f"hydra.run.dir={tmp_path / 'run'}", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and override.split("=")[0] in result.stderr
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_bad_sweep_leaves_a_sweep_directory_that_holds_runs_untouched(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job in ("model=plain", "model=bn"):  # what an earlier sweep left
+        (sweep / job / ".hydra").mkdir(parents=True)
+        (sweep / job / ".hydra" / "config.yaml").write_text(f"# {job}\n")
+        (sweep / job / "metrics.json").write_text('{"status": "completed"}\n')
+    (sweep / "multirun.yaml").write_text("# the earlier sweep\n")
+    (sweep / "summary.csv").write_text("model,test_acc\n")
+    before = snapshot(sweep)
+    for overrides, message in [
+        (["model=plain,bn", "optimizer.lr=-1"], "optimizer.lr=-1 is not allowed; allowed: a number > 0"),  # fixed
+        (["model=plain,bn", "optimizer.lr=0.1,-1"], "optimizer.lr=-1 is not allowed; allowed: a number > 0"),  # swept
+        (["model=plain,bn", "optimizer.lr=0.1,abc"], "optimizer.lr=abc is not allowed; allowed: a number > 0"),  # type
+        (
+            ["model=plain,nope"],
+            "model=nope is not known; allowed: bn, bn_after, deep_plain, deep_residual, plain, residual, skip",
+        ),
+    ]:
+        result = run_cli("-m", *overrides, f"hydra.sweep.dir={sweep}")
+        assert (result.returncode, result.stderr) == (2, f"error: {message}\n"), overrides
+    assert snapshot(sweep) == before
