@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-PRECISIONS = ("auto", "fp32", "bf16")
-LAYOUTS = ("auto", "contiguous", "channels_last")
+from runner.schema import DEVICES, LAYOUTS, PRECISIONS
 
 
 @dataclass(frozen=True)

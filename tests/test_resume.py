@@ -1,4 +1,4 @@
-"""Nothing lost: a run stopped by SIGTERM or killed by SIGKILL, mid-epoch, and started again in
+"""Nothing lost: a run stopped by SIGTERM or SIGINT or killed by SIGKILL, mid-epoch, and started again in
 its directory ends bitwise equal to a run that was never interrupted (real subprocesses)."""
 
 import json
@@ -32,13 +32,16 @@ def uninterrupted(tmp_path_factory):
     return outcome(run_dir)
 
 
-def test_sigterm_mid_epoch_checkpoints_exits_143_and_the_same_command_completes_it(tmp_path, uninterrupted):
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_mid_epoch_checkpoints_exits_128_plus_it_and_the_same_command_completes_it(
+    tmp_path, uninterrupted, signum, code
+):
     run_dir = tmp_path / "run"
     process = start(run_dir)
     stopped_near = wait_for_checkpoint_at_step(run_dir, 20)  # epoch 1 has 112 steps
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(signum)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode == 143, output
+    assert process.returncode == code, output
     assert f"to resume, run it again with hydra.run.dir={run_dir}" in output
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "interrupted" and metrics["epochs"] == 0 and metrics["steps"] >= stopped_near
