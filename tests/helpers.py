@@ -15,18 +15,29 @@ from runner.fixtures import CONFIGS, compose_cfg, write_cifar_like, write_idx, w
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def cli_env(env: dict | None = None) -> dict:
+    """The environment of a `run` subprocess: this one's, without HYDRA_FULL_ERROR, plus `env`."""
+    return {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
     """`python -m runner *args` (the same program as `run`) in a subprocess, not on a terminal."""
-    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "runner", *args],
         cwd=cwd or ROOT,
-        env=full_env,
+        env=cli_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    """`python -m runner *args` started in the background, its output in one text pipe, to signal it."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "runner", *args],
+        cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
 
 
 def wait_for_checkpoint_at_step(run_dir, min_step: int, timeout: float = 120) -> int:

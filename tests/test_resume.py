@@ -2,13 +2,11 @@
 its directory ends bitwise equal to a run that was never interrupted (real subprocesses)."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 
 import pytest
-from helpers import ROOT, assert_bitwise_equal, outcome, run_cli, wait_for_checkpoint_at_step
+from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 # checkpoint_every_minutes=0.0001: a checkpoint after (nearly) every step, so kills land mid-epoch
@@ -17,11 +15,7 @@ RESUMABLE = ["trainer.max_epochs=2", "model.channels=[8,16]", "model.hidden=[32]
 
 
 def start(run_dir) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", *RESUMABLE, f"hydra.run.dir={run_dir}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    return start_cli(*RESUMABLE, f"hydra.run.dir={run_dir}")
 
 
 @pytest.fixture(scope="module")

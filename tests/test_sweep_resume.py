@@ -4,14 +4,12 @@ its checkpoint (ending equal to a run never interrupted) and runs the rest (real
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 
 import pytest
 import torch
-from helpers import ROOT, assert_bitwise_equal, outcome, run_cli, wait_for_checkpoint_at_step
+from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 
 # 50 steps an epoch, a checkpoint after (nearly) every step, so the signal lands mid-job
 COMMON = ["trainer.max_epochs=2", "model.channels=[8,16]", "model.hidden=[32]", "data.batch_size=32",
@@ -21,11 +19,7 @@ JOBS = ("seed=0", "seed=1", "seed=2")
 
 
 def start_sweep(sweep_dir) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "runner", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+    return start_cli(*SWEEP, f"hydra.sweep.dir={sweep_dir}")
 
 
 def snapshot(run_dir) -> dict:
