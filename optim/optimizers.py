@@ -12,7 +12,6 @@ import torch
 
 from optim import textbook
 from runner import schema
-from runner.schema import IMPLS, OPTIMIZERS  # noqa: F401  (the names optimizer= chooses from)
 
 
 def build(cfg, params) -> torch.optim.Optimizer:

@@ -9,7 +9,6 @@ import torch
 from torch.optim import lr_scheduler
 
 from runner import schema
-from runner.schema import INTERVALS, SCHEDULES  # noqa: F401  (the names sched= chooses from)
 
 
 class LrSchedule:
