@@ -4,7 +4,11 @@
 Bad input is refused before anything is written: composition checks the keys and types
 (runner/schema.py), the CheckFirst callback the values of the run or of every job of a sweep, and
 either refusal comes out as one line, `error: <key>=<value> is not allowed; allowed: ...`, exit 2
-(with HYDRA_FULL_ERROR=1, the traceback instead)."""
+(with HYDRA_FULL_ERROR=1, the traceback instead).
+
+Under torchrun (`torchrun --nproc_per_node=N -m runner ...`) every rank runs this program; the
+`started` and `new_dir` resolvers give every rank rank 0's values, so all name one run directory,
+and only rank 0 writes Hydra's .hydra/ files (runner.distributed)."""
 
 import os
 import sys
@@ -20,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import schema
+from runner import distributed, schema
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -43,7 +47,11 @@ def task(cfg: DictConfig) -> float | None:
 
 def new_dir(path: str) -> str:
     """`path`, or `path-2`, `path-3`, ...: the first that does not exist yet, created now, so two
-    sweeps started in the same second never share a directory."""
+    sweeps started in the same second never share a directory. Under torchrun, rank 0's."""
+    return distributed.shared("new_dir", lambda: make_new_dir(path))
+
+
+def make_new_dir(path: str) -> str:
     candidate, n = Path(path), 1
     while True:
         try:
@@ -138,9 +146,19 @@ def refuse(error: Exception, overrides: list[str]) -> NoReturn:
     sys.exit(2)
 
 
+def rank_argv(argv: list[str]) -> list[str]:
+    """Under torchrun, ranks other than 0 leave Hydra's .hydra/ files to rank 0."""
+    if distributed.world().main or any(a.startswith("hydra.output_subdir=") for a in argv):
+        return argv
+    return [*argv, "hydra.output_subdir=null"]
+
+
+OmegaConf.register_new_resolver("new_dir", new_dir, use_cache=True, replace=True)
+OmegaConf.register_new_resolver("started", distributed.started, use_cache=True, replace=True)
+
+
 def main() -> None:
-    OmegaConf.register_new_resolver("new_dir", new_dir, use_cache=True, replace=True)
-    sys.argv = name_jobs_by_swept_keys(sys.argv)
+    sys.argv = rank_argv(name_jobs_by_swept_keys(sys.argv))
     hold_errors()
     try:
         task()

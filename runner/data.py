@@ -129,11 +129,18 @@ class Batches:
         seed: int = 0,
         pad: int = 4,
         memory_format: torch.memory_format = torch.contiguous_format,
+        rank: int = 0,
+        ranks: int = 1,
+        split_batches: bool = True,
     ):
+        """Under DDP (`ranks` > 1), this process (`rank`) takes its part of every batch when
+        `split_batches` (training: the global batch is `batch_size`), else every ranks-th batch
+        (evaluation: the ranks then sum their totals)."""
         self.split, self.shuffle, self.augment, self.seed, self.pad = split, shuffle, augment, seed, pad
         self.memory_format = memory_format
         self.batch_size = min(batch_size, max(1, len(split)))
         self.drop_last = drop_last
+        self.rank, self.ranks, self.split_batches = rank, ranks, split_batches  # batch_size % ranks == 0: schema.validate
         channels = split.images.shape[1]
         device = split.images.device
         mean = torch.zeros(channels, device=device) if mean is None else mean
@@ -153,16 +160,21 @@ class Batches:
         order = torch.randperm(n, generator=gen).to(device) if self.shuffle else None
         for i in range(len(self)):
             lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
-            if self.augment:
+            if self.augment:  # drawn for the whole batch, so each image gets the same crop under DDP
                 size = (hi - lo,)
-                dy = torch.randint(0, 2 * self.pad + 1, size, generator=gen).to(device)
-                dx = torch.randint(0, 2 * self.pad + 1, size, generator=gen).to(device)
-                flip = (torch.rand(size, generator=gen) < 0.5).to(device)
-            if i < start:
+                dy = torch.randint(0, 2 * self.pad + 1, size, generator=gen)
+                dx = torch.randint(0, 2 * self.pad + 1, size, generator=gen)
+                flip = torch.rand(size, generator=gen) < 0.5
+            if i < start or (not self.split_batches and i % self.ranks != self.rank):
                 continue
+            part = slice(None)
+            if self.split_batches and self.ranks > 1:
+                width = (hi - lo) // self.ranks
+                part = slice(self.rank * width, (self.rank + 1) * width)
+                lo, hi = lo + part.start, lo + part.stop
             idx = order[lo:hi] if order is not None else slice(lo, hi)
             x = self.split.images[idx].float()
             if self.augment:
-                x = crop_flip(x, dy, dx, flip, self.pad)
+                x = crop_flip(x, dy[part].to(device), dx[part].to(device), flip[part].to(device), self.pad)
             x = x * self.scale + self.shift
             yield x.contiguous(memory_format=self.memory_format), self.split.labels[idx]

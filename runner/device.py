@@ -83,12 +83,15 @@ def pick_threads(threads, parallel_jobs: int) -> int:
     return threads
 
 
-def pick(trainer_cfg, parallel_jobs: int = 1) -> Compute:
-    """The Compute that `trainer.device/precision/layout/threads` ask for, on this machine."""
+def pick(trainer_cfg, parallel_jobs: int = 1, local_rank: int = 0, local_size: int = 1) -> Compute:
+    """The Compute that `trainer.device/precision/layout/threads` ask for, on this machine. Under
+    torchrun, the process of local rank r takes GPU r, and the processes share the CPU cores."""
     device = pick_device(trainer_cfg.device)
+    if device.type == "cuda" and local_size > 1:
+        device = torch.device("cuda", local_rank)
     return Compute(
         device=device,
         precision=pick_precision(trainer_cfg.precision, device),
         layout=pick_layout(trainer_cfg.layout, device),
-        threads=pick_threads(trainer_cfg.threads, parallel_jobs),
+        threads=pick_threads(trainer_cfg.threads, parallel_jobs * local_size),
     )

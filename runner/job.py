@@ -3,10 +3,11 @@
 config -> seed -> data on the device -> model -> optimizer and schedule -> Trainer.fit()
 -> metrics.json, TensorBoard, checkpoint, model.safetensors -> the objective (best val accuracy)
 for sweepers. Run again in its directory, a run resumes from its checkpoint, or is skipped when it
-completed or diverged there already.
+completed or diverged there already. Under torchrun, every rank runs this; rank 0 alone writes.
 """
 
 import json
+import logging
 import os
 import platform
 import random
@@ -21,10 +22,10 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import optim
-from runner import GROUPS, checkpoint, console, data, device, schema
+from runner import GROUPS, checkpoint, console, data, device, distributed, schema
 from runner.datasets import DataError
 from runner.diagnostics import Diagnostics
-from runner.interrupt import stop_on_signals
+from runner.interrupt import pass_on, stop_on_signals
 from runner.log import RunLogger, write_json
 from runner.train import Trainer
 
@@ -78,8 +79,10 @@ class Parts:
     """Everything a run trains with, built from the config before any training starts."""
 
     compute: device.Compute
+    world: distributed.World
     dataset: data.Data
-    model: torch.nn.Module
+    model: torch.nn.Module  # evaluated and saved
+    train_model: torch.nn.Module  # the steps run through it: `model`, or `model` in DDP
     optimizer: torch.optim.Optimizer
     schedule: optim.LrSchedule
     train: data.Batches
@@ -89,29 +92,34 @@ class Parts:
 
 def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
     """Data on the device, model, optimizer, schedule and batches; bad input raises SetupError.
-    `parallel_jobs` (the jobs a launcher runs at once) shares the CPU cores out under threads=auto."""
+    `parallel_jobs` (the jobs a launcher runs at once) shares the CPU cores out under threads=auto.
+    Under torchrun, this process joins the run's process group and takes its part of the batches."""
     try:
         schema.validate(cfg)  # also checked before Hydra wrote anything (runner.app.CheckFirst)
-        seed_everything(cfg.seed)
-        compute = device.pick(cfg.trainer, parallel_jobs)
+        seed_everything(cfg.seed)  # the same on every rank: the same initial weights
+        world = distributed.world()
+        compute = device.pick(cfg.trainer, parallel_jobs, world.local_rank, world.local_size)
         torch.set_num_threads(compute.threads)
+        distributed.start(world, compute.device)
         dataset = data.load(cfg.data, compute.device)
         model = models.build(cfg.model, cfg.activation, dataset.in_shape, dataset.num_classes)
         model = model.to(compute.device, memory_format=compute.memory_format)
         if cfg.trainer.compile:
             model.compile()  # in place: parameter names and checkpoints stay those of the model
+        train_model = distributed.wrap(model, compute.device, cfg.trainer.sync_bn) if world.active else model
         optimizer = optim.build(cfg.optimizer, model.parameters())
         mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
+        share = dict(memory_format=compute.memory_format, rank=world.rank, ranks=world.size)
         train = data.Batches(
             dataset.train, cfg.data.batch_size, mean, std,
-            shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed, memory_format=compute.memory_format,
+            shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed, **share,
         )
-        val = data.Batches(dataset.val, data.EVAL_BATCH_SIZE, mean, std, memory_format=compute.memory_format)
-        test = data.Batches(dataset.test, data.EVAL_BATCH_SIZE, mean, std, memory_format=compute.memory_format)
+        val = data.Batches(dataset.val, data.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
+        test = data.Batches(dataset.test, data.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         schedule = optim.build_scheduler(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from e
-    return Parts(compute, dataset, model, optimizer, schedule, train, val, test)
+    return Parts(compute, world, dataset, model, train_model, optimizer, schedule, train, val, test)
 
 
 def run_job(cfg: DictConfig) -> float | None:
@@ -120,11 +128,16 @@ def run_job(cfg: DictConfig) -> float | None:
     choices = hydra_cfg.runtime.choices
     console.use_rich_logging()
     parts = build(cfg, parallel_jobs(hydra_cfg))
-    compute = parts.compute
+    compute, world = parts.compute, parts.world
+    if world.active:
+        agree_on_run_dir(run_dir)
+        if not world.main:
+            quiet()
     name = run_name(choices)
+    on = f"{world.size} processes ({compute.device.type})" if world.active else str(compute.device)
     console.log.info(
-        f"{name}: {len(parts.dataset.train)} training images on {compute.device} "
-        f"({compute.precision}, {compute.layout}, {compute.threads} threads)"
+        f"{name}: {len(parts.dataset.train)} training images on {on} "
+        f"({compute.precision}, {compute.layout}, {compute.threads} threads{' each' if world.active else ''})"
     )
     last = run_dir / "checkpoints" / "last.pt"
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -135,15 +148,17 @@ def run_job(cfg: DictConfig) -> float | None:
     done = finished_metrics(run_dir, saved, cfg.trainer.max_epochs)
     if done:
         console.log.info(f"{name}: {done['status']} already in {run_dir}; skipped")
-        console.print_summary(done, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
+        if world.main:
+            console.print_summary(done, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
         return finish(done, name, run_dir, hydra_cfg)
-    logger = RunLogger(run_dir, purge_step=saved["step"] if saved else None)
+    logger = RunLogger(run_dir, enabled=world.main, purge_step=saved["step"] if saved else None)
     logger.hparams(hparams(cfg, choices, compute.precision))
     trainer = Trainer(
         parts.model, parts.optimizer, parts.schedule, parts.train, parts.val, parts.test, cfg.trainer,
-        compute.autocast_dtype, logger, console.TrainingProgress(),
-        checkpoint=lambda state: checkpoint.save(last, {**state, "config": config}),
+        compute.autocast_dtype, logger, console.TrainingProgress(enabled=world.main),
+        checkpoint=(lambda state: checkpoint.save(last, {**state, "config": config})) if world.main else None,
         diagnostics=Diagnostics(parts.model) if cfg.trainer.diagnostics else None,
+        world=world, train_model=parts.train_model,
     )  # fmt: skip
     if saved:
         trainer.load_state_dict(saved)
@@ -152,7 +167,7 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         with stop_on_signals(trainer.request_stop):
             status = trainer.fit().status
-        if status == "completed":
+        if status == "completed" and world.main:
             checkpoint.export_weights(run_dir / "model.safetensors", parts.model)
     finally:
         result = trainer.result
@@ -172,22 +187,48 @@ def run_job(cfg: DictConfig) -> float | None:
             "precision": compute.precision,
             "layout": compute.layout,
             "threads": compute.threads,
+            "processes": world.size,
             "data": parts.dataset.info,
             "history": result.history,
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
             "command": " ".join(["run", *hydra_cfg.overrides.task]),  # this run alone, also inside a sweep
         }
-        write_json(run_dir / "metrics.json", metrics)
+        if world.main:
+            write_json(run_dir / "metrics.json", metrics)
         logger.close(status)
     if status == "interrupted":  # a sweep stops here too: its later jobs have not started
         if hydra_cfg.mode == RunMode.MULTIRUN:
             again = f"to resume the sweep, run the same command with hydra.sweep.dir={hydra_cfg.sweep.dir}"
         else:
             again = f"to resume, run it again with hydra.run.dir={run_dir}"
-        console.log.warning(f"{name}: stopped by signal {trainer.stop_signal} at step {trainer.step}; {again}")
+        pass_on(trainer.stop_signal)  # to a launcher's own handler, if it set one: submitit requeues the job here
+        if world.main:
+            console.log.warning(f"{name}: stopped by signal {trainer.stop_signal} at step {trainer.step}; {again}")
         raise SystemExit(128 + trainer.stop_signal)
-    console.print_summary(metrics, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
+    if world.main:
+        console.print_summary(metrics, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
     return finish(metrics, name, run_dir, hydra_cfg)
+
+
+def agree_on_run_dir(run_dir: Path) -> None:
+    """Under torchrun, every rank must name the run directory rank 0 names; else SetupError on all ranks."""
+    names = distributed.gather(str(run_dir.resolve()))
+    other = next((rank for rank, name in enumerate(names) if name != names[0]), None)
+    if other is not None:
+        raise SetupError(
+            f"hydra.run.dir={names[other]} is not allowed on rank {other}: rank 0 has {names[0]}; "
+            "allowed: a directory every rank names alike: ${started:...} in place of ${now:...}, or a fixed path"
+        )
+
+
+def quiet() -> None:
+    """A rank other than 0 prints warnings only and writes no log file: rank 0 speaks for the run."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    console.log.setLevel(logging.WARNING)
 
 
 def finish(metrics: dict, name: str, run_dir: Path, hydra_cfg) -> float | None:

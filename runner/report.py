@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner import GROUPS
+from runner import GROUPS, distributed
 
 RUN_COLUMNS = ("status", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "epochs", "train_seconds", "num_params")
 
@@ -216,6 +216,8 @@ class SweepSummary(Callback):
     """Hydra callback: the summary of a sweep, in its sweep directory, when the sweep ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if not distributed.world().main:
+            return  # under torchrun, rank 0 writes the summary
         sweep_dir = Path(config.hydra.sweep.dir)
         build_report([sweep_dir], sweep_dir)
 

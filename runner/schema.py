@@ -14,6 +14,7 @@ No torch here: `run --help` and `run --cfg job` import this module.
 """
 
 import dataclasses
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -183,6 +184,7 @@ class Trainer:
     log_every_n_steps: int
     diagnostics: bool
     histograms: bool
+    sync_bn: bool
 
 
 @dataclass
@@ -331,6 +333,7 @@ RULES: dict[str, tuple[str, ...] | tuple[Callable[[Any], bool], str]] = {
     "trainer.log_every_n_steps": (integer(1), "an integer >= 1"),
     "trainer.diagnostics": (boolean, "true or false"),
     "trainer.histograms": (boolean, "true or false"),
+    "trainer.sync_bn": (boolean, "true or false"),
 }
 NAME_KEYS = {"data": "name", "model": "arch", "activation": "name", "optimizer": "name", "sched": "name"}
 
@@ -443,6 +446,12 @@ def validate(cfg) -> None:
     if size is not None and batch > size:  # training batches are full: an epoch drops the last, partial one
         raise ConfigError(
             f"data.batch_size={show(batch)} is not allowed for data.train_size={show(size)}; allowed: batch_size <= train_size"
+        )
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))  # processes training this run together (torchrun)
+    if batch % ranks:
+        raise ConfigError(
+            f"data.batch_size={show(batch)} is not allowed with {ranks} processes (WORLD_SIZE={ranks}); "
+            f"allowed: a multiple of {ranks}, so that each process takes an equal part of every batch"
         )
 
 

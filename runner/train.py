@@ -5,6 +5,10 @@ read (`.item()`) only every `log_every_n_steps` and at the end of an epoch. The 
 state (model, optimizer, schedule, counters, the running epoch's totals, RNG states, history)
 can be saved at any step and restored, so a resumed run continues exactly where it stopped.
 A signal (`request_stop`) ends the run after the current step, with a checkpoint.
+
+Under DDP (runner.distributed) every rank runs this loop on its part of each batch: the totals are
+summed over the ranks when they are read, evaluation splits the batches among the ranks, and the
+ranks agree on stopping and checkpointing at logging steps, so that they all stop at the same step.
 """
 
 import contextlib
@@ -18,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.data import Batches
+from runner.distributed import World, broadcast_buffers
 
 
 @dataclass
@@ -50,20 +55,33 @@ class Totals:
         self.window_steps += 1
         self.window_count += n
 
-    def read_window(self) -> tuple[float, float]:
-        """Mean loss and accuracy since the last read (one device read), and a fresh window."""
-        loss, acc = (self.window_loss / self.window_steps).item(), self.window_correct.item() / self.window_count
+    def read_window(self, world: World) -> tuple[float, float]:
+        """Mean loss and accuracy since the last read, over all ranks (one device read), and a fresh window."""
+        sums = world.sum(torch.stack([self.window_loss, self.window_correct.float()])).tolist()
+        loss, acc = sums[0] / (self.window_steps * world.size), sums[1] / (self.window_count * world.size)
         self.window_loss.zero_()
         self.window_correct.zero_()
         self.window_steps = self.window_count = 0
         return loss, acc
 
-    def state_dict(self) -> dict:
-        return dict(vars(self))
+    def read_epoch(self, world: World) -> tuple[float, float]:
+        """Mean loss and accuracy of the epoch, over all ranks (each rank saw `count` images)."""
+        loss, correct = world.sum(self.loss), world.sum(self.correct)
+        n = max(self.count, 1) * world.size
+        return (loss / n).item(), correct.item() / n
 
-    def load_state_dict(self, state: dict) -> None:
+    SUMS = ("loss", "correct", "window_loss", "window_correct")  # per rank; the counts are equal on all ranks
+
+    def state_dict(self, world: World) -> dict:
+        """The totals with the sums of all ranks (a collective under DDP: every rank calls it)."""
+        return {k: world.sum(v) if k in self.SUMS else v for k, v in vars(self).items()}
+
+    def load_state_dict(self, state: dict, world: World) -> None:
+        """Rank 0 takes the saved sums, which are all ranks' already; the others start theirs at zero."""
         for key, value in state.items():
-            setattr(self, key, value.to(self.loss.device) if isinstance(value, torch.Tensor) else value)
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.loss.device) if world.main or key not in self.SUMS else torch.zeros_like(value, device=self.loss.device)
+            setattr(self, key, value)
 
 
 def rng_states() -> dict:
@@ -105,8 +123,13 @@ class Trainer:
         progress,
         checkpoint=None,
         diagnostics=None,
+        world: World | None = None,
+        train_model: torch.nn.Module | None = None,
     ):
+        """`train_model`: the module the steps run through (`model` in DDP); `model` is evaluated and saved."""
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.world = world or World()
+        self.train_model = train_model or model
         self.train_batches, self.val_batches, self.test_batches = train, val, test
         self.max_epochs, self.grad_clip, self.log_every = cfg.max_epochs, cfg.grad_clip, max(1, cfg.log_every_n_steps)
         minutes = cfg.get("checkpoint_every_minutes")
@@ -137,14 +160,28 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def save(self) -> None:
+        state = self.state_dict()  # on every rank: the totals are summed over the ranks
         if self.checkpoint is not None:
-            self.checkpoint(self.state_dict())
+            self.checkpoint(state)
         self.last_save = time.monotonic()
+
+    def stopping(self, check: bool = True) -> tuple[bool, bool]:
+        """(stop now, checkpoint now): a stop was requested, or `trainer.checkpoint_every_minutes`
+        passed. Under DDP the ranks agree on both, by a collective, at `check` steps only."""
+        due = self.checkpoint_every is not None and time.monotonic() - self.last_save >= self.checkpoint_every
+        if not self.world.active:
+            return self.stop_signal is not None, due
+        if not check:
+            return False, False
+        signum, due = self.world.max([self.stop_signal or 0, int(due)], self.device)
+        if signum and self.stop_signal is None:
+            self.stop_signal = signum  # another rank's signal
+        return bool(signum), bool(due)
 
     def fit(self) -> Result:
         start = time.perf_counter() - self.result.train_seconds
         self.progress.start(self.max_epochs, len(self.train_batches), done_steps=self.epoch * len(self.train_batches) + self.batch)
-        while self.epoch < self.max_epochs and self.stop_signal is None:
+        while self.epoch < self.max_epochs and not self.stopping()[0]:
             outcome = self.train_epoch(self.epoch)
             self.result.train_seconds = time.perf_counter() - start
             if outcome is None:  # stopped by a signal, mid-epoch
@@ -198,7 +235,7 @@ class Trainer:
             if self.diagnostics:
                 self.diagnostics.active = log_now
             with self.autocast():
-                logits = self.model(x)
+                logits = self.train_model(x)
                 loss = F.cross_entropy(logits, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -213,18 +250,19 @@ class Trainer:
             totals.add(loss.detach().float(), (logits.argmax(1) == y).sum(), len(y))
             self.progress.advance()
             if log_now:
-                mean, acc = totals.read_window()  # the only host syncs between epochs
+                mean, acc = totals.read_window(self.world)  # the only host syncs between epochs
                 self.logger.scalars({"loss/train": mean, "lr": self.lr()}, self.step)
                 self.progress.show(loss=mean, acc=acc)
                 if not math.isfinite(mean):
                     return math.nan, 0.0
-            if i < last and self.stop_signal is not None:
-                self.save()
-                return None
-            if i < last and self.checkpoint_every is not None and time.monotonic() - self.last_save >= self.checkpoint_every:
-                self.save()
+            if i < last:
+                stop, due = self.stopping(check=log_now)
+                if stop or due:
+                    self.save()
+                if stop:
+                    return None
         self.batch, self.totals = 0, Totals(self.device)  # the next call starts the next epoch
-        return (totals.loss / max(totals.count, 1)).item(), totals.correct.item() / max(totals.count, 1)
+        return totals.read_epoch(self.world)
 
     def log_diagnostics(self, step: int) -> None:
         """Gradient norms and dead units (and histograms if asked), before the optimizer step."""
@@ -240,15 +278,17 @@ class Trainer:
         if len(batches.split) == 0:
             return None, None
         self.model.eval()
+        if self.world.active:
+            broadcast_buffers(self.model)  # one model on all ranks: rank 0's BatchNorm statistics
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
-        for x, y in batches.epoch():
+        for x, y in batches.epoch():  # under DDP, this rank's share of the batches
             with self.autocast():
                 logits = self.model(x)
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         n = len(batches.split)
-        return (loss_sum / n).item(), correct.item() / n
+        return (self.world.sum(loss_sum) / n).item(), self.world.sum(correct).item() / n
 
     def state_dict(self) -> dict:
         return {
@@ -259,7 +299,7 @@ class Trainer:
             "batch": self.batch,
             "step": self.step,
             "epoch_lr": self.epoch_lr,
-            "totals": self.totals.state_dict(),
+            "totals": self.totals.state_dict(self.world),
             "rng": rng_states(),
             "history": self.result.history,
             "best_val_acc": self.result.best_val_acc,
@@ -271,7 +311,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.epoch, self.batch, self.step, self.epoch_lr = state["epoch"], state["batch"], state["step"], state["epoch_lr"]
-        self.totals.load_state_dict(state["totals"])
+        self.totals.load_state_dict(state["totals"], self.world)
         set_rng_states(state["rng"])
         self.result.history = list(state["history"])
         self.result.best_val_acc = state["best_val_acc"]

@@ -20,23 +20,24 @@ def cli_env(env: dict | None = None) -> dict:
     return {**{k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}, **(env or {})}
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m runner *args` (the same program as `run`) in a subprocess, not on a terminal."""
-    return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=cwd or ROOT,
-        env=cli_env(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def command(args, nproc: int) -> list[str]:
+    """`python -m runner *args` (the same program as `run`), or with nproc > 0 the same under
+    `torchrun --standalone --nproc_per_node=nproc` (its module form: the venv's torchrun)."""
+    torchrun = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc else []
+    return [sys.executable, *torchrun, "-m", "runner", *args]
 
 
-def start_cli(*args: str) -> subprocess.Popen:
-    """`python -m runner *args` started in the background, its output in one text pipe, to signal it."""
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600, nproc: int = 0
+) -> subprocess.CompletedProcess:
+    """`run *args` in a subprocess, not on a terminal (under torchrun with nproc processes if nproc > 0)."""
+    return subprocess.run(command(args, nproc), cwd=cwd or ROOT, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args: str, nproc: int = 0) -> subprocess.Popen:
+    """`run *args` started in the background, its output in one text pipe, to signal it."""
     return subprocess.Popen(
-        [sys.executable, "-m", "runner", *args],
-        cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command(args, nproc), cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 

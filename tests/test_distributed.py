@@ -1,0 +1,161 @@
+"""One run over several processes: DDP under torchrun with 2 CPU processes on gloo, against one process
+with the same global batch; rank 0 alone writes one run directory; SIGTERM and resume under DDP."""
+
+import json
+import signal
+
+import pytest
+import torch
+from helpers import assert_bitwise_equal, compose_cfg, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from runner import schema
+from runner.data import Batches, Split
+
+# model=bn with its BatchNorm synchronized: 2 epochs of 56 steps of 64 images (32 per process)
+DDP = [
+    "model=bn", "model.channels=[8,16]", "model.hidden=[32]", "data.batch_size=64", "trainer.max_epochs=2",
+    "trainer.sync_bn=true", "trainer.log_every_n_steps=1", "trainer.checkpoint_every_minutes=0.0001",
+]  # fmt: skip
+
+
+def split(n: int = 40) -> Split:
+    generator = torch.Generator().manual_seed(0)
+    return Split(torch.randint(0, 256, (n, 1, 6, 6), dtype=torch.uint8, generator=generator), torch.arange(n) % 10)
+
+
+def test_each_rank_takes_its_part_of_every_training_batch_with_the_same_augmentation():
+    data = split()
+    kwargs = dict(batch_size=8, mean=None, std=None, shuffle=True, augment=True, drop_last=True, seed=3, pad=2)
+    whole = Batches(data, **kwargs)
+    parts = [Batches(data, **kwargs, rank=rank, ranks=2) for rank in (0, 1)]
+    for start in (0, 3):  # a resumed epoch too
+        batches = list(zip(whole.epoch(2, start), parts[0].epoch(2, start), parts[1].epoch(2, start), strict=True))
+        assert len(batches) == len(whole) - start == 5 - start
+        for (x, y), (x0, y0), (x1, y1) in batches:
+            assert len(y0) == len(y1) == 4
+            assert torch.equal(torch.cat([x0, x1]), x) and torch.equal(torch.cat([y0, y1]), y)
+
+
+def test_evaluation_batches_are_dealt_out_to_the_ranks():
+    data = split(45)
+    whole = [y for _, y in Batches(data, 10, None, None).epoch()]
+    dealt = [[y for _, y in Batches(data, 10, None, None, rank=rank, ranks=2, split_batches=False).epoch()] for rank in (0, 1)]
+    assert [len(d) for d in dealt] == [3, 2]
+    assert torch.equal(torch.cat(dealt[0] + dealt[1]).sort().values, torch.cat(whole).sort().values)
+
+
+def test_a_batch_that_does_not_split_evenly_among_the_processes_is_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(schema.ConfigError, match=r"data.batch_size=64 is not allowed with 3 processes .*a multiple of 3"):
+        schema.validate(compose_cfg("data.batch_size=64"))
+    schema.validate(compose_cfg("data.batch_size=63"))
+
+
+def train_losses(run_dir) -> list[float]:
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    return [e.value for e in events.Scalars("loss/train")]
+
+
+def relative(a: float, b: float) -> float:
+    return abs(a - b) / abs(b)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """One process, and 2 processes under torchrun started in an empty folder (default run directory)."""
+    base = tmp_path_factory.mktemp("ddp")
+    single = run_cli(*DDP, f"hydra.run.dir={base / 'single'}")
+    assert single.returncode == 0, single.stderr
+    (base / "cwd").mkdir()
+    ddp = run_cli(*DDP, cwd=base / "cwd", nproc=2)
+    assert ddp.returncode == 0, ddp.stderr
+    return base, ddp
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_run_that_rank_0_alone_writes(runs):
+    base, ddp = runs
+    (run_dir,) = (base / "cwd" / "outputs" / "runs").iterdir()  # one directory, whatever second each rank started in
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["processes"] == 2 and metrics["steps"] == 112
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one writer
+    assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "model.safetensors").exists()
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
+    output = ddp.stdout + ddp.stderr
+    assert output.count("epoch 2/2") == 1 and output.count("test accuracy") == 1  # rank 0 speaks for the run
+    assert "2 processes (cpu)" in output
+
+
+def epoch_gap(a: dict, b: dict) -> float:
+    """The largest relative difference between two runs' per-epoch train and val losses."""
+    pairs = zip(a["history"], b["history"], strict=True)
+    return max(max(relative(x["train_loss"], y["train_loss"]), relative(x["val_loss"], y["val_loss"])) for x, y in pairs)
+
+
+@pytest.mark.slow
+def test_ddp_with_sync_bn_matches_one_process_with_the_same_global_batch(runs):
+    """Tolerances, from seeds 0-2 of this config. Step 1 is the same computation (each process
+    normalizes with the global batch's statistics, DDP averages the halves' gradients), so its loss
+    agrees to float32 rounding: at most 3.6e-6 apart, as two one-process runs that differ only in
+    their thread count are (3.7e-6). Rounding differences then grow as training goes on, the same
+    way for both pairs: per-epoch losses at most 1.9e-2 apart (thread counts: 1.7e-2), test accuracy
+    0.003. Bounds: 2e-5 for step 1, 5% for the epochs, one point of test accuracy."""
+    base, _ = runs
+    (ddp_dir,) = (base / "cwd" / "outputs" / "runs").iterdir()
+    single, ddp = (json.loads((d / "metrics.json").read_text()) for d in (base / "single", ddp_dir))
+    assert relative(train_losses(ddp_dir)[0], train_losses(base / "single")[0]) < 2e-5
+    assert epoch_gap(ddp, single) < 0.05
+    assert abs(ddp["test_acc"] - single["test_acc"]) <= 0.01
+
+
+@pytest.mark.slow
+def test_without_sync_bn_each_process_normalizes_its_own_part(runs, tmp_path):
+    """Each process's BatchNorm sees 32 images, not 64: the epochs end 14-17% away from one
+    process's (seeds 0-2), beyond the 5% that bounds the synchronized run."""
+    base, _ = runs
+    ddp = run_cli(*DDP, "trainer.sync_bn=false", f"hydra.run.dir={tmp_path / 'run'}", nproc=2)
+    assert ddp.returncode == 0, ddp.stderr
+    single, unsynced = (json.loads((d / "metrics.json").read_text()) for d in (base / "single", tmp_path / "run"))
+    assert epoch_gap(unsynced, single) > 0.05
+
+
+@pytest.mark.slow
+def test_sigterm_to_torchrun_checkpoints_and_the_same_command_resumes_bitwise_equal(runs, tmp_path):
+    base, _ = runs
+    (uninterrupted,) = (base / "cwd" / "outputs" / "runs").iterdir()
+    run_dir = tmp_path / "run"
+    process = start_cli(*DDP, f"hydra.run.dir={run_dir}", nproc=2)
+    wait_for_checkpoint_at_step(run_dir, 20)
+    process.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0, output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and 20 <= metrics["steps"] < 112, output
+    assert output.count("stopped by signal 15") == 1, output
+    again = run_cli(*DDP, f"hydra.run.dir={run_dir}", nproc=2)
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout + again.stderr
+    assert_bitwise_equal(outcome(run_dir), outcome(uninterrupted))
+
+
+@pytest.mark.slow
+def test_a_sweep_under_torchrun_has_one_sweep_directory_and_one_summary(tmp_path):
+    quick = ["trainer.max_epochs=1", "data.batch_size=64", "model.channels=[8]", "model.hidden=[]"]
+    result = run_cli("-m", "seed=0,1", *quick, cwd=tmp_path, nproc=2)
+    assert result.returncode == 0, result.stderr
+    (sweep_dir,) = (tmp_path / "outputs" / "sweeps").iterdir()
+    assert sorted(p.name for p in sweep_dir.glob("seed=*")) == ["seed=0", "seed=1"]
+    rows = (sweep_dir / "summary.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",completed," in row for row in rows[1:])
+
+
+@pytest.mark.slow
+def test_a_run_directory_each_rank_names_differently_is_refused(tmp_path):
+    result = run_cli("trainer.max_epochs=1", f"hydra.run.dir={tmp_path}/run_${{now:%H%M%S%f}}", nproc=2)
+    assert result.returncode != 0
+    assert "is not allowed on rank 1: rank 0 has" in result.stderr
+    assert "${started:...} in place of ${now:...}" in result.stderr
+    assert not list(tmp_path.glob("run_*/metrics.json"))
+
