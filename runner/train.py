@@ -80,7 +80,9 @@ class Totals:
         """Rank 0 takes the saved sums, which are all ranks' already; the others start theirs at zero."""
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
-                value = value.to(self.loss.device) if world.main or key not in self.SUMS else torch.zeros_like(value, device=self.loss.device)
+                value = value.to(self.loss.device)
+                if key in self.SUMS and not world.main:
+                    value = torch.zeros_like(value)
             setattr(self, key, value)
 
 
@@ -160,9 +162,10 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
     def save(self) -> None:
-        state = self.state_dict()  # on every rank: the totals are summed over the ranks
-        if self.checkpoint is not None:
-            self.checkpoint(state)
+        if self.checkpoint is not None or self.world.active:
+            state = self.state_dict()  # under DDP on every rank: it sums the totals over the ranks
+            if self.checkpoint is not None:
+                self.checkpoint(state)
         self.last_save = time.monotonic()
 
     def stopping(self, check: bool = True) -> tuple[bool, bool]:
