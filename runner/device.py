@@ -83,15 +83,17 @@ def pick_threads(threads, parallel_jobs: int) -> int:
     return threads
 
 
-def pick(trainer_cfg, parallel_jobs: int = 1, local_rank: int = 0, local_size: int = 1) -> Compute:
+def pick(trainer_cfg, parallel_jobs: int = 1, world=None) -> Compute:
     """The Compute that `trainer.device/precision/layout/threads` ask for, on this machine. Under
-    torchrun, the process of local rank r takes GPU r, and the processes share the CPU cores."""
+    DDP (`world`, runner.distributed), the process of local rank r takes GPU r, and the processes
+    that share the CPU cores share them out."""
     device = pick_device(trainer_cfg.device)
-    if device.type == "cuda" and local_size > 1:
-        device = torch.device("cuda", local_rank)
+    if world is not None and device.type == "cuda" and world.local_size > 1:
+        device = torch.device("cuda", world.local_rank)
+    sharers = parallel_jobs * (world.core_sharers if world is not None else 1)
     return Compute(
         device=device,
         precision=pick_precision(trainer_cfg.precision, device),
         layout=pick_layout(trainer_cfg.layout, device),
-        threads=pick_threads(trainer_cfg.threads, parallel_jobs * local_size),
+        threads=pick_threads(trainer_cfg.threads, sharers),
     )

@@ -27,7 +27,8 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0  # on this machine: the GPU it takes
-    local_size: int = 1  # processes on this machine: they share its CPU cores
+    local_size: int = 1  # processes of the run on this machine
+    core_sharers: int = 1  # processes that share the CPU cores this one sees (1: they are its own)
 
     @property
     def main(self) -> bool:
@@ -67,11 +68,14 @@ def world() -> World:
     if "WORLD_SIZE" not in env and env.get("SUBMITIT_EXECUTOR"):
         export_submitit_tasks()
     size = int(env.get("WORLD_SIZE", "1"))
+    local_size = int(env.get("LOCAL_WORLD_SIZE", str(size)))
     return World(
         rank=int(env.get("RANK", "0")),
         size=size,
         local_rank=int(env.get("LOCAL_RANK", "0")),
-        local_size=int(env.get("LOCAL_WORLD_SIZE", str(size))),
+        local_size=local_size,
+        # torchrun's processes see all the machine's cores; SLURM gives each task its cpus_per_task
+        core_sharers=1 if env.get("SUBMITIT_EXECUTOR") == "slurm" else local_size,
     )
 
 

@@ -98,7 +98,7 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
         schema.validate(cfg)  # also checked before Hydra wrote anything (runner.app.CheckFirst)
         seed_everything(cfg.seed)  # the same on every rank: the same initial weights
         world = distributed.world()
-        compute = device.pick(cfg.trainer, parallel_jobs, world.local_rank, world.local_size)
+        compute = device.pick(cfg.trainer, parallel_jobs, world)
         torch.set_num_threads(compute.threads)
         distributed.start(world, compute.device)
         dataset = data.load(cfg.data, compute.device)

@@ -2,6 +2,7 @@
 with the same global batch; rank 0 alone writes one run directory; SIGTERM and resume under DDP."""
 
 import json
+import os
 import signal
 
 import pytest
@@ -9,8 +10,9 @@ import torch
 from helpers import assert_bitwise_equal, compose_cfg, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runner import schema
+from runner import device, schema
 from runner.data import Batches, Split
+from runner.distributed import World
 
 # model=bn with its BatchNorm synchronized: 2 epochs of 56 steps of 64 images (32 per process)
 DDP = [
@@ -50,6 +52,15 @@ def test_a_batch_that_does_not_split_evenly_among_the_processes_is_refused(monke
     with pytest.raises(schema.ConfigError, match=r"data.batch_size=64 is not allowed with 3 processes .*a multiple of 3"):
         schema.validate(compose_cfg("data.batch_size=64"))
     schema.validate(compose_cfg("data.batch_size=63"))
+
+
+def test_processes_on_one_machine_share_its_cores_and_slurm_tasks_keep_their_own():
+    trainer = compose_cfg().trainer
+    cores = len(os.sched_getaffinity(0))
+    torchrun = World(rank=1, size=2, local_rank=1, local_size=2, core_sharers=2)
+    slurm_tasks = World(rank=1, size=2, local_rank=1, local_size=2, core_sharers=1)
+    assert device.pick(trainer, 1, torchrun).threads == max(1, cores // 2)
+    assert device.pick(trainer, 1, slurm_tasks).threads == cores
 
 
 def train_losses(run_dir) -> list[float]:
