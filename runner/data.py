@@ -140,7 +140,7 @@ class Batches:
         self.memory_format = memory_format
         self.batch_size = min(batch_size, max(1, len(split)))
         self.drop_last = drop_last
-        self.rank, self.ranks, self.split_batches = rank, ranks, split_batches  # batch_size % ranks == 0: schema.validate
+        self.rank, self.ranks, self.split_batches = rank, ranks, split_batches  # ranks divide batch_size: schema
         channels = split.images.shape[1]
         device = split.images.device
         mean = torch.zeros(channels, device=device) if mean is None else mean

@@ -10,16 +10,19 @@ import contextlib
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 PREEMPT = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), signal.SIGUSR2)
 SIGNALS = (signal.SIGINT, signal.SIGTERM, PREEMPT)
+ECHO_SECONDS = 1.0  # a signal this soon after the first is the same request passed on (torchrun sends Ctrl-C on)
 
 
 @contextlib.contextmanager
 def stop_on_signals(request_stop: Callable[[int], None]) -> Iterator[None]:
-    """Within the block, the first of SIGNALS calls `request_stop(signum)`; a second one
-    interrupts at once (KeyboardInterrupt), for a user who does not want to wait."""
+    """Within the block, the first of SIGNALS calls `request_stop(signum)`; a second one, a second or
+    more later, interrupts at once (KeyboardInterrupt), for a user who does not want to wait. Sooner,
+    it is the first passed on again: torchrun sends its processes the Ctrl-C they already got."""
     if threading.current_thread() is not threading.main_thread():
         yield  # handlers can only be set from the main thread (e.g. a threads-backend launcher)
         return
@@ -27,10 +30,12 @@ def stop_on_signals(request_stop: Callable[[int], None]) -> Iterator[None]:
     seen = []
 
     def handler(signum, frame):
-        if seen:
+        now = time.monotonic()
+        if seen and now - seen[0] >= ECHO_SECONDS:
             raise KeyboardInterrupt
-        seen.append(signum)
-        request_stop(signum)
+        if not seen:
+            seen.append(now)
+            request_stop(signum)
 
     for s in SIGNALS:
         signal.signal(s, handler)

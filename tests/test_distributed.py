@@ -4,10 +4,21 @@ with the same global batch; rank 0 alone writes one run directory; SIGTERM and r
 import json
 import os
 import signal
+import subprocess
 
 import pytest
 import torch
-from helpers import assert_bitwise_equal, compose_cfg, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
+from helpers import (
+    ROOT,
+    assert_bitwise_equal,
+    cli_env,
+    command,
+    compose_cfg,
+    outcome,
+    run_cli,
+    start_cli,
+    wait_for_checkpoint_at_step,
+)
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from runner import device, schema
@@ -42,14 +53,16 @@ def test_each_rank_takes_its_part_of_every_training_batch_with_the_same_augmenta
 def test_evaluation_batches_are_dealt_out_to_the_ranks():
     data = split(45)
     whole = [y for _, y in Batches(data, 10, None, None).epoch()]
-    dealt = [[y for _, y in Batches(data, 10, None, None, rank=rank, ranks=2, split_batches=False).epoch()] for rank in (0, 1)]
+    shares = [Batches(data, 10, None, None, rank=rank, ranks=2, split_batches=False) for rank in (0, 1)]
+    dealt = [[y for _, y in share.epoch()] for share in shares]
     assert [len(d) for d in dealt] == [3, 2]
     assert torch.equal(torch.cat(dealt[0] + dealt[1]).sort().values, torch.cat(whole).sort().values)
 
 
 def test_a_batch_that_does_not_split_evenly_among_the_processes_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(schema.ConfigError, match=r"data.batch_size=64 is not allowed with 3 processes .*a multiple of 3"):
+    message = r"data.batch_size=64 is not allowed with 3 processes .*a multiple of 3"
+    with pytest.raises(schema.ConfigError, match=message):
         schema.validate(compose_cfg("data.batch_size=64"))
     schema.validate(compose_cfg("data.batch_size=63"))
 
@@ -102,7 +115,7 @@ def test_two_processes_train_one_run_that_rank_0_alone_writes(runs):
 def epoch_gap(a: dict, b: dict) -> float:
     """The largest relative difference between two runs' per-epoch train and val losses."""
     pairs = zip(a["history"], b["history"], strict=True)
-    return max(max(relative(x["train_loss"], y["train_loss"]), relative(x["val_loss"], y["val_loss"])) for x, y in pairs)
+    return max(relative(x[key], y[key]) for x, y in pairs for key in ("train_loss", "val_loss"))
 
 
 @pytest.mark.slow
@@ -149,6 +162,23 @@ def test_sigterm_to_torchrun_checkpoints_and_the_same_command_resumes_bitwise_eq
     assert again.returncode == 0, again.stderr
     assert "resuming from" in again.stdout + again.stderr
     assert_bitwise_equal(outcome(run_dir), outcome(uninterrupted))
+
+
+@pytest.mark.slow
+def test_ctrl_c_under_torchrun_stops_every_process_at_one_step_with_a_checkpoint(tmp_path):
+    """Ctrl-C reaches every process of the terminal's group, and torchrun passes it on once more."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        command([*DDP, f"hydra.run.dir={run_dir}"], nproc=2), cwd=ROOT, env=cli_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    wait_for_checkpoint_at_step(run_dir, 20)
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and 20 <= metrics["steps"] < 112, output
+    assert output.count("stopped by signal 2") == 1 and "KeyboardInterrupt" not in output, output
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["step"] == metrics["steps"]
 
 
 @pytest.mark.slow

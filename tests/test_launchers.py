@@ -81,7 +81,8 @@ def test_the_slurm_preset_asks_sbatch_for_its_resources(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "sbatch").write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/sbatch.sh\necho "sbatch: no cluster here" >&2\nexit 1\n')
+    sbatch = f'#!/bin/sh\ncp "$1" {tmp_path}/sbatch.sh\necho "sbatch: no cluster here" >&2\nexit 1\n'
+    (bin_dir / "sbatch").write_text(sbatch)
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     sweep_dir = tmp_path / "sweep"
