@@ -12,6 +12,7 @@ rank 0's, shared through torchrun's rendezvous store, which the process group th
 Nothing here imports torch at module level: `run --help` imports this module.
 """
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -162,17 +163,9 @@ def convert_batchnorm(model, device) -> None:
             convert_batchnorm(child, device)
 
 
-_classes: dict = {}
-
-
+@functools.cache
 def global_batchnorm_class():
-    """GlobalBatchNorm, defined on first use (it subclasses a torch module)."""
-    if "bn" not in _classes:
-        _classes["bn"] = _define_global_batchnorm()
-    return _classes["bn"]
-
-
-def _define_global_batchnorm():
+    """GlobalBatchNorm, defined on first use (it subclasses a torch module: torch is imported then)."""
     import torch
     import torch.distributed as dist
 
