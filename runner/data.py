@@ -153,18 +153,28 @@ class Batches:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
+    def _draw_crops(self, gen: torch.Generator) -> torch.Tensor:
+        """The epoch's crop offsets (dy, dx) and flips, drawn batch by batch for the whole batch (so
+        every image gets the same crop under DDP) and sent to the device in one copy, not three a step."""
+        n, draws = len(self.split), []
+        for i in range(len(self)):
+            size = (min(n, (i + 1) * self.batch_size) - i * self.batch_size,)
+            dy = torch.randint(0, 2 * self.pad + 1, size, generator=gen)
+            dx = torch.randint(0, 2 * self.pad + 1, size, generator=gen)
+            flip = torch.rand(size, generator=gen) < 0.5
+            draws.append(torch.stack([dy, dx, flip.long()]))
+        crops = torch.cat(draws, dim=1)
+        return crops.pin_memory() if self.split.images.is_cuda else crops
+
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of `epoch`, from batch `start` on (a resumed epoch draws what it skips)."""
         n, device = len(self.split), self.split.images.device
         gen = epoch_generator(self.seed, epoch)
-        order = torch.randperm(n, generator=gen).to(device) if self.shuffle else None
+        order = torch.randperm(n, generator=gen).to(device, non_blocking=True) if self.shuffle else None
+        if self.augment:
+            crops = self._draw_crops(gen).to(device, non_blocking=True)  # (3, batches * batch_size)
         for i in range(len(self)):
             lo, hi = i * self.batch_size, min(n, (i + 1) * self.batch_size)
-            if self.augment:  # drawn for the whole batch, so each image gets the same crop under DDP
-                size = (hi - lo,)
-                dy = torch.randint(0, 2 * self.pad + 1, size, generator=gen)
-                dx = torch.randint(0, 2 * self.pad + 1, size, generator=gen)
-                flip = torch.rand(size, generator=gen) < 0.5
             if i < start or (not self.split_batches and i % self.ranks != self.rank):
                 continue
             part = slice(None)
@@ -175,6 +185,7 @@ class Batches:
             idx = order[lo:hi] if order is not None else slice(lo, hi)
             x = self.split.images[idx].float()
             if self.augment:
-                x = crop_flip(x, dy[part].to(device), dx[part].to(device), flip[part].to(device), self.pad)
+                dy, dx, flip = crops[:, lo:hi]
+                x = crop_flip(x, dy, dx, flip.bool(), self.pad)
             x = x * self.scale + self.shift
             yield x.contiguous(memory_format=self.memory_format), self.split.labels[idx]
