@@ -36,10 +36,14 @@ class SetupError(Exception):
     """Bad input found before training starts; the message names the key, the value and what is allowed."""
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Every generator from `seed`; `deterministic`: cuDNN's deterministic convolutions, else its
+    autotuned fastest ones, which may differ from run to run (CPU kernels repeat either way)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def parallel_jobs(hydra_cfg) -> int:
@@ -96,7 +100,7 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
     Under torchrun, this process joins the run's process group and takes its part of the batches."""
     try:
         schema.validate(cfg)  # also checked before Hydra wrote anything (runner.app.CheckFirst)
-        seed_everything(cfg.seed)  # the same on every rank: the same initial weights
+        seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same on every rank: the same initial weights
         world = distributed.world()
         compute = device.pick(cfg.trainer, parallel_jobs, world)
         torch.set_num_threads(compute.threads)

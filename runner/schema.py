@@ -179,6 +179,7 @@ class Trainer:
     layout: str
     threads: Any  # auto or an integer
     compile: bool
+    deterministic: bool
     checkpoint_every_minutes: float | None
     grad_clip: float | None
     log_every_n_steps: int
@@ -328,6 +329,7 @@ RULES: dict[str, tuple[str, ...] | tuple[Callable[[Any], bool], str]] = {
     "trainer.layout": LAYOUTS,
     "trainer.threads": (lambda v: v == "auto" or integer(1)(v), "auto or an integer >= 1"),
     "trainer.compile": (boolean, "true or false"),
+    "trainer.deterministic": (boolean, "true or false"),
     "trainer.checkpoint_every_minutes": (or_null(number(above=0)), "a number > 0 or null"),
     "trainer.grad_clip": (or_null(number(above=0)), "a number > 0 or null"),
     "trainer.log_every_n_steps": (integer(1), "an integer >= 1"),

@@ -15,7 +15,7 @@ from omegaconf.errors import OmegaConfBaseException
 from runner import schema
 
 TRAINER_KEYS = (
-    "max_epochs, device, precision, layout, threads, compile, checkpoint_every_minutes, grad_clip, "
+    "max_epochs, device, precision, layout, threads, compile, deterministic, checkpoint_every_minutes, grad_clip, "
     "log_every_n_steps, diagnostics, histograms, sync_bn"
 )
 
@@ -28,6 +28,7 @@ BAD_INPUTS = [
     (["model.channels=16"], "model.channels=16 is not allowed; allowed: a non-empty list of positive integers"),
     (["seed=abc"], "seed=abc is not allowed; allowed: an integer >= 0"),
     (["trainer.compile=maybe"], "trainer.compile=maybe is not allowed; allowed: true or false"),
+    (["trainer.deterministic=maybe"], "trainer.deterministic=maybe is not allowed; allowed: true or false"),
     (["trainer.sync_bn=yes_please"], "trainer.sync_bn=yes_please is not allowed; allowed: true or false"),
     (["trainer.grad_clip=abc"], "trainer.grad_clip=abc is not allowed; allowed: a number > 0 or null"),
     (["sched=cosine_restarts", "sched.t_mult=1.5"], "sched.t_mult=1.5 is not allowed; allowed: an integer >= 1"),
