@@ -1,15 +1,19 @@
 """Training images per second, measured side by side in one process (`make bench`):
 
-  minimal     a hand-written PyTorch loop: normalized tensors in memory, shuffled batches by
+  minimal     a hand-written PyTorch loop: normalized tensors on the device, shuffled batches by
               index, forward, loss, backward, step; the same model, precision and layout as ablate
   runner      ablate's own Trainer.train_epoch, with its default logging (TensorBoard every 50
               steps) and diagnostics, on uint8 data held on the device
   dataloader  the usual path: the torchvision dataset class reading the real file format, with
-              ToTensor and Normalize, through a DataLoader (the faster of 0 and 2 workers), fp32
+              ToTensor and Normalize, through a DataLoader (the fastest of --workers; pinned
+              memory on CUDA), fp32 in the default layout
 
 for model=plain, bn and residual on Fashion-MNIST-shaped (1x28x28) and CIFAR-10-shaped (3x32x32)
 data. The images are random bytes written in the real formats, so the numbers measure speed only.
-Rounds alternate the three paths and each figure is the median over rounds. Last line:
+With --augment all three also crop and flip each image (4-pixel padding): the minimal loop and
+ablate on the device, the DataLoader with RandomCrop and RandomHorizontalFlip. The device is the
+one a run would pick (`trainer.device=auto`: a CUDA GPU if there is one). Rounds alternate the
+paths and each figure is the median over rounds. Last line:
 
   min runner/minimal=X.XX runner/dataloader=Y.YY   (the worst case over models and shapes)
 
@@ -53,7 +57,13 @@ class CifarFiles(torchvision.datasets.CIFAR10):
         return True
 
 
-def usual_dataset(shape: str, root: Path, n: int) -> torch.utils.data.Dataset:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a host clock read after it times the work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def usual_dataset(shape: str, root: Path, n: int, augment: bool) -> torch.utils.data.Dataset:
     """The torchvision dataset class over `n` random images written in its real file format."""
     if shape == "fashion":
         write_mnist_like(root / "FashionMNIST" / "raw", n_train=n, n_test=10, gz=False)
@@ -61,7 +71,10 @@ def usual_dataset(shape: str, root: Path, n: int) -> torch.utils.data.Dataset:
     else:
         write_cifar_like(root / "cifar-10-batches-py", per_batch=n // 5)
         mean, std, cls = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262), CifarFiles
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    crop_flip = [transforms.RandomCrop(SHAPES[shape][1:], padding=4), transforms.RandomHorizontalFlip()]
+    transform = transforms.Compose(
+        [*(crop_flip if augment else []), transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
     return cls(str(root), train=True, transform=transform, download=False)
 
 
@@ -70,38 +83,55 @@ def build_model(cfg, in_shape, compute: device.Compute) -> torch.nn.Module:
     return model.to(compute.device, memory_format=compute.memory_format)
 
 
-def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute):
+def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, augment: bool):
     """A hand-written loop over normalized float tensors; returns a function timing one epoch."""
     model = build_model(cfg, images.shape[1:], compute)
     opt = optim.build(cfg.optimizer, model.parameters())
-    x_all = ((images.float() / 255 - 0.5) / 0.25).contiguous(memory_format=compute.memory_format)
-    batch = cfg.data.batch_size
+    dev, batch = compute.device, cfg.data.batch_size
+    x_all = ((images.to(dev).float() / 255 - 0.5) / 0.25).contiguous(memory_format=compute.memory_format)
+    labels = labels.to(dev)
 
     def epoch() -> float:
         model.train()
+        synchronize(dev)
         start = time.perf_counter()
-        order = torch.randperm(len(labels))
+        order = torch.randperm(len(labels), device=dev)
         for i in range(len(labels) // batch):
             idx = order[i * batch : (i + 1) * batch]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=compute.precision == "bf16"):
-                loss = F.cross_entropy(model(x_all[idx]), labels[idx])
+            x = x_all[idx]
+            if augment:
+                shift = torch.randint(0, 9, (2, batch), device=dev)
+                x = data.crop_flip(x, shift[0], shift[1], torch.rand(batch, device=dev) < 0.5, 4)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=compute.precision == "bf16"):
+                loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        synchronize(dev)
         return time.perf_counter() - start
 
     return epoch
 
 
-def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, logdir: Path):
+def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, logdir: Path, augment=False):
     """ablate's Trainer with its default logging and diagnostics; returns a function timing one epoch."""
     model = build_model(cfg, images.shape[1:], compute)
     if cfg.trainer.compile:
         model.compile()
     opt = optim.build(cfg.optimizer, model.parameters())
-    split = data.Split(images, labels)
-    mean, std = torch.full((images.shape[1],), 0.5), torch.full((images.shape[1],), 0.25)
-    train = data.Batches(split, cfg.data.batch_size, mean, std, shuffle=True, drop_last=True, memory_format=compute.memory_format)
+    dev = compute.device
+    split = data.Split(images.to(dev), labels.to(dev))
+    mean, std = torch.full((images.shape[1],), 0.5, device=dev), torch.full((images.shape[1],), 0.25, device=dev)
+    train = data.Batches(
+        split,
+        cfg.data.batch_size,
+        mean,
+        std,
+        shuffle=True,
+        augment=augment,
+        drop_last=True,
+        memory_format=compute.memory_format,
+    )
     empty = data.Batches(data.Split(images[:0], labels[:0]), 256, mean, std)
     schedule = optim.build_scheduler(cfg.sched, opt, len(train), 1000)
     trainer = Trainer(
@@ -112,28 +142,36 @@ def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device
     epochs = iter(range(10**6))
 
     def epoch() -> float:
+        synchronize(dev)
         start = time.perf_counter()
         trainer.train_epoch(next(epochs))
+        synchronize(dev)
         return time.perf_counter() - start
 
     return epoch
 
 
-def dataloader_loop(cfg, dataset, in_shape, workers: int):
+def dataloader_loop(cfg, dataset, in_shape, workers: int, dev: torch.device):
     """The usual path, fp32 in the default layout; returns a function timing one epoch."""
-    fp32 = device.Compute(torch.device("cpu"), "fp32", "contiguous", torch.get_num_threads())
+    fp32 = device.Compute(dev, "fp32", "contiguous", torch.get_num_threads())
     model = build_model(cfg, in_shape, fp32)
     opt = optim.build(cfg.optimizer, model.parameters())
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=workers)
+    pin = dev.type == "cuda"
+    loader = DataLoader(
+        dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=pin
+    )
 
     def epoch() -> float:
         model.train()
+        synchronize(dev)
         start = time.perf_counter()
         for x, y in loader:
+            x, y = x.to(dev, non_blocking=pin), y.to(dev, non_blocking=pin)
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        synchronize(dev)
         return time.perf_counter() - start
 
     return epoch
@@ -150,6 +188,12 @@ def images_per_second(loops: dict, n: int, rounds: int) -> dict[str, float]:
     return {name: n / statistics.median(t) for name, t in times.items()}
 
 
+def describe(compute: device.Compute) -> str:
+    if compute.device.type == "cuda":
+        return torch.cuda.get_device_name(compute.device)
+    return f"{compute.device.type}, native bf16: {device.native_bf16(compute.device)}"
+
+
 def random_images(shape: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, *SHAPES[shape]), generator=gen, dtype=torch.uint8)
@@ -158,22 +202,26 @@ def random_images(shape: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
     """The issue's table: minimal, runner and dataloader per model and shape."""
-    print(f"compute: {compute.precision}, {compute.layout}, {compute.threads} threads; batch 128; images/s, median of {args.rounds}")
+    print(
+        f"compute: {describe(compute)}, {compute.precision}, {compute.layout}, {compute.threads} threads; batch {args.batch_size}; "
+        f"augment {args.augment}; images/s, median of {args.rounds}"
+    )
     worst_minimal, worst_loader = [], []
     for shape in args.shapes:
         images, labels = random_images(shape, args.images)
-        datasets = usual_dataset(shape, tmp / shape, args.images)
+        datasets = usual_dataset(shape, tmp / shape, args.images, args.augment)
         for name in args.models:
-            cfg = compose_cfg(f"model={name}")
-            loaders = {w: dataloader_loop(cfg, datasets, SHAPES[shape], w) for w in (0, 2)}
+            cfg = compose_cfg(f"model={name}", f"data.batch_size={args.batch_size}")
             loops = {
-                "minimal": minimal_loop(cfg, images, labels, compute),
-                "runner": runner_loop(cfg, images, labels, compute, tmp / f"logs-{shape}-{name}"),
-                "dataloader-0": loaders[0],
-                "dataloader-2": loaders[2],
+                "minimal": minimal_loop(cfg, images, labels, compute, args.augment),
+                "runner": runner_loop(cfg, images, labels, compute, tmp / f"logs-{shape}-{name}", args.augment),
+                **{
+                    f"dataloader-{w}": dataloader_loop(cfg, datasets, SHAPES[shape], w, compute.device)
+                    for w in args.workers
+                },
             }
             speed = images_per_second(loops, args.images, args.rounds)
-            workers = max((0, 2), key=lambda w: speed[f"dataloader-{w}"])
+            workers = max(args.workers, key=lambda w: speed[f"dataloader-{w}"])
             loader = speed[f"dataloader-{workers}"]
             worst_minimal.append(speed["runner"] / speed["minimal"])
             worst_loader.append(speed["runner"] / loader)
@@ -188,15 +236,19 @@ def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
 
 def compare_compute(args, tmp: Path) -> None:
     """ablate's runner in each precision and layout, as ratios to fp32 contiguous."""
-    threads = torch.get_num_threads()
+    threads, dev = torch.get_num_threads(), device.pick_device("auto")
     combos = [(p, layout) for p in ("fp32", "bf16") for layout in ("contiguous", "channels_last")]
-    print(f"native bf16 on this CPU: {device.native_bf16(torch.device('cpu'))}; images/s, median of {args.rounds}")
+    print(
+        f"{describe(device.Compute(dev, 'fp32', 'contiguous', threads))}; augment {args.augment}; images/s, median of {args.rounds}"
+    )
     for shape in args.shapes:
         images, labels = random_images(shape, args.images)
         for name in args.models:
-            cfg = compose_cfg(f"model={name}")
+            cfg = compose_cfg(f"model={name}", f"data.batch_size={args.batch_size}")
             loops = {
-                f"{p}/{layout}": runner_loop(cfg, images, labels, device.Compute(torch.device("cpu"), p, layout, threads), tmp / f"{shape}-{name}-{p}-{layout}")
+                f"{p}/{layout}": runner_loop(
+                    cfg, images, labels, device.Compute(dev, p, layout, threads), tmp / f"{shape}-{name}-{p}-{layout}", args.augment
+                )
                 for p, layout in combos
             }  # fmt: skip
             speed = images_per_second(loops, args.images, args.rounds)
@@ -210,12 +262,14 @@ def compare_compile(args, compute: device.Compute, tmp: Path) -> None:
     for shape in args.shapes:
         images, labels = random_images(shape, args.images)
         for name in args.models:
-            eager = compose_cfg(f"model={name}")
-            compiled = compose_cfg(f"model={name}", "trainer.compile=true")
+            eager = compose_cfg(f"model={name}", f"data.batch_size={args.batch_size}")
+            compiled = compose_cfg(f"model={name}", f"data.batch_size={args.batch_size}", "trainer.compile=true")
             start = time.perf_counter()
             loops = {
-                "eager": runner_loop(eager, images, labels, compute, tmp / f"{shape}-{name}-eager"),
-                "compiled": runner_loop(compiled, images, labels, compute, tmp / f"{shape}-{name}-compiled"),
+                "eager": runner_loop(eager, images, labels, compute, tmp / f"{shape}-{name}-eager", args.augment),
+                "compiled": runner_loop(
+                    compiled, images, labels, compute, tmp / f"{shape}-{name}-compiled", args.augment
+                ),
             }
             speed = images_per_second(loops, args.images, args.rounds)
             print(
@@ -227,11 +281,22 @@ def compare_compile(args, compute: device.Compute, tmp: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=6400, help="images per timed epoch (default 6400: 50 batches, one logging step)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--images", type=int, default=6400, help="images per timed epoch (default 6400: 50 batches, one logging step)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument(
+        "--batch-size", type=int, default=128, help="images per step (default 128, the configs' default)"
+    )
+    parser.add_argument("--augment", action="store_true", help="random crop and flip in every path")
+    parser.add_argument(
+        "--workers", nargs="+", type=int, default=[0, 2], help="DataLoader workers to try (default 0 2)"
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--compute", action="store_true", help="fp32/bf16 x contiguous/channels_last")
     mode.add_argument("--compile", action="store_true", help="trainer.compile=true against eager")

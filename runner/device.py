@@ -1,10 +1,12 @@
 """Where and how a run computes: the device, the precision (autocast dtype), the memory layout and
 the number of CPU threads, each chosen per machine under `auto` and forced by `trainer.*`.
 
-`auto` takes bf16 autocast on CUDA GPUs with bf16 and on CPUs with native bf16 (AVX512-BF16 or
-AMX), fp32 elsewhere: on CPUs without native bf16, autocast emulates it and is 3 to 10 times
-slower. It takes channels_last (NHWC) on CPUs and CUDA GPUs: oneDNN's convolutions run 1.3-1.4x
-faster in it even in fp32 on an AVX2 CPU (`benchmarks/throughput.py --compute` measures both).
+`auto` takes bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX) and fp32 elsewhere: on
+CPUs without native bf16, autocast emulates it and is 3 to 10 times slower, and on CUDA GPUs fp32
+convolutions already run on the tensor cores (cuDNN's TF32, on by default), so for these small
+networks autocast's casts cost more than bf16 gains (0.74-0.93x of fp32 on an H100). It takes
+channels_last (NHWC) on CPUs and CUDA GPUs: oneDNN's convolutions run 1.3-1.4x faster in it even in
+fp32 on an AVX2 CPU, cuDNN's up to 1.7x (`benchmarks/throughput.py --compute` measures both).
 """
 
 import os
@@ -61,7 +63,7 @@ def pick_precision(name: str, device: torch.device) -> str:
     if name not in PRECISIONS:
         raise ValueError(f"trainer.precision={name!r} is not known; allowed: {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
+        return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
     return name
 
 

@@ -9,7 +9,7 @@ import torch
 from helpers import compose_cfg, run_cli
 
 import models
-from runner import device
+from runner import device, job
 
 
 def test_auto_picks_bf16_exactly_where_the_cpu_has_native_bf16_and_channels_last_on_any_cpu():
@@ -21,6 +21,19 @@ def test_auto_picks_bf16_exactly_where_the_cpu_has_native_bf16_and_channels_last
         assert compute.precision == ("bf16" if native else "fp32")
         assert compute.layout == "channels_last"
         assert (compute.autocast_dtype is torch.bfloat16) == native
+
+
+def test_auto_keeps_fp32_with_channels_last_on_cuda_where_cudnn_convolves_in_tf32():
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert (device.pick_precision("auto", cuda), device.pick_layout("auto", cuda)) == ("fp32", "channels_last")
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_deterministic_chooses_cudnns_repeatable_convolutions_over_its_autotuned_ones(deterministic):
+    job.seed_everything(0, deterministic)
+    assert torch.backends.cudnn.deterministic is deterministic
+    assert torch.backends.cudnn.benchmark is not deterministic
+    job.seed_everything(0)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
