@@ -49,21 +49,18 @@ def pick_device(name: str) -> torch.device:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Does this device compute in bf16 natively (and so fast)?"""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        cpu = torch.cpu
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(getattr(cpu, check, lambda: False)() for check in checks)
-    return False
+    """Is `device` a CPU that computes in bf16 natively (and so fast)? Where `auto` takes bf16."""
+    if device.type != "cpu":
+        return False
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, check, lambda: False)() for check in checks)
 
 
 def pick_precision(name: str, device: torch.device) -> str:
     if name not in PRECISIONS:
         raise ValueError(f"trainer.precision={name!r} is not known; allowed: {', '.join(PRECISIONS)}")
     if name == "auto":
-        return "bf16" if device.type == "cpu" and native_bf16(device) else "fp32"
+        return "bf16" if native_bf16(device) else "fp32"
     return name
 
 
