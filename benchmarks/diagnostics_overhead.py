@@ -14,8 +14,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import models
-import optim
+from runner import parts
 from runner.diagnostics import Diagnostics
 from runner.fixtures import compose_cfg
 
@@ -48,10 +47,10 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = compose_cfg(f"model={args.model}")
     batches = [(torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))) for _ in range(args.steps)]
-    plain_model = models.build(cfg.model, cfg.activation, (1, 28, 28), 10)
-    diag_model = models.build(cfg.model, cfg.activation, (1, 28, 28), 10)
+    plain_model = parts.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
+    diag_model = parts.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
     diagnostics = Diagnostics(diag_model)
-    plain_opt, diag_opt = optim.build(cfg.optimizer, plain_model.parameters()), optim.build(cfg.optimizer, diag_model.parameters())
+    plain_opt, diag_opt = parts.build_optimizer(cfg.optimizer, plain_model.parameters()), parts.build_optimizer(cfg.optimizer, diag_model.parameters())
     steps_per_second(plain_model, plain_opt, batches[:10], args.log_every, None)  # warm-up
     steps_per_second(diag_model, diag_opt, batches[:10], args.log_every, diagnostics)
     off, on = [], []

@@ -10,6 +10,9 @@
 
 for model=plain, bn and residual on Fashion-MNIST-shaped (1x28x28) and CIFAR-10-shaped (3x32x32)
 data. The images are random bytes written in the real formats, so the numbers measure speed only.
+Shape `folder` is a folder of 32x32 PNG files in torchvision's ImageFolder layout: the minimal loop
+and ablate train on what ablate's `image_folder()` decoded (its one-off decode time and its cached
+load time are printed), the DataLoader reads the files through torchvision's ImageFolder.
 With --augment all three also crop and flip each image (4-pixel padding): the minimal loop and
 ablate on the device, the DataLoader with RandomCrop and RandomHorizontalFlip. The device is the
 one a run would pick (`trainer.device=auto`: a CUDA GPU if there is one). Rounds alternate the
@@ -23,6 +26,8 @@ Other questions, same method:
 """
 
 import argparse
+import math
+import os
 import statistics
 import tempfile
 import time
@@ -35,16 +40,15 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-import models
-import optim
-from runner import data, device
+from runner import data, device, parts
 from runner.console import TrainingProgress
 from runner.diagnostics import Diagnostics
-from runner.fixtures import compose_cfg, write_cifar_like, write_mnist_like
+from runner.fixtures import compose_cfg, write_cifar_like, write_image_folder, write_mnist_like
+from runner.image_folder import image_folder
 from runner.log import RunLogger
 from runner.train import Trainer
 
-SHAPES = {"fashion": (1, 28, 28), "cifar": (3, 32, 32)}
+SHAPES = {"fashion": (1, 28, 28), "cifar": (3, 32, 32), "folder": (3, 32, 32)}
 MODELS = ("plain", "bn", "residual")
 
 
@@ -68,6 +72,10 @@ def usual_dataset(shape: str, root: Path, n: int, augment: bool) -> torch.utils.
     if shape == "fashion":
         write_mnist_like(root / "FashionMNIST" / "raw", n_train=n, n_test=10, gz=False)
         mean, std, cls = (0.286,), (0.353,), torchvision.datasets.FashionMNIST
+    elif shape == "folder":
+        classes = math.gcd(n, 10)  # n training images in all, over at most the models' 10 classes
+        write_image_folder(root, classes=classes, per_class_train=n // classes, per_class_test=1, size=(32, 32))
+        mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     else:
         write_cifar_like(root / "cifar-10-batches-py", per_batch=n // 5)
         mean, std, cls = (0.491, 0.482, 0.447), (0.247, 0.243, 0.262), CifarFiles
@@ -75,18 +83,20 @@ def usual_dataset(shape: str, root: Path, n: int, augment: bool) -> torch.utils.
     transform = transforms.Compose(
         [*(crop_flip if augment else []), transforms.ToTensor(), transforms.Normalize(mean, std)]
     )
+    if shape == "folder":
+        return torchvision.datasets.ImageFolder(str(root / "train"), transform=transform)
     return cls(str(root), train=True, transform=transform, download=False)
 
 
 def build_model(cfg, in_shape, compute: device.Compute) -> torch.nn.Module:
-    model = models.build(cfg.model, cfg.activation, in_shape, 10)
+    model = parts.build_model(cfg.model, cfg.activation, in_shape, 10)
     return model.to(compute.device, memory_format=compute.memory_format)
 
 
 def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, augment: bool):
     """A hand-written loop over normalized float tensors; returns a function timing one epoch."""
     model = build_model(cfg, images.shape[1:], compute)
-    opt = optim.build(cfg.optimizer, model.parameters())
+    opt = parts.build_optimizer(cfg.optimizer, model.parameters())
     dev, batch = compute.device, cfg.data.batch_size
     x_all = ((images.to(dev).float() / 255 - 0.5) / 0.25).contiguous(memory_format=compute.memory_format)
     labels = labels.to(dev)
@@ -118,7 +128,7 @@ def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device
     model = build_model(cfg, images.shape[1:], compute)
     if cfg.trainer.compile:
         model.compile()
-    opt = optim.build(cfg.optimizer, model.parameters())
+    opt = parts.build_optimizer(cfg.optimizer, model.parameters())
     dev = compute.device
     split = data.Split(images.to(dev), labels.to(dev))
     mean, std = torch.full((images.shape[1],), 0.5, device=dev), torch.full((images.shape[1],), 0.25, device=dev)
@@ -133,7 +143,7 @@ def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device
         memory_format=compute.memory_format,
     )
     empty = data.Batches(data.Split(images[:0], labels[:0]), 256, mean, std)
-    schedule = optim.build_scheduler(cfg.sched, opt, len(train), 1000)
+    schedule = parts.build_schedule(cfg.sched, opt, len(train), 1000)
     trainer = Trainer(
         model, opt, schedule, train, empty, empty, cfg.trainer, compute.autocast_dtype,
         RunLogger(logdir), TrainingProgress(enabled=False),
@@ -155,7 +165,7 @@ def dataloader_loop(cfg, dataset, in_shape, workers: int, dev: torch.device):
     """The usual path, fp32 in the default layout; returns a function timing one epoch."""
     fp32 = device.Compute(dev, "fp32", "contiguous", torch.get_num_threads())
     model = build_model(cfg, in_shape, fp32)
-    opt = optim.build(cfg.optimizer, model.parameters())
+    opt = parts.build_optimizer(cfg.optimizer, model.parameters())
     pin = dev.type == "cuda"
     loader = DataLoader(
         dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=pin
@@ -194,6 +204,26 @@ def describe(compute: device.Compute) -> str:
     return f"{compute.device.type}, native bf16: {device.native_bf16(compute.device)}"
 
 
+def folder_images(root: Path, dev: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The train split of the image folder at `root` as ablate's `image_folder()` decodes it, its
+    cache in a temporary folder; prints the first call's time (decoding) and the second's (cache)."""
+    os.environ["ABLATE_CACHE"] = str(root.parent / "ablate-cache")  # not the user's ~/.cache
+    start = time.perf_counter()
+    arrays = image_folder(str(root), device=dev)
+    decoded = time.perf_counter()
+    again = image_folder(str(root), device=dev)
+    cached = time.perf_counter()
+    assert "decoded cache" in again.source and np.array_equal(again.train[0], arrays.train[0])
+    images, labels = arrays.train
+    n, shape = len(images) + len(arrays.test[0]), "x".join(map(str, images.shape[1:]))
+    print(
+        f"folder   image_folder(): {n} PNG files of {shape}, decoded in {decoded - start:.2f} s (first call), "
+        f"loaded from its cache in {cached - decoded:.3f} s (second call)",
+        flush=True,
+    )
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
 def random_images(shape: str, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, *SHAPES[shape]), generator=gen, dtype=torch.uint8)
@@ -208,8 +238,11 @@ def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
     )
     worst_minimal, worst_loader = [], []
     for shape in args.shapes:
-        images, labels = random_images(shape, args.images)
         datasets = usual_dataset(shape, tmp / shape, args.images, args.augment)
+        if shape == "folder":  # the files usual_dataset wrote, decoded by ablate
+            images, labels = folder_images(tmp / shape, compute.device)
+        else:
+            images, labels = random_images(shape, args.images)
         for name in args.models:
             cfg = compose_cfg(f"model={name}", f"data.batch_size={args.batch_size}")
             loops = {

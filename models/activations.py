@@ -1,20 +1,32 @@
-"""Activation functions of the seed: tanh, sigmoid, ReLU and LeakyReLU."""
+"""Activation functions of the seed: tanh, sigmoid, ReLU (torch.nn's classes, named by
+configs/activation/*.yaml) and LeakyReLU with the seed's `alpha`; the gain each one's scaled
+initialization uses."""
 
 from torch import nn
 
-ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu")
+
+class LeakyReLU(nn.LeakyReLU):
+    """LeakyReLU(x) = max(alpha x, x) for 0 < alpha < 1 (torch's `negative_slope`, named as the seed names it)."""
+
+    def __init__(self, alpha: float = 0.1):
+        super().__init__(negative_slope=float(alpha))
 
 
-def build_activation(cfg) -> nn.Module:
-    """A fresh activation module for `cfg.name` (LeakyReLU takes `cfg.alpha`)."""
-    name = cfg.name
-    if name == "tanh":
-        return nn.Tanh()
-    if name == "sigmoid":
-        return nn.Sigmoid()
-    if name == "relu":
-        return nn.ReLU()
-    if name == "leaky_relu":
-        # LeakyReLU(x) = max(alpha x, x) for 0 < alpha < 1.
-        return nn.LeakyReLU(negative_slope=float(cfg.alpha))
-    raise ValueError(f"activation.name={name!r} is not known; allowed: {', '.join(ACTIVATIONS)}")
+KNOWN_GAINS = (nn.Sigmoid, nn.Tanh, nn.ReLU, nn.LeakyReLU)
+
+
+def has_known_gain(kind) -> bool:
+    """Whether `gain` knows the activation class `kind` (or one it derives from)."""
+    return isinstance(kind, type) and issubclass(kind, KNOWN_GAINS)
+
+
+def gain(activation: nn.Module) -> float | None:
+    """The gain of torch.nn.init.calculate_gain for the activation module's kind (sigmoid 1, tanh 5/3,
+    ReLU sqrt(2), LeakyReLU sqrt(2 / (1 + alpha^2))), or None for a kind it does not know."""
+    if isinstance(activation, nn.LeakyReLU):
+        return nn.init.calculate_gain("leaky_relu", activation.negative_slope)
+    for kind, name in ((nn.Sigmoid, "sigmoid"), (nn.Tanh, "tanh"), (nn.ReLU, "relu")):
+        if isinstance(activation, kind):
+            return nn.init.calculate_gain(name)
+    return None
+

@@ -1,14 +1,16 @@
 """Building blocks: the conv block, the concatenation skip and the residual bottleneck.
 
-Each block is a small module whose `forward` reads like the seed's diagram.
+Each block is a small module whose `forward` reads like the seed's diagram. The model families
+call a block as `block(in_channels, out_channels, activation=act)`, `act()` making a fresh
+activation module; a user's block that takes the same arguments can replace ConvBlock or
+Bottleneck (`model.block`).
 """
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
-
-BN_POSITIONS = ("before", "after")
 
 
 class ConvBlock(nn.Sequential):
@@ -24,10 +26,8 @@ class ConvBlock(nn.Sequential):
         kernel_size: int,
         activation: Callable[[], nn.Module],
         batch_norm: bool = False,
-        bn_position: str = "before",
+        bn_position: Literal["before", "after"] = "before",
     ):
-        if bn_position not in BN_POSITIONS:
-            raise ValueError(f"model.bn_position={bn_position!r} is not known; allowed: before, after")
         bias = not (batch_norm and bn_position == "before")
         layers = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)]
         if batch_norm and bn_position == "before":
@@ -59,11 +59,6 @@ class Bottleneck(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, ratio: int, activation: Callable[[], nn.Module]):
         super().__init__()
-        if ratio < 1 or in_channels // ratio < 1:
-            raise ValueError(
-                f"model.bottleneck_ratio={ratio} is not allowed for {in_channels} channels; "
-                f"allowed: 1 <= ratio <= {in_channels}"
-            )
         mid = in_channels // ratio
         self.subnetwork = nn.Sequential(
             nn.Conv2d(in_channels, mid, 1, bias=False),

@@ -1,7 +1,10 @@
 """Optimizers and learning-rate schedules that `optimizer=` and `sched=` choose from
 (`optimizer.impl=textbook`: the seed's own update equations, optim/textbook.py)."""
 
-from optim.optimizers import build
-from optim.schedulers import LrSchedule, build_scheduler
+from optim.optimizers import adam, adamw, momentum, nesterov, sgd
+from optim.schedulers import LrSchedule, constant, cosine, cosine_restarts, plateau, step_decay
 
-__all__ = ["LrSchedule", "build", "build_scheduler"]
+__all__ = [
+    "LrSchedule", "adam", "adamw", "constant", "cosine", "cosine_restarts", "momentum", "nesterov", "plateau", "sgd",
+    "step_decay",
+]  # fmt: skip

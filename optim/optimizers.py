@@ -1,39 +1,60 @@
-"""Optimizer factory: sgd, momentum, nesterov, adam, adamw, from torch.optim or the seed's equations.
-
-`optimizer.impl=torch` (the default) builds torch.optim optimizers; `optimizer.impl=textbook`
-builds optim/textbook.py's, which run the seed's update equations as written.
+"""The optimizers that `optimizer=` chooses from: sgd, momentum, nesterov, adam, adamw, each from
+torch.optim (`impl: torch`) or as the seed's own update equations (`impl: textbook`,
+optim/textbook.py). configs/optimizer/*.yaml name these functions with `_target_` and
+`_partial_: true`; ablate calls them with the model's parameters.
 
 torch.optim.SGD keeps v <- mu v + g; theta <- theta - eta v. The seed writes momentum as
 v <- mu v + eta g; theta <- theta - v: the same updates while eta is constant. torch's
 nesterov=True is the seed's look-ahead Nesterov after a change of variables.
 """
 
+from typing import Literal
+
 import torch
 
 from optim import textbook
-from runner import schema
+
+Impl = Literal["torch", "textbook"]
 
 
-def build(cfg, params) -> torch.optim.Optimizer:
-    """The optimizer that `optimizer=<name>` and `optimizer.impl` choose, over `params`."""
-    schema.check("optimizer", cfg)  # the rules `run` checks before anything runs
-    if cfg.get("impl", "torch") == "textbook":
-        return _build_textbook(cfg, params)
-    lr, wd = float(cfg.lr), float(cfg.weight_decay)
-    if cfg.name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=wd)
-    if cfg.name in ("momentum", "nesterov"):
-        return torch.optim.SGD(params, lr=lr, momentum=float(cfg.momentum), nesterov=cfg.name == "nesterov", weight_decay=wd)
-    adam = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
-    return adam(params, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps), weight_decay=wd)
+def sgd(params, lr: float, weight_decay: float = 0.0, impl: Impl = "torch") -> torch.optim.Optimizer:
+    """theta <- theta - eta g"""
+    if impl == "textbook":
+        return textbook.TextbookSGD(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
 
 
-def _build_textbook(cfg, params) -> textbook.TextbookOptimizer:
-    lr, wd = float(cfg.lr), float(cfg.weight_decay)
-    if cfg.name == "sgd":
-        return textbook.TextbookSGD(params, lr=lr, weight_decay=wd)
-    if cfg.name in ("momentum", "nesterov"):
-        method = textbook.TextbookMomentum if cfg.name == "momentum" else textbook.TextbookNesterov
-        return method(params, lr=lr, momentum=float(cfg.momentum), weight_decay=wd)
-    adam = textbook.TextbookAdam if cfg.name == "adam" else textbook.TextbookAdamW
-    return adam(params, lr=lr, betas=tuple(cfg.betas), eps=float(cfg.eps), weight_decay=wd)
+def momentum(
+    params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, impl: Impl = "torch"
+) -> torch.optim.Optimizer:
+    """SGD with momentum: torch's v <- mu v + g; theta <- theta - eta v, or the seed's form."""
+    if impl == "textbook":
+        return textbook.TextbookMomentum(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def nesterov(
+    params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, impl: Impl = "torch"
+) -> torch.optim.Optimizer:
+    """Nesterov momentum: the gradient at the look-ahead point theta - mu v."""
+    if impl == "textbook":
+        return textbook.TextbookNesterov(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+
+
+def adam(
+    params, lr: float, betas: list[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+    impl: Impl = "torch",
+) -> torch.optim.Optimizer:  # fmt: skip
+    """Adam; weight_decay is an L2 penalty added to the gradient."""
+    adam_class = textbook.TextbookAdam if impl == "textbook" else torch.optim.Adam
+    return adam_class(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+def adamw(
+    params, lr: float, betas: list[float] = (0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.01,
+    impl: Impl = "torch",
+) -> torch.optim.Optimizer:  # fmt: skip
+    """AdamW: Adam with weight decay applied to the weights directly (decoupled)."""
+    adamw_class = textbook.TextbookAdamW if impl == "textbook" else torch.optim.AdamW
+    return adamw_class(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)

@@ -10,6 +10,7 @@ Under torchrun (`torchrun --nproc_per_node=N -m runner ...`) every rank runs thi
 `started` and `new_dir` resolvers give every rank rank 0's values, so all name one run directory,
 and only rank 0 writes Hydra's .hydra/ files (runner.distributed)."""
 
+import itertools
 import os
 import sys
 import traceback
@@ -29,12 +30,14 @@ from runner import distributed, schema
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 FULL_ERROR = "HYDRA_FULL_ERROR"
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # a name to compare, not imported
 
 
 @hydra.main(config_path=str(CONFIGS), config_name="config", version_base="1.3")
 def task(cfg: DictConfig) -> float | None:
     from runner.job import SetupError, run_job
+
+    importable_cwd()  # again: a launcher may run the job in a process of its own
 
     try:
         return run_job(cfg)
@@ -43,6 +46,14 @@ def task(cfg: DictConfig) -> float | None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def importable_cwd() -> None:
+    """The current directory is importable, as for `python -m`, so that a `_target_` can name a
+    module of the user's (my_parts.TinyNet). Last on the path: a file of the user's named like one
+    of ablate's packages (models.py) cannot hide it."""
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
 
 
 def new_dir(path: str) -> str:
@@ -102,17 +113,18 @@ class CheckFirst(Callback):
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
-    """The overrides of each job the sweep will launch: every combination of the swept values
-    (Hydra's basic sweeper); under another sweeper, only the fixed overrides."""
+    """The overrides of each job the sweep will launch: every combination of the swept values, in
+    the order of Hydra's basic sweeper; under another sweeper, only the fixed overrides."""
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         return [[o.input_line for o in overrides if not o.is_sweep_override()]]
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    (jobs,) = BasicSweeper.split_arguments(overrides, None)
-    return jobs
+    choices = [
+        [f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line]
+        for o in overrides
+    ]
+    return [list(job) for job in itertools.product(*choices)]
 
 
 _user_full_error: list[str | None] = []  # HYDRA_FULL_ERROR as the user set it, while main() holds it at 1
@@ -142,8 +154,42 @@ def refuse(error: Exception, overrides: list[str]) -> NoReturn:
     if user_value == "1":
         traceback.print_exception(error)
     else:
-        print(f"error: {schema.describe(error, overrides)}", file=sys.stderr)
+        keys_of = lambda group: chosen_keys(group, overrides)  # noqa: E731
+        print(f"error: {schema.describe(error, overrides, keys_of)}", file=sys.stderr)
     sys.exit(2)
+
+
+def chosen_keys(group: str, argv: list[str]) -> list[str] | None:
+    """The keys that `group`'s chosen callable accepts, for the refusal of an unknown key: the
+    config composed again (with Hydra's compose API, the user's --config-dir included) without the
+    command line's keys of that group; the first value of a swept choice. None if that fails too."""
+    from hydra import compose, initialize_config_dir
+
+    try:
+        kept = []
+        for o in OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")]):
+            if o.key_or_group.startswith(("hydra", f"{group}.")):
+                continue
+            first = next(iter(o.sweep_string_iterator())) if o.is_sweep_override() else None
+            kept.append(f"{o.get_key_element()}={first}" if first is not None else o.input_line)
+        user_dir = config_dir(argv)
+        search = [f"hydra.searchpath=[file://{Path(user_dir).resolve()}]"] if user_dir else []
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+            cfg = compose("config", overrides=[*kept, *search])
+        return schema.keys_of(group, cfg[group])
+    except Exception:
+        return None
+
+
+def config_dir(argv: list[str]) -> str | None:
+    """The folder of `--config-dir DIR` (`-cd DIR`, `--config-dir=DIR`) on the command line."""
+    for i, arg in enumerate(argv):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--config-dir="):
+            return arg.split("=", 1)[1]
+    return None
 
 
 def rank_argv(argv: list[str]) -> list[str]:
@@ -158,6 +204,7 @@ OmegaConf.register_new_resolver("started", distributed.started, use_cache=True, 
 
 
 def main() -> None:
+    importable_cwd()
     sys.argv = rank_argv(name_jobs_by_swept_keys(sys.argv))
     hold_errors()
     try:

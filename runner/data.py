@@ -14,8 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runner import schema
-from runner.datasets import load_arrays, stratified_split
+from runner.datasets import Arrays, stratified_split
 
 EVAL_BATCH_SIZE = 256  # the fastest of 128, 256 and 1000 for evaluation on a 2-core CPU
 
@@ -60,10 +59,23 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(mean), np.array(std)
 
 
+def load_arrays(cfg, device: torch.device) -> Arrays:
+    """The data set `data._target_` names as uint8 arrays: ablate's own and a user's functions return
+    them; a torch Dataset class (torchvision's) is built for each split and decoded (runner.torchvision_sets)."""
+    from hydra.utils import get_object
+
+    from runner import parts, targets, torchvision_sets
+
+    source = parts.without(cfg, targets.OWN_KEYS["data"])
+    target = get_object(cfg._target_)
+    if isinstance(target, type) and issubclass(target, torch.utils.data.Dataset):
+        return torchvision_sets.decode(source, target, device)
+    return parts.call(source, split_seed=cfg.split_seed, device=device)
+
+
 def load(cfg, device: torch.device) -> Data:
     """The splits `data=<name>` chooses, on `device`: val held out of train, train capped at train_size."""
-    schema.check("data", cfg)  # the rules `run` checks before anything runs
-    arrays = load_arrays(cfg)
+    arrays = load_arrays(cfg, device)
     images, labels = arrays.train
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
     if cfg.train_size is not None and cfg.train_size < len(train_idx):
@@ -75,7 +87,7 @@ def load(cfg, device: torch.device) -> Data:
     }
     mean, std = channel_stats(splits["train"][0])
     info = {
-        "name": cfg.name,
+        "name": cfg._target_,
         "source": arrays.source,
         "split_seed": cfg.split_seed,
         "sizes": {k: len(v[1]) for k, v in splits.items()},
@@ -91,7 +103,7 @@ def load(cfg, device: torch.device) -> Data:
         **{k: to_device(*v) for k, v in splits.items()},
         mean=torch.tensor(mean, dtype=torch.float32, device=device),
         std=torch.tensor(std, dtype=torch.float32, device=device),
-        num_classes=int(labels.max()) + 1,
+        num_classes=len(arrays.classes) if arrays.classes else int(labels.max()) + 1,
         info=info,
     )
 

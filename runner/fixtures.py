@@ -1,5 +1,5 @@
-"""Real-format data files (IDX, CIFAR-10 python pickles) and configs composed from configs/ by
-Hydra, for the tests and the benchmarks."""
+"""Real-format data files (IDX, CIFAR-10 python pickles, PNG image folders) and configs composed
+from configs/ by Hydra, for the tests and the benchmarks."""
 
 import gzip
 import pickle
@@ -75,4 +75,42 @@ def write_cifar_like(folder: Path, per_batch: int = 20, seed: int = 0) -> dict:
         written[name] = (data, labels)
     with open(folder / "batches.meta", "wb") as f:
         _Python2Pickler(f, protocol=2).dump({b"label_names": [f"class{i}".encode() for i in range(10)]})
+    return written
+
+
+def write_image_folder(
+    root: Path,
+    classes: int = 3,
+    per_class_train: int = 8,
+    per_class_test: int = 4,
+    size=(32, 32),
+    mode: str = "RGB",
+    seed: int = 0,
+) -> dict:
+    """PNG files in torchvision's ImageFolder layout, root/{train,test}/class_a/0000.png, ...: images
+    of `size` (height, width) in PIL `mode` ("L", "RGB" or "RGBA"), each class its own mean colour
+    plus noise (learnable). Returns the class names and, per split, the images as ablate decodes them
+    (uint8 (N, C, H, W), alpha dropped), the labels and the paths, in ablate's order."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    names = [f"class_{chr(ord('a') + i)}" if i < 26 else f"class_{i:03d}" for i in range(classes)]
+    channels = {"L": 1, "RGB": 3, "RGBA": 4}[mode]
+    means = rng.integers(40, 216, (classes, channels))
+    written = {"classes": names}
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        images, labels, paths = [], [], []
+        for label, name in enumerate(names):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                noise = rng.integers(-40, 41, (*size, channels))
+                pixels = np.clip(means[label] + noise, 0, 255).astype(np.uint8)
+                path = folder / f"{i:04d}.png"
+                Image.fromarray(pixels[..., 0] if mode == "L" else pixels).save(path)
+                images.append(pixels[..., :3].transpose(2, 0, 1))
+                labels.append(label)
+                paths.append(path)
+        empty = np.empty((0, min(channels, 3), *size), dtype=np.uint8)
+        written[split] = (np.stack(images) if images else empty, np.array(labels, dtype=np.int64), paths)
     return written

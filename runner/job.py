@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import optim
-from runner import GROUPS, checkpoint, console, data, device, distributed, schema
+from runner import GROUPS, checkpoint, console, data, device, distributed, parts, schema
 from runner.datasets import DataError
 from runner.diagnostics import Diagnostics
 from runner.interrupt import pass_on, stop_on_signals
@@ -61,14 +61,8 @@ def run_name(choices) -> str:
 def hparams(cfg: DictConfig, choices, precision: str) -> dict:
     """Choices, seed, the main hyperparameters and every command-line override, for TensorBoard's hparams tab."""
     values = {g: str(choices.get(g)) for g in GROUPS}
-    values.update(
-        seed=cfg.seed,
-        lr=cfg.optimizer.lr,
-        weight_decay=cfg.optimizer.weight_decay,
-        batch_size=cfg.data.batch_size,
-        max_epochs=cfg.trainer.max_epochs,
-        precision=precision,
-    )
+    values.update(seed=cfg.seed, batch_size=cfg.data.batch_size, max_epochs=cfg.trainer.max_epochs, precision=precision)
+    values.update({k: cfg.optimizer[k] for k in ("lr", "weight_decay") if cfg.optimizer.get(k) is not None})  # a user's may lack them
     for override in HydraConfig.get().overrides.task:
         key = override.split("=", 1)[0].lstrip("+~")
         value = OmegaConf.select(cfg, key, default=None)
@@ -99,19 +93,19 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
     `parallel_jobs` (the jobs a launcher runs at once) shares the CPU cores out under threads=auto.
     Under torchrun, this process joins the run's process group and takes its part of the batches."""
     try:
-        schema.validate(cfg)  # also checked before Hydra wrote anything (runner.app.CheckFirst)
+        schema.validate(cfg)  # checked before Hydra wrote anything too, but a sweeper may choose values as it goes
         seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same on every rank: the same initial weights
         world = distributed.world()
         compute = device.pick(cfg.trainer, parallel_jobs, world)
         torch.set_num_threads(compute.threads)
         distributed.start(world, compute.device)
         dataset = data.load(cfg.data, compute.device)
-        model = models.build(cfg.model, cfg.activation, dataset.in_shape, dataset.num_classes)
+        model = build_model(cfg, dataset)
         model = model.to(compute.device, memory_format=compute.memory_format)
         if cfg.trainer.compile:
             model.compile()  # in place: parameter names and checkpoints stay those of the model
         train_model = distributed.wrap(model, compute.device, cfg.trainer.sync_bn) if world.active else model
-        optimizer = optim.build(cfg.optimizer, model.parameters())
+        optimizer = parts.build_optimizer(cfg.optimizer, model.parameters())
         mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
         share = dict(memory_format=compute.memory_format, rank=world.rank, ranks=world.size)
         train = data.Batches(
@@ -120,10 +114,24 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
         )
         val = data.Batches(dataset.val, data.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         test = data.Batches(dataset.test, data.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
-        schedule = optim.build_scheduler(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
+        schedule = parts.build_schedule(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from e
     return Parts(compute, world, dataset, model, train_model, optimizer, schedule, train, val, test)
+
+
+def build_model(cfg: DictConfig, dataset: data.Data) -> torch.nn.Module:
+    """The model for the data's shape and classes; what cannot be built (pooling more often than the
+    image allows, a user's model that raises) is refused in one line."""
+    try:
+        return parts.build_model(cfg.model, cfg.activation, dataset.in_shape, dataset.num_classes)
+    except Exception as e:
+        shape = "x".join(map(str, dataset.in_shape))
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SetupError(
+            f"model._target_={cfg.model._target_} cannot be built for {shape} images and {dataset.num_classes} classes "
+            f"({reason}); allowed: keys that fit the data (fewer pooled layers for small images)"
+        ) from e
 
 
 def run_job(cfg: DictConfig) -> float | None:

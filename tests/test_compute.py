@@ -8,8 +8,7 @@ import pytest
 import torch
 from helpers import compose_cfg, run_cli
 
-import models
-from runner import device, job
+from runner import device, job, parts, schema
 
 
 def test_auto_picks_bf16_exactly_where_the_cpu_has_native_bf16_and_channels_last_on_any_cpu():
@@ -62,15 +61,15 @@ def test_threads_share_the_cores_among_parallel_jobs():
     ],
 )
 def test_unknown_compute_names_are_refused_with_what_is_allowed(key, value, allowed):
-    with pytest.raises(ValueError, match=f"trainer.{key}={value!r}.*{allowed}"):
-        device.pick(compose_cfg(f"trainer.{key}={value}").trainer)
+    with pytest.raises(schema.ConfigError, match=f"trainer.{key}={value!r}.*{allowed}"):
+        schema.validate(compose_cfg(f"trainer.{key}={value}"))
 
 
 @pytest.mark.parametrize("name", ["plain", "bn", "residual"])
 def test_channels_last_and_bf16_compute_the_same_function(name):
     torch.manual_seed(0)
     cfg = compose_cfg(f"model={name}")
-    model = models.build(cfg.model, cfg.activation, (3, 32, 32), 10).eval()
+    model = parts.build_model(cfg.model, cfg.activation, (3, 32, 32), 10).eval()
     x = torch.randn(8, 3, 32, 32)
     with torch.inference_mode():
         reference = model(x)
@@ -83,7 +82,9 @@ def test_channels_last_and_bf16_compute_the_same_function(name):
 
 def test_a_channels_last_run_trains_and_records_how_it_computed(tmp_path, quick):
     run_dir = tmp_path / "run"
-    result = run_cli(*quick, "trainer.layout=channels_last", "trainer.threads=1", f"hydra.run.dir={run_dir}")
+    result = run_cli(
+        *quick, "trainer.layout=channels_last", "trainer.threads=1", "trainer.precision=fp32", f"hydra.run.dir={run_dir}"
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert (metrics["layout"], metrics["threads"], metrics["precision"]) == ("channels_last", 1, "fp32")

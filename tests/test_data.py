@@ -11,7 +11,8 @@ import torch
 from helpers import compose_cfg, run_cli, write_cifar_like, write_idx, write_mnist_like
 
 from runner import data
-from runner.datasets import DataError, load_arrays, read_cifar_batch, read_idx
+from runner.data import load_arrays
+from runner.datasets import DataError, read_cifar_batch, read_idx
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
@@ -45,7 +46,7 @@ def test_train_size_caps_the_training_split_and_normalization_uses_its_statistic
 def test_mnist_loader_reads_idx_files_in_torchvision_layout(tmp_path, gz):
     written = write_mnist_like(tmp_path / "MNIST" / "raw", n_train=50, n_test=20, gz=gz)
     cfg = compose_cfg("data=mnist", f"data.root={tmp_path}", "data.verify=false", "data.download=false").data
-    arrays = load_arrays(cfg)
+    arrays = load_arrays(cfg, torch.device("cpu"))
     assert arrays.train[0].shape == (50, 1, 28, 28) and arrays.test[0].shape == (20, 1, 28, 28)
     assert np.array_equal(arrays.train[0][:, 0], written["train-images-idx3-ubyte"])
     assert np.array_equal(arrays.test[1], written["t10k-labels-idx1-ubyte"])
@@ -56,7 +57,7 @@ def test_verify_rejects_files_that_are_not_the_known_data_set(tmp_path):
     write_mnist_like(tmp_path / "FashionMNIST" / "raw")
     cfg = compose_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false").data
     with pytest.raises(DataError, match=r"train-images-idx3-ubyte.gz: checksum does not match.*data.verify=false"):
-        load_arrays(cfg)
+        load_arrays(cfg, torch.device("cpu"))
 
 
 def test_truncated_idx_file_is_named_in_the_error(tmp_path):
@@ -88,7 +89,7 @@ def test_verify_checks_the_decompressed_files_of_every_data_set(tmp_path, datase
     before = _files(tmp_path / folder)
     cfg = compose_cfg(f"data={dataset}", f"data.root={tmp_path}", "data.download=false").data
     with pytest.raises(DataError) as err:
-        load_arrays(cfg)
+        load_arrays(cfg, torch.device("cpu"))
     message = str(err.value)
     assert message.startswith(f"{tmp_path / folder}/") and "\n" not in message
     assert f"checksum does not match the known {dataset} file (truncated or corrupt?)" in message
@@ -122,7 +123,7 @@ def test_no_download_into_a_folder_that_holds_some_of_the_files(tmp_path):
     before = _files(raw)
     cfg = compose_cfg("data=mnist", f"data.root={tmp_path}", "data.download=true").data
     with pytest.raises(DataError) as err:
-        load_arrays(cfg)
+        load_arrays(cfg, torch.device("cpu"))
     message = str(err.value)
     assert f"{raw} (incomplete, no t10k-labels-idx1-ubyte)" in message
     assert f"download (not into {raw}: it holds some of the files, which a download would replace)" in message
@@ -142,18 +143,18 @@ def test_a_real_file_with_one_byte_changed_or_cut_short_is_named(tmp_path):
     (raw / "t10k-labels-idx1-ubyte").write_bytes(bytes(flipped))
     cfg = compose_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false").data
     with pytest.raises(DataError, match=rf"^{raw / 't10k-labels-idx1-ubyte'}: checksum does not match"):
-        load_arrays(cfg)
+        load_arrays(cfg, torch.device("cpu"))
     (raw / "t10k-labels-idx1-ubyte").write_bytes(labels)  # the real bytes pass
     images = raw / "t10k-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[: 1 << 20])
     with pytest.raises(DataError, match=rf"^{images}: not a readable gzip file .*replace it with a fresh copy"):
-        load_arrays(cfg)
+        load_arrays(cfg, torch.device("cpu"))
 
 
 def test_cifar10_loader_reads_python_batches(tmp_path):
     written = write_cifar_like(tmp_path / "cifar-10-batches-py", per_batch=8)
     cfg = compose_cfg("data=cifar10", f"data.root={tmp_path}", "data.verify=false", "data.download=false").data
-    arrays = load_arrays(cfg)
+    arrays = load_arrays(cfg, torch.device("cpu"))
     assert arrays.train[0].shape == (40, 3, 32, 32) and arrays.test[0].shape == (8, 3, 32, 32)
     data_1, labels_1 = written["data_batch_1"]
     # a row is 1024 red, then 1024 green, then 1024 blue values, each 32x32 in row-major order
@@ -180,7 +181,7 @@ def test_cifar_batch_that_carries_code_is_refused_without_running_it(tmp_path):
 def test_missing_data_says_what_was_tried_and_what_to_do(tmp_path):
     cfg = compose_cfg("data=cifar10", f"data.root={tmp_path}", "data.download=false").data
     with pytest.raises(DataError) as err:
-        load_arrays(cfg)
+        load_arrays(cfg, torch.device("cpu"))
     message = str(err.value)
     assert "\n" not in message
     assert str(tmp_path / "cifar-10-batches-py") in message and "missing" in message
@@ -190,7 +191,7 @@ def test_missing_data_says_what_was_tried_and_what_to_do(tmp_path):
 @pytest.mark.skipif(not FASHION_SYSTEM.exists(), reason="apt-get install dataset-fashion-mnist (CI installs it)")
 def test_fashion_mnist_comes_from_the_debian_copy_and_passes_its_checksums(tmp_path):
     cfg = compose_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false").data
-    arrays = load_arrays(cfg)
+    arrays = load_arrays(cfg, torch.device("cpu"))
     assert arrays.source == str(FASHION_SYSTEM)
     assert arrays.train[0].shape == (60000, 1, 28, 28) and arrays.test[0].shape == (10000, 1, 28, 28)
     assert np.bincount(arrays.test[1]).tolist() == [1000] * 10

@@ -111,7 +111,7 @@ def test_help_and_cfg_job_do_not_import_torch():
 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "arch: residual" in result.stdout and "bottleneck_ratio: 4" in result.stdout
+    assert "_target_: models.ResidualNet" in result.stdout and "bottleneck_ratio: 4" in result.stdout
     help_text = run_cli("--help")
     assert help_text.returncode == 0
     (models_line,) = [line for line in help_text.stdout.splitlines() if line.startswith("model: ")]

@@ -1,6 +1,7 @@
-"""Bad input is refused before anything runs: the schema (types, known keys) at composition, then
-runner.schema.validate (ranges, names, rules between keys); one line naming the key, the value
-and what is allowed; exit 2, no traceback unless HYDRA_FULL_ERROR=1; nothing already written lost."""
+"""Bad input is refused before anything runs: Hydra's composition (unknown options, keys the config
+lacks), then runner.schema.validate (each group's keys against its `_target_`'s signature, values by
+ablate's rules or the signature's annotations, rules between keys); one line naming the key, the
+value and what is allowed; exit 2, no traceback unless HYDRA_FULL_ERROR=1; nothing already written lost."""
 
 import itertools
 import sys
@@ -10,45 +11,60 @@ import pytest
 from helpers import CONFIGS, compose_cfg, run_cli
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import schema
+from runner import app, schema
 
 TRAINER_KEYS = (
     "max_epochs, device, precision, layout, threads, compile, deterministic, checkpoint_every_minutes, grad_clip, "
     "log_every_n_steps, diagnostics, histograms, sync_bn"
 )
 
-# overrides -> the message, from composition (types, keys, options) or from validate (values)
+MODEL_KEYS = "channels, kernel_size, pool, hidden, batch_norm, bn_position, init, block"
+
+# overrides -> the message, from composition (keys, options) or from validate (types, values)
 BAD_INPUTS = [
-    # types and keys, refused while Hydra composes
-    (["optimizer.lr=abc"], "optimizer.lr=abc is not allowed; allowed: a number > 0"),
-    (["data.batch_size=1.5"], "data.batch_size=1.5 is not allowed; allowed: an integer >= 1"),
-    (["model.channels=[a]"], "model.channels=[a] is not allowed; allowed: a non-empty list of positive integers"),
-    (["model.channels=16"], "model.channels=16 is not allowed; allowed: a non-empty list of positive integers"),
-    (["seed=abc"], "seed=abc is not allowed; allowed: an integer >= 0"),
-    (["trainer.compile=maybe"], "trainer.compile=maybe is not allowed; allowed: true or false"),
-    (["trainer.deterministic=maybe"], "trainer.deterministic=maybe is not allowed; allowed: true or false"),
-    (["trainer.sync_bn=yes_please"], "trainer.sync_bn=yes_please is not allowed; allowed: true or false"),
-    (["trainer.grad_clip=abc"], "trainer.grad_clip=abc is not allowed; allowed: a number > 0 or null"),
-    (["sched=cosine_restarts", "sched.t_mult=1.5"], "sched.t_mult=1.5 is not allowed; allowed: an integer >= 1"),
-    (["optimizer=adam", "optimizer.betas=abc"], "optimizer.betas=abc is not allowed; allowed: two numbers in [0, 1)"),
+    # keys and options, refused while Hydra composes
     (["trainer.nonexistent=1"], f"trainer.nonexistent=1 is not allowed; allowed: a key of trainer ({TRAINER_KEYS})"),
     (
         ["optimizer=sgd", "optimizer.momentum=0.9"],
-        "optimizer.momentum=0.9 is not allowed; allowed: a key of optimizer (name, lr, weight_decay, impl)",
+        "optimizer.momentum=0.9 is not allowed; allowed: a key of optimizer (lr, weight_decay, impl)",
     ),
+    (["model.widht=3"], f"model.widht=3 is not allowed; allowed: a key of model ({MODEL_KEYS})"),
+    (["model.arch=plain"], f"model.arch=plain is not allowed; allowed: a key of model ({MODEL_KEYS})"),
     (
         ["nonexistent=1"],
         "nonexistent=1 is not allowed; allowed: a key of the config (data, model, activation, optimizer, sched, trainer, seed)",
     ),
     (
-        ["~optimizer.impl"],
-        "~optimizer.impl is not allowed; allowed: a value for each key of optimizer (keys cannot be removed)",
-    ),
-    (
         ["model=nope"],
         "model=nope is not known; allowed: bn, bn_after, deep_plain, deep_residual, plain, residual, skip",
+    ),
+    # types, refused by validate
+    (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed; allowed: a number > 0"),
+    (["data.batch_size=1.5"], "data.batch_size=1.5 is not allowed; allowed: an integer >= 1"),
+    (["model.channels=[a]"], "model.channels=['a'] is not allowed; allowed: a non-empty list of positive integers"),
+    (["model.channels=16"], "model.channels=16 is not allowed; allowed: a non-empty list of positive integers"),
+    (["seed=abc"], "seed='abc' is not allowed; allowed: an integer >= 0"),
+    (["trainer.compile=maybe"], "trainer.compile='maybe' is not allowed; allowed: true or false"),
+    (["trainer.deterministic=maybe"], "trainer.deterministic='maybe' is not allowed; allowed: true or false"),
+    (["trainer.sync_bn=yes_please"], "trainer.sync_bn='yes_please' is not allowed; allowed: true or false"),
+    (["trainer.grad_clip=abc"], "trainer.grad_clip='abc' is not allowed; allowed: a number > 0 or null"),
+    (["sched=cosine_restarts", "sched.t_mult=1.5"], "sched.t_mult=1.5 is not allowed; allowed: an integer >= 1"),
+    (["optimizer=adam", "optimizer.betas=abc"], "optimizer.betas='abc' is not allowed; allowed: two numbers in [0, 1)"),
+    (["~optimizer.lr"], "optimizer.lr has no value; allowed: a value for optim.momentum's parameter lr"),
+    (["~data.batch_size"], "data.batch_size has no value; allowed: an integer >= 1"),
+    (["+optimizer.momentun=0.9"], "optimizer.momentun=0.9 is not allowed; allowed: a key of optimizer (lr, momentum, weight_decay, impl)"),
+    (["model._target_=nowhere.Net"], "model._target_=nowhere.Net cannot be imported (No module named 'nowhere'); allowed: a class or function on the Python path (a module in the current directory is)"),
+    (["model._target_=torch.nn.Linear"], "model._target_=torch.nn.Linear is not allowed: it does not take in_shape, num_classes, which ablate passes; allowed: a callable whose parameters include in_shape, num_classes"),
+    (["data=image_folder"], "data.root has no value; allowed: a value for runner.image_folder.image_folder's parameter root"),
+    (["data=torchvision"], "data._target_ has no value; allowed: the dotted path of a class or function (data._target_=torchvision.datasets.KMNIST)"),
+    (["data=image_folder", "data.root=x", "data.image_size=[1,2,3]"], "data.image_size=[1, 2, 3] is not allowed; allowed: an integer >= 1, [height, width] or null"),
+    (
+        ["model.init=scaled", "activation._target_=torch.nn.GELU"],
+        "model.init=scaled is not allowed for activation._target_=torch.nn.GELU: its gain is not known; "
+        "allowed: model.init=torch, or a tanh, sigmoid, relu or leaky_relu activation",
     ),
     # values, refused by validate
     (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed; allowed: a number > 0"),
@@ -66,10 +82,6 @@ BAD_INPUTS = [
     (["optimizer=adam", "optimizer.eps=0"], "optimizer.eps=0 is not allowed; allowed: a number > 0"),
     (["optimizer.weight_decay=-0.1"], "optimizer.weight_decay=-0.1 is not allowed; allowed: a number >= 0"),
     (["optimizer.impl=bogus"], "optimizer.impl='bogus' is not known; allowed: torch, textbook"),
-    (
-        ["optimizer=momentum", "optimizer.name=adam"],
-        "optimizer.name='adam' is not allowed; allowed: momentum, nesterov; for the keys of adam, choose optimizer=adam",
-    ),
     (["activation=leaky_relu", "activation.alpha=1.5"], "activation.alpha=1.5 is not allowed; allowed: 0 < alpha < 1"),
     (["activation=leaky_relu", "activation.alpha=0"], "activation.alpha=0 is not allowed; allowed: 0 < alpha < 1"),
     (["data.batch_size=0"], "data.batch_size=0 is not allowed; allowed: an integer >= 1"),
@@ -80,7 +92,6 @@ BAD_INPUTS = [
         ["data.train_size=100"],
         "data.batch_size=128 is not allowed for data.train_size=100; allowed: batch_size <= train_size",
     ),
-    (["data.name=svhn"], "data.name='svhn' is not known; allowed: mnist_5k, mnist, fashion_mnist, cifar10"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 is not allowed; allowed: an integer >= 0"),
     (["trainer.grad_clip=0"], "trainer.grad_clip=0 is not allowed; allowed: a number > 0 or null"),
     (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 is not allowed; allowed: an integer >= 1"),
@@ -121,7 +132,7 @@ def refusal(*overrides: str) -> str:
     try:
         cfg = compose_cfg(*overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        return schema.describe(e, list(overrides))
+        return schema.describe(e, list(overrides), lambda group: app.chosen_keys(group, list(overrides)))
     with pytest.raises(schema.ConfigError) as error:
         schema.validate(cfg)
     return str(error.value)
@@ -146,7 +157,8 @@ def options(group: str) -> list[str]:
     ids=lambda o: o[0],
 )
 def test_every_option_composes_and_validates(overrides):
-    schema.validate(compose_cfg(*overrides))
+    needs = {"data=image_folder": ["data.root=any_folder"], "data=torchvision": ["data._target_=torchvision.datasets.KMNIST"]}
+    schema.validate(compose_cfg(*overrides, *needs.get(overrides[0], [])))
 
 
 def preset_jobs(preset: str) -> list[list[str]]:
@@ -166,18 +178,18 @@ def test_every_preset_and_every_job_of_its_sweep_composes_and_validates(preset):
     assert len(jobs) >= 1
 
 
-def test_the_names_the_schema_allows_are_the_names_the_code_builds():
-    from models import INITS, activations, blocks, networks
-    from runner import datasets
+def test_the_rules_name_only_keys_that_ablates_parts_take():
+    """A rule in runner.rules for a key no built-in part takes would never be applied."""
+    from runner import rules, targets
 
-    assert schema.ARCHS == tuple(networks.FAMILIES)
-    assert schema.POOLS == tuple(networks.POOLS)
-    assert schema.BN_POSITIONS == blocks.BN_POSITIONS
-    assert schema.INITS == INITS
-    assert schema.ACTIVATIONS == activations.ACTIVATIONS
-    assert schema.DATASETS == datasets.DATASETS
-    for group in ("optimizer", "sched", "activation", "data"):
-        assert {compose_cfg(f"{group}={o}")[group].name for o in options(group)} <= set(schema.RULES[f"{group}.name"])
+    taken = {"seed"} | {f"trainer.{k}" for k in compose_cfg().trainer}
+    for group in ("data", "model", "activation", "optimizer", "sched"):
+        for option in options(group):
+            node = compose_cfg(f"{group}={option}")[group]
+            if not OmegaConf.is_missing(node, "_target_"):
+                target = targets.load(group, node._target_)
+                taken |= {f"{group}.{k}" for k in targets.accepted_keys(group, target)}
+    assert set(rules.RULES) <= taken
 
 
 def test_importing_the_schema_does_not_import_torch():
@@ -194,7 +206,8 @@ def test_importing_the_schema_does_not_import_torch():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("optimizer.lr=abc", "optimizer.lr=abc is not allowed; allowed: a number > 0"),  # composition
+        ("optimizer.lr=abc", "optimizer.lr='abc' is not allowed; allowed: a number > 0"),
+        ("model.widht=3", f"model.widht=3 is not allowed; allowed: a key of model ({MODEL_KEYS})"),  # composition
         ("trainer.nonexistent=1", f"trainer.nonexistent=1 is not allowed; allowed: a key of trainer ({TRAINER_KEYS})"),
         ("data.batch_size=0", "data.batch_size=0 is not allowed; allowed: an integer >= 1"),  # validate
     ],
@@ -230,7 +243,7 @@ def test_a_bad_sweep_leaves_a_sweep_directory_that_holds_runs_untouched(tmp_path
     for overrides, message in [
         (["model=plain,bn", "optimizer.lr=-1"], "optimizer.lr=-1 is not allowed; allowed: a number > 0"),  # fixed
         (["model=plain,bn", "optimizer.lr=0.1,-1"], "optimizer.lr=-1 is not allowed; allowed: a number > 0"),  # swept
-        (["model=plain,bn", "optimizer.lr=0.1,abc"], "optimizer.lr=abc is not allowed; allowed: a number > 0"),  # type
+        (["model=plain,bn", "optimizer.lr=0.1,abc"], "optimizer.lr='abc' is not allowed; allowed: a number > 0"),  # type
         (
             ["model=plain,nope"],
             "model=nope is not known; allowed: bn, bn_after, deep_plain, deep_residual, plain, residual, skip",

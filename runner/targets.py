@@ -1,0 +1,226 @@
+"""What a config group's `_target_` names, and the keys it takes: the part of the config check that
+reads the Python signature of a class or function (ablate's or the user's).
+
+Each group's YAML names a callable with `_target_`; ablate passes some arguments itself (CONTEXT:
+the data's shape to a model, the parameters to an optimizer, ...) and reads some keys of its own
+(OWN_KEYS: `sched.interval`, the batching keys of `data`). Every other key must be a parameter of
+the callable. Nested nodes with a `_target_` (a user block in `model.block`) are checked the same
+way against their own callable. Importing the callable is the only way to read its signature, so
+torch and the user's module are imported here, when a run starts, never for `run --help`.
+"""
+
+import importlib
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from runner.rules import ConfigError, show
+
+# What ablate passes to the callable of each group, by name, when its signature names them
+# (`params` to an optimizer and `optimizer` to a schedule: the first argument, whatever its name).
+CONTEXT: dict[str, tuple[str, ...]] = {
+    "data": ("split_seed", "device", "train", "split"),  # train or split: to a torch Dataset class, per split
+    "model": ("in_shape", "num_classes", "activation"),
+    "activation": (),
+    "optimizer": ("params",),
+    "sched": ("optimizer", "interval", "steps_per_epoch", "max_epochs"),
+}
+REQUIRED_CONTEXT = {"model": ("in_shape", "num_classes")}  # a model must take these
+FIRST_ARGUMENT = {"optimizer": "the parameters", "sched": "the optimizer"}
+OWN_KEYS: dict[str, tuple[str, ...]] = {  # ablate's keys: read by ablate, passed on only where the signature names them
+    "data": ("batch_size", "val_fraction", "train_size", "normalize", "split_seed", "augment"),
+    "sched": ("interval",),
+}
+REQUIRED_OWN_KEYS = {"data": OWN_KEYS["data"]}  # sched.interval may be left out: epoch
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+ABLATE_PACKAGES = ("models", "optim", "runner")
+
+
+def load(key: str, path) -> Callable:
+    """The class or function `path` names; ConfigError in one line when it cannot be imported."""
+    if not isinstance(path, str) or not path:
+        raise ConfigError(f"{key}={show(path)} is not allowed; allowed: the dotted path of a class or function")
+    try:
+        target = locate(path)
+    except Exception as e:  # ImportError, AttributeError, or whatever the user's module raises while importing
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(
+            f"{key}={path} cannot be imported ({reason}); allowed: a class or function on the Python path "
+            "(a module in the current directory is)"
+        ) from None
+    if not callable(target):
+        raise ConfigError(f"{key}={path} is not allowed: it is not a class or function")
+    return target
+
+
+def locate(path: str):
+    """The object a dotted path names: the longest importable module, then its attributes (as
+    hydra.utils.get_object finds it, without the error it logs)."""
+    names = path.split(".")
+    for i in range(len(names), 0, -1):
+        module_name = ".".join(names[:i])
+        try:
+            obj = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name is not None and module_name.startswith(e.name) and i > 1:
+                continue  # not a module: an attribute of a shorter one
+            raise
+        for name in names[i:]:
+            obj = getattr(obj, name)
+        return obj
+    raise ImportError(f"no module named {names[0]!r}")
+
+
+def is_ablates(path: str) -> bool:
+    """Whether a `_target_` is one of ablate's own parts, whose keys follow ablate's rules (runner.rules)."""
+    return path.split(".", 1)[0] in ABLATE_PACKAGES
+
+
+def parameters(target: Callable) -> list[inspect.Parameter]:
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin without a signature: take any keyword
+        return [inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD)]
+    return list(signature.parameters.values())
+
+
+def takes(target: Callable, name: str) -> bool:
+    """Whether calling `target` with the keyword `name` is allowed."""
+    params = parameters(target)
+    return any(p.name == name for p in params) or any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def hints(target: Callable) -> dict[str, Any]:
+    """The type annotations of the parameters, where they can be resolved."""
+    try:
+        return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+    except Exception:
+        return {}
+
+
+def accepted_keys(group: str, target: Callable) -> list[str]:
+    """The keys a node of `group` may hold for `target`: ablate's own keys, then the callable's
+    keyword parameters that ablate does not pass itself."""
+    passed = CONTEXT.get(group, ())
+    params = [p for p in parameters(target) if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if group in FIRST_ARGUMENT and params:
+        params = params[1:]
+    own = OWN_KEYS.get(group, ())
+    return [*own, *(p.name for p in params if p.name not in passed and p.name not in own)]
+
+
+def check_node(key: str, node: DictConfig, group: str | None, rule: Callable[[str, Any], bool]) -> None:
+    """Check a node with `_target_`: its callable imports, it takes ablate's context (for a group's
+    top node), every key is one of its parameters, required parameters have values, values fit the
+    annotations. `rule(full_key, value)` checks a value by ablate's rules and says whether it did."""
+    path = node.get("_target_")
+    target = load(f"{key}._target_", path)
+    params = {p.name: p for p in parameters(target)}
+    open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
+    if group is not None:
+        missing = [name for name in REQUIRED_CONTEXT.get(group, ()) if not takes(target, name)]
+        if missing:
+            raise ConfigError(
+                f"{key}._target_={path} is not allowed: it does not take {', '.join(missing)}, which ablate passes; "
+                f"allowed: a callable whose parameters include {', '.join(REQUIRED_CONTEXT[group])}"
+            )
+        accepted = accepted_keys(group, target)
+    else:  # a nested part: the enclosing part calls it
+        accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    annotations = hints(target)
+    for name in node:
+        if name in HYDRA_KEYS:
+            continue
+        full_key = f"{key}.{name}"
+        if OmegaConf.is_missing(node, name):
+            raise ConfigError(f"{full_key} has no value; allowed: a value for {path}'s parameter {name}")
+        value = node[name]
+        if name not in accepted and not open_ended:
+            raise ConfigError(
+                f"{full_key}={show(value)} is not allowed; allowed: a key of {key} ({', '.join(accepted) or 'none'})"
+            )
+        if isinstance(value, DictConfig) and "_target_" in value:
+            check_node(full_key, value, None, rule)
+        elif not rule(full_key, value):
+            check_annotation(full_key, value, annotations.get(name, implied_type(params.get(name))))
+    if group is not None or not node.get("_partial_", False):
+        passed = CONTEXT.get(group, ()) if group else ()
+        positional = list(params.values())[:1] if group in FIRST_ARGUMENT else []
+        for p in params.values():
+            unset = p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            if unset and p.name not in node and p.name not in passed and p not in positional:
+                raise ConfigError(f"{key}.{p.name} has no value; allowed: a value for {path}'s parameter {p.name}")
+
+
+def implied_type(param: inspect.Parameter | None):
+    """For a parameter without an annotation, the type of its default where that is a plain scalar (width=8: int)."""
+    default = param.default if param is not None else None
+    return type(default) if type(default) in (bool, int, float, str) else Any
+
+
+def check_annotation(key: str, value, annotation) -> None:
+    """Refuse a value that does not fit a simple annotation (int, float, bool, str, None, Literal,
+    list or tuple of those, and unions of them); other annotations are not checked."""
+    verdict = fits(value, annotation)
+    if verdict is False:
+        names = literal_names(annotation)
+        if names:
+            raise ConfigError(f"{key}={show(value)} is not known; allowed: {', '.join(names)}")
+        raise ConfigError(f"{key}={show(value)} is not allowed; allowed: {words(annotation)}")
+
+
+def fits(value, annotation) -> bool | None:
+    """True or False where the annotation can be judged, None where it cannot."""
+    if annotation is Any:
+        return None
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        verdicts = [fits(value, a) for a in args]
+        return True if True in verdicts else (None if None in verdicts else False)
+    if origin is typing.Literal:
+        return value in args
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        if not isinstance(value, (list, tuple, ListConfig)):
+            return False
+        inner = args[0] if args and (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else None
+        if inner is None:
+            return None if args else True
+        verdicts = [fits(v, inner) for v in value]
+        return False if False in verdicts else (None if None in verdicts else True)
+    return None
+
+
+def literal_names(annotation) -> list[str]:
+    """The names a Literal (or a Literal or None) allows, as the command line writes them."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return [show(a) if not isinstance(a, str) else a for a in args]
+    if origin in (typing.Union, types.UnionType) and any(typing.get_origin(a) is typing.Literal for a in args):
+        names = [n for a in args if typing.get_origin(a) is typing.Literal for n in literal_names(a)]
+        return names + (["null"] if type(None) in args else [])
+    return []
+
+
+def words(annotation) -> str:
+    """An annotation in words: int -> an integer, list[int] -> a list of integers, ..."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(words(a) for a in args)
+    if origin in (list, tuple) and args:
+        return f"a list of {words(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    named = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return named.get(annotation, getattr(annotation, "__name__", str(annotation)))

@@ -1,0 +1,243 @@
+"""Image folders in torchvision's layout: real PNG files written with PIL, decoded by ablate."""
+
+import os
+import re
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from runner import image_folder as image_folder_module
+from runner.datasets import DataError
+from runner.fixtures import write_image_folder
+from runner.image_folder import fits, free_bytes, image_folder
+
+LAYOUT = re.escape(image_folder_module.LAYOUT)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch) -> Path:
+    """Every test's decoded cache in its own folder, outside the data folder."""
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("ABLATE_CACHE", str(folder))
+    return folder
+
+
+def listing(root: Path) -> list:
+    """Every path under `root`, with its size and mtime: what a write there would change."""
+    return sorted((str(p.relative_to(root)), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*"))
+
+
+def one_line(error: pytest.ExceptionInfo) -> str:
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("mode, channels", [("RGB", 3), ("L", 1), ("RGBA", 3)])
+def test_decodes_exactly_what_was_written(tmp_path, mode, channels):
+    written = write_image_folder(tmp_path / "data", classes=3, per_class_train=4, per_class_test=2, mode=mode)
+    arrays = image_folder(str(tmp_path / "data"))
+    assert arrays.classes == written["classes"] == ["class_a", "class_b", "class_c"]
+    for split, n in (("train", 12), ("test", 6)):
+        images, labels = getattr(arrays, split)
+        assert images.shape == (n, channels, 32, 32) and images.dtype == np.uint8
+        assert labels.dtype == np.int64 and labels.tolist() == [i // (n // 3) for i in range(n)]
+        assert np.array_equal(images, written[split][0]) and np.array_equal(labels, written[split][1])
+
+
+def test_grey_modes_give_one_channel_and_any_colour_gives_rgb(tmp_path):
+    root = tmp_path / "data"
+    for split in ("train", "test"):
+        (root / split / "a").mkdir(parents=True)
+    ramp = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4
+    Image.fromarray(ramp.astype(np.uint16) * 257).save(root / "train" / "a" / "16bit.png")  # mode I;16
+    Image.fromarray(ramp).convert("P").save(root / "train" / "a" / "palette.gif")  # a palette of greys
+    Image.fromarray(ramp).save(root / "test" / "a" / "grey.bmp")
+    (root / "test" / "a" / "notes.txt").write_text("not an image")
+    grey = image_folder(str(root))
+    assert grey.train[0].shape == (2, 1, 8, 8) and grey.test[0].shape == (1, 1, 8, 8)
+    for images in (grey.train[0], grey.test[0]):
+        assert (images[:, 0] == ramp).all()
+    Image.new("RGBA", (8, 8), (255, 0, 0, 10)).save(root / "test" / "a" / "red.PNG")  # alpha dropped
+    colour = image_folder(str(root))
+    assert colour.train[0].shape == (2, 3, 8, 8) and colour.test[0].shape == (2, 3, 8, 8)
+    assert (colour.train[0] == ramp).all() and (colour.test[0][1] == np.array([255, 0, 0])[:, None, None]).all()
+
+
+def test_test_labels_use_train_indices_for_a_subset_of_classes(tmp_path):
+    written = write_image_folder(tmp_path / "data", classes=3, per_class_train=2, per_class_test=1)
+    for path in (tmp_path / "data" / "test" / "class_a").iterdir():
+        path.unlink()
+    arrays = image_folder(str(tmp_path / "data"))
+    assert arrays.test[1].tolist() == [1, 2] and np.array_equal(arrays.test[0], written["test"][0][1:])
+
+
+def test_mixed_sizes_are_refused_without_image_size(tmp_path):
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=2, per_class_test=1)
+    Image.new("RGB", (40, 30)).save(root / "train" / "class_b" / "wide.png")  # 30 high, 40 wide
+    with pytest.raises(DataError) as e:
+        image_folder(str(root))
+    assert one_line(e) == (
+        f"data.image_size=null is not allowed for {root}: its images have sizes 30x40, 32x32; "
+        "allowed: an integer or [height, width] to resize them to"
+    )
+
+
+@pytest.mark.parametrize("image_size, height, width", [(16, 16, 16), ([24, 40], 24, 40), ([32, 32], 32, 32)])
+def test_image_size_resizes_bilinear(tmp_path, image_size, height, width):
+    root = tmp_path / "data"
+    written = write_image_folder(root, classes=2, per_class_train=2, per_class_test=1)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "train" / "class_b" / "wide.png")
+    arrays = image_folder(str(root), image_size=image_size)
+    assert arrays.train[0].shape == (5, 3, height, width) and arrays.test[0].shape == (2, 3, height, width)
+    first = Image.open(written["train"][2][0])
+    expected = first if first.size == (width, height) else first.resize((width, height), Image.Resampling.BILINEAR)
+    assert np.array_equal(arrays.train[0][0], np.asarray(expected).transpose(2, 0, 1))
+    assert (arrays.train[0][-1, :, 1:-1, 1:-1] == np.array([200, 10, 10])[:, None, None]).all()
+
+
+@pytest.mark.parametrize("image_size", [0, [32], [32, 32, 3], "32", True])
+def test_bad_image_size_is_refused(tmp_path, image_size):
+    write_image_folder(tmp_path / "data", classes=2, per_class_train=1, per_class_test=1)
+    with pytest.raises(DataError) as e:
+        image_folder(str(tmp_path / "data"), image_size=image_size)
+    assert one_line(e) == (
+        f"data.image_size={image_size!r} is not allowed; allowed: null (the images' own size), "
+        "a positive integer, or [height, width]"
+    )
+
+
+def test_test_classes_not_in_train_are_refused(tmp_path):
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=1, per_class_test=1)
+    (root / "test" / "zebra").mkdir()
+    Image.new("RGB", (32, 32)).save(root / "test" / "zebra" / "z.png")
+    with pytest.raises(DataError) as e:
+        image_folder(str(root))
+    assert one_line(e) == (
+        f"data.root={root}: test/ has classes that train/ lacks: zebra; "
+        "allowed: test classes among train's (class_a, class_b)"
+    )
+
+
+def test_missing_or_empty_folders_are_refused(tmp_path):
+    with pytest.raises(DataError) as e:
+        image_folder(str(tmp_path / "nowhere"))
+    assert re.fullmatch(rf"data.root={tmp_path}/nowhere: no such folder; allowed: {LAYOUT}", one_line(e))
+    layout = "<root>/train/<class>/* and <root>/test/<class>/* (png, jpg, jpeg, bmp, gif, webp, tif, tiff)"
+    assert layout in str(e.value)
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=1, per_class_test=0)
+    (root / "test" / "class_a" / "notes.txt").write_text("not an image")
+    with pytest.raises(DataError) as e:
+        image_folder(str(root))
+    assert re.fullmatch(rf"data.root={root}: no image files in {root}/test/<class>/; allowed: {LAYOUT}", one_line(e))
+
+
+@pytest.mark.parametrize("damage", ["junk", "truncated"])
+def test_an_unreadable_image_is_refused_by_name(tmp_path, damage):
+    root = tmp_path / "data"
+    written = write_image_folder(root, classes=2, per_class_train=1, per_class_test=1)
+    bad = written["train"][2][1]
+    bad.write_bytes(b"not a png" if damage == "junk" else bad.read_bytes()[:60])
+    with pytest.raises(DataError) as e:
+        image_folder(str(root))
+    assert one_line(e).startswith(f"data.root={root}: {bad} is not a readable image (")
+    assert one_line(e).endswith("); allowed: image files PIL decodes")
+
+
+def test_cache_lives_outside_the_folder_is_reused_and_follows_the_files(tmp_path, cache):
+    root = tmp_path / "data"
+    written = write_image_folder(root, classes=2, per_class_train=3, per_class_test=2)
+    before = listing(root)
+    first = image_folder(str(root))
+    assert "decoded cache" not in first.source and str(root) in first.source
+    (cached,) = (cache / "image_folder").glob("*.npz")
+    assert f"cached in {cached}" in first.source
+
+    second = image_folder(str(root))
+    assert second.source == f"{root} (decoded cache {cached})"
+    for a, b in ((first.train, second.train), (first.test, second.test)):
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert second.classes == first.classes
+    assert listing(root) == before  # nothing written into the data folder
+
+    Image.new("RGB", (32, 32), (1, 2, 3)).save(root / "train" / "class_b" / "9999.png")  # added
+    added = image_folder(str(root))
+    assert "decoded cache" not in added.source and added.train[0].shape[0] == 7
+    assert (added.train[0][-1] == np.array([1, 2, 3])[:, None, None]).all() and added.train[1][-1] == 1
+
+    rewritten = written["train"][2][0]  # class_a/0000.png: same name, new pixels
+    stat = rewritten.stat()
+    Image.new("RGB", (32, 32), (9, 9, 9)).save(rewritten)
+    os.utime(rewritten, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # coarse mtime clocks
+    changed = image_folder(str(root))
+    assert "decoded cache" not in changed.source and (changed.train[0][0] == 9).all()
+    assert np.array_equal(changed.train[0][1:], added.train[0][1:])
+    assert len(list((cache / "image_folder").glob("*.npz"))) == 3
+    assert not list((cache / "image_folder").glob("*.tmp"))
+
+
+def test_a_corrupt_cache_is_ignored_and_rewritten(tmp_path, cache):
+    root = tmp_path / "data"
+    written = write_image_folder(root, classes=2, per_class_train=2, per_class_test=1)
+    image_folder(str(root))
+    (cached,) = (cache / "image_folder").glob("*.npz")
+    for garbage in (b"not a zip file", cached.read_bytes()[:-40]):  # junk, truncated
+        cached.write_bytes(garbage)
+        again = image_folder(str(root))
+        assert "decoded cache" not in again.source and np.array_equal(again.train[0], written["train"][0])
+        assert "decoded cache" in image_folder(str(root)).source
+
+
+def test_no_cache_inside_the_data_folder(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=1, per_class_test=1)
+    monkeypatch.setenv("ABLATE_CACHE", str(root / "train" / ".cache"))
+    before = listing(root)
+    arrays = image_folder(str(root))
+    assert "not cached: the cache folder" in arrays.source and listing(root) == before
+
+
+def test_too_big_to_decode_is_refused_before_decoding(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=2, per_class_test=1, size=(8, 8))
+
+    def decode(*args):
+        raise AssertionError("decoded although it does not fit")
+
+    monkeypatch.setattr(image_folder_module, "decode", decode)
+    start = time.perf_counter()
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as e:
+            image_folder(str(root), image_size=10_000_000)  # 1.8 PB
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - start < 2 and peak < 10**7
+    assert re.fullmatch(
+        rf"data.root={root}: 6 images of 3x10000000x10000000 need 1.8 PB decoded, more than the [\d.]+ [kMGT]?B free "
+        r"on cpu; allowed: a smaller data.image_size, or a folder that fits",
+        one_line(e),
+    )
+
+
+def test_a_cached_folder_is_refused_too_when_memory_is_short(tmp_path, monkeypatch):
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=2, per_class_test=1)
+    image_folder(str(root))
+    monkeypatch.setattr(image_folder_module, "free_bytes", lambda device=None: 1000)
+    with pytest.raises(DataError) as e:
+        image_folder(str(root))
+    assert ": 6 images of 3x32x32 need 18.4 kB decoded, more than the 1.0 kB free on cpu;" in one_line(e)
+
+
+def test_free_bytes_and_fits():
+    assert free_bytes() > 10**6 and free_bytes("cpu") == pytest.approx(free_bytes(None), rel=0.2)
+    assert fits(1) and fits(1, "mps") and not fits(10**20, "cpu")
