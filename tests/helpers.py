@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import torch
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams import plugin_data_pb2
 
 from runner.fixtures import CONFIGS, compose_cfg, write_cifar_like, write_idx, write_mnist_like  # noqa: F401
 
@@ -68,3 +70,10 @@ def assert_bitwise_equal(a, b) -> None:
     assert a[2].keys() == b[2].keys()
     for name in a[2]:
         assert torch.equal(a[2][name], b[2][name]), name
+
+
+def session_hparams(events) -> dict:
+    """The hparams a run's TensorBoard events record (EventAccumulator, reloaded)."""
+    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG]
+    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {k: v.string_value or v.number_value for k, v in start.hparams.items()}

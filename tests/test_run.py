@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli, session_hparams
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import metadata as hparams_metadata
-from tensorboard.plugins.hparams import plugin_data_pb2
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 TAGS = {"loss/train", "loss/val", "acc/train", "acc/val", "lr", "acc/test", "loss/test"}
@@ -23,12 +21,6 @@ def read_events(run_dir):
     events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     events.Reload()
     return events
-
-
-def session_hparams(events) -> dict:
-    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG]
-    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {k: v.string_value or v.number_value for k, v in start.hparams.items()}
 
 
 def test_one_epoch_learns_and_fills_the_run_directory(tmp_path, quick):
