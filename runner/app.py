@@ -154,8 +154,8 @@ def refuse(error: Exception, overrides: list[str]) -> NoReturn:
     if user_value == "1":
         traceback.print_exception(error)
     else:
-        keys_of = lambda group: chosen_keys(group, overrides)  # noqa: E731
-        print(f"error: {schema.describe(error, overrides, keys_of)}", file=sys.stderr)
+        message = schema.describe(error, overrides, lambda group: chosen_keys(group, overrides))
+        print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runner import parts, targets, torchvision_sets
 from runner.datasets import Arrays, stratified_split
 
 EVAL_BATCH_SIZE = 256  # the fastest of 128, 256 and 1000 for evaluation on a 2-core CPU
@@ -62,12 +63,8 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def load_arrays(cfg, device: torch.device) -> Arrays:
     """The data set `data._target_` names as uint8 arrays: ablate's own and a user's functions return
     them; a torch Dataset class (torchvision's) is built for each split and decoded (runner.torchvision_sets)."""
-    from hydra.utils import get_object
-
-    from runner import parts, targets, torchvision_sets
-
     source = parts.without(cfg, targets.OWN_KEYS["data"])
-    target = get_object(cfg._target_)
+    target = targets.locate(cfg._target_)
     if isinstance(target, type) and issubclass(target, torch.utils.data.Dataset):
         return torchvision_sets.decode(source, target, device)
     return parts.call(source, split_seed=cfg.split_seed, device=device)

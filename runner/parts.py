@@ -8,11 +8,11 @@ checked again here.
 from collections.abc import Callable
 
 import torch
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optim import LrSchedule
-from runner.targets import OWN_KEYS, takes
+from runner.targets import OWN_KEYS, locate, takes
 
 
 def without(cfg: DictConfig, keys) -> DictConfig:
@@ -27,7 +27,7 @@ def without(cfg: DictConfig, keys) -> DictConfig:
 def call(cfg: DictConfig, *args, **context):
     """Instantiate `cfg` with `args` first and the `context` its callable's signature names."""
     make = instantiate(cfg, _partial_=True, _convert_="all")
-    target = get_object(cfg._target_)
+    target = locate(cfg._target_)
     return make(*args, **{name: value for name, value in context.items() if takes(target, name)})
 
 

@@ -100,15 +100,14 @@ def check_relations(cfg) -> None:
             f"model.bottleneck_ratio={show(ratio)} is not allowed for model.channels={show(channels)}; "
             f"allowed: 1 <= bottleneck_ratio <= {min(channels)}"
         )
-    if model.get("init") == "scaled" and targets.is_ablates(model._target_):
-        if not has_known_gain(targets.load("activation._target_", cfg.activation._target_)):
-            raise ConfigError(
-                f"model.init=scaled is not allowed for activation._target_={cfg.activation._target_}: its gain is not "
-                "known; allowed: model.init=torch, or a tanh, sigmoid, relu or leaky_relu activation"
-            )
-    if targets.load("sched._target_", sched._target_) is optim.plateau:
-        if sched.get("interval", "epoch") != "epoch":
-            raise ConfigError(f"sched.interval={show(sched.interval)} is not allowed for sched=plateau; allowed: epoch")
+    activation = targets.load("activation._target_", cfg.activation._target_)
+    if model.get("init") == "scaled" and targets.is_ablates(model._target_) and not has_known_gain(activation):
+        raise ConfigError(
+            f"model.init=scaled is not allowed for activation._target_={cfg.activation._target_}: its gain is not "
+            "known; allowed: model.init=torch, or a tanh, sigmoid, relu or leaky_relu activation"
+        )
+    if targets.load("sched._target_", sched._target_) is optim.plateau and sched.get("interval", "epoch") != "epoch":
+        raise ConfigError(f"sched.interval={show(sched.interval)} is not allowed for sched=plateau; allowed: epoch")
     size, batch = cfg.data.get("train_size"), cfg.data.batch_size
     if size is not None and batch > size:  # training batches are full: an epoch drops the last, partial one
         raise ConfigError(

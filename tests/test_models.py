@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from helpers import compose_cfg
 from torch import nn
 
-from runner import parts, schema
 from models.blocks import Bottleneck, ConcatSkip
+from runner import parts, schema
 
 IN_SHAPE = (1, 6, 6)  # C, H, W of the tiny inputs
 NUM_CLASSES = 3

@@ -36,7 +36,7 @@ def user_env() -> dict:
 def run_user(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(RUN), "--config-dir", "configs", *args], cwd=project, env={**user_env(), **(env or {})},
-        capture_output=True, text=True, timeout=600,
+        capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
 
 
@@ -139,3 +139,7 @@ def test_an_image_folder_trains_from_a_decoded_cache_outside_the_folder(project,
     assert "decoded cache" in again["data"]["source"] and again["data"]["fingerprints"] == metrics["data"]["fingerprints"]
     assert sorted((p, p.stat().st_mtime_ns) for p in images.rglob("*")) == listing  # nothing written into the folder
     assert os.listdir(cache) == ["image_folder"]
+    huge = run_user(project, *args, "data.image_size=100000", f"hydra.run.dir={tmp_path / 'huge'}")
+    assert huge.returncode == 2 and huge.stderr.count("\n") == 1, huge.stderr
+    assert huge.stderr.startswith(f"error: data.root={images}: 150 images of 3x100000x100000 need 4.5 TB decoded, more than")
+    assert not (tmp_path / "huge" / "metrics.json").exists()

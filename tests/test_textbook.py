@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 from helpers import compose_cfg
-from omegaconf import OmegaConf
 
 from optim import textbook
 from runner import parts, schema

@@ -63,8 +63,10 @@ BAD_INPUTS = [
     (["data=image_folder", "data.root=x", "data.image_size=[1,2,3]"], "data.image_size=[1, 2, 3] is not allowed; allowed: an integer >= 1, [height, width] or null"),
     (
         ["model.init=scaled", "activation._target_=torch.nn.GELU"],
-        "model.init=scaled is not allowed for activation._target_=torch.nn.GELU: its gain is not known; "
-        "allowed: model.init=torch, or a tanh, sigmoid, relu or leaky_relu activation",
+        (
+            "model.init=scaled is not allowed for activation._target_=torch.nn.GELU: its gain is not known; "
+            "allowed: model.init=torch, or a tanh, sigmoid, relu or leaky_relu activation"
+        ),
     ),
     # values, refused by validate
     (["optimizer.lr=-1"], "optimizer.lr=-1 is not allowed; allowed: a number > 0"),
