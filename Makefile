@@ -24,7 +24,7 @@ test: $(STAMP)  ## the fast tests
 test-all: $(STAMP)  ## every test, the slow ones too (what CI runs)
 	$(BIN)/pytest
 
-bench: $(STAMP)  ## training images/s: a minimal loop vs ablate vs a DataLoader, side by side (about 15 minutes on 2 cores)
+bench: $(STAMP)  ## training images/s: a minimal loop vs ablate vs a DataLoader, side by side (about 20 minutes on 2 cores)
 	$(BIN)/python benchmarks/throughput.py
 
 tensorboard: $(STAMP)
