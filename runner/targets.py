@@ -157,9 +157,12 @@ def check_node(key: str, node: DictConfig, group: str | None, rule: Callable[[st
 
 
 def implied_type(param: inspect.Parameter | None):
-    """For a parameter without an annotation, the type of its default where that is a plain scalar (width=8: int)."""
+    """For a parameter without an annotation, what its default implies: a number for a number
+    (`dropout=0` takes 0.5 too), true or false for a bool, a string for a string; else anything."""
     default = param.default if param is not None else None
-    return type(default) if type(default) in (bool, int, float, str) else Any
+    if isinstance(default, (bool, str)):
+        return type(default)
+    return float if isinstance(default, (int, float)) else Any
 
 
 def check_annotation(key: str, value, annotation) -> None:

@@ -76,7 +76,7 @@ def test_an_unknown_key_of_a_users_class_is_refused_with_its_parameters(project)
     assert result.returncode == 2
     assert result.stderr == "error: model.widht=3 is not allowed; allowed: a key of model (width)\n"
     result = run_user(project, "model=my_net", "model.width=abc")
-    assert (result.returncode, result.stderr) == (2, "error: model.width='abc' is not allowed; allowed: an integer\n")
+    assert (result.returncode, result.stderr) == (2, "error: model.width='abc' is not allowed; allowed: a number\n")
     result = run_user(project, "model._target_=my_parts.TinyNett")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert result.stderr.startswith("error: model._target_=my_parts.TinyNett cannot be imported (")

@@ -6,6 +6,7 @@ value and what is allowed; exit 2, no traceback unless HYDRA_FULL_ERROR=1; nothi
 import itertools
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from helpers import CONFIGS, compose_cfg, run_cli
@@ -254,3 +255,40 @@ def test_a_bad_sweep_leaves_a_sweep_directory_that_holds_runs_untouched(tmp_path
         result = run_cli("-m", *overrides, f"hydra.sweep.dir={sweep}")
         assert (result.returncode, result.stderr) == (2, f"error: {message}\n"), overrides
     assert snapshot(sweep) == before
+
+
+# --- A user's class: keys and values against its signature ---------------------------------------
+
+
+def users_part(count: int = 1, rate: float = 0.1, mode: Literal["a", "b"] = "a", sizes: list[int] | None = None,
+               flag=False, name="x", dropout=0, anything=None):  # fmt: skip
+    """Annotations of every kind runner.targets reads, and defaults without annotations."""
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("count", 1.5, "part.count=1.5 is not allowed; allowed: an integer"),
+        ("count", True, "part.count=true is not allowed; allowed: an integer"),
+        ("rate", "fast", "part.rate='fast' is not allowed; allowed: a number"),
+        ("mode", "c", "part.mode='c' is not known; allowed: a, b"),
+        ("sizes", [1, "x"], "part.sizes=[1, 'x'] is not allowed; allowed: a list of integers or null"),
+        ("flag", "yes", "part.flag='yes' is not allowed; allowed: true or false"),
+        ("name", 3, "part.name=3 is not allowed; allowed: a string"),
+        ("widht", 3, "part.widht=3 is not allowed; allowed: a key of part (count, rate, mode, sizes, flag, name, dropout, anything)"),
+    ],
+)
+def test_a_users_callable_is_checked_against_its_annotations_and_defaults(key, value, message):
+    from runner import targets
+
+    node = OmegaConf.create({"_target_": f"{__name__}.users_part", key: value})
+    with pytest.raises(schema.ConfigError) as error:
+        targets.check_node("part", node, None, lambda full_key, value: False)
+    assert str(error.value) == message
+
+
+def test_values_that_fit_a_users_callable_pass():
+    from runner import targets
+
+    values = {"count": 2, "rate": 1, "mode": "b", "sizes": [3, 4], "flag": True, "name": "y", "dropout": 0.5, "anything": [1]}
+    targets.check_node("part", OmegaConf.create({"_target_": f"{__name__}.users_part", **values}), None, lambda k, v: False)
