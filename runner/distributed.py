@@ -50,6 +50,17 @@ class World:
         dist.all_reduce(total)
         return total
 
+    def stack(self, tensor):
+        """Every rank's `tensor`, stacked in rank order (`tensor[None]` in one process)."""
+        if not self.active:
+            return tensor[None]
+        import torch
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(self.size)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.stack(parts)
+
     def max(self, values: list[int], device) -> list[int]:
         """Each value's maximum over the ranks: the ranks agree on a stop or a checkpoint."""
         if not self.active:

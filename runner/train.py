@@ -73,17 +73,23 @@ class Totals:
     SUMS = ("loss", "correct", "window_loss", "window_correct")  # per rank; the counts are equal on all ranks
 
     def state_dict(self, world: World) -> dict:
-        """The totals with the sums of all ranks (a collective under DDP: every rank calls it)."""
-        return {k: world.sum(v) if k in self.SUMS else v for k, v in vars(self).items()}
+        """The totals, each sum as every rank's own, in rank order (a collective under DDP: every
+        rank calls it), so that a resumed run adds the rest of the epoch in the same order."""
+        return {k: world.stack(v) if k in self.SUMS else v for k, v in vars(self).items()}
 
     def load_state_dict(self, state: dict, world: World) -> None:
-        """Rank 0 takes the saved sums, which are all ranks' already; the others start theirs at zero."""
+        """Each rank takes its own sums; from a checkpoint of another number of processes (or one
+        that kept the total only), rank 0 takes the total and the others start at zero."""
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
                 value = value.to(self.loss.device)
-                if key in self.SUMS and not world.main:
-                    value = torch.zeros_like(value)
+                if key in self.SUMS:
+                    value = value[world.rank] if value.ndim == 1 and len(value) == world.size else self.total(value, world)
             setattr(self, key, value)
+
+    @staticmethod
+    def total(value: torch.Tensor, world: World) -> torch.Tensor:
+        return value.sum(0) if world.main else torch.zeros_like(value.sum(0))
 
 
 def rng_states() -> dict:
