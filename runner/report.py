@@ -9,7 +9,6 @@ Written at the end of every sweep (SweepSummary, a Hydra callback) and by `repor
 import argparse
 import csv
 import json
-import math
 import os
 import statistics
 import sys
@@ -19,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner import GROUPS, distributed
+from runner import GROUPS, distributed, stats
 
 RUN_COLUMNS = ("status", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "epochs", "train_seconds", "num_params")
 
@@ -118,18 +117,6 @@ def _pm(mean: float | None, std: float | None, digits: int = 4) -> str:
     return "-" if mean is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _noise_note(best: Variant, other: Variant) -> str:
-    """Whether `other` trails `best` by more than two standard errors of the difference."""
-    (m1, s1), (m2, s2) = best.stat("test_acc"), other.stat("test_acc")
-    n1, n2 = len(best.completed()), len(other.completed())
-    if m1 is None or m2 is None:
-        return ""
-    if min(n1, n2) < 2:
-        return "n=1, noise unknown"
-    se = math.sqrt(s1**2 / n1 + s2**2 / n2)
-    return "within noise" if m1 - m2 <= 2 * se else "beyond noise"
-
-
 def write_csv(path: Path, keys: list[str], runs: list[Run]) -> None:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -140,23 +127,26 @@ def write_csv(path: Path, keys: list[str], runs: list[Run]) -> None:
 
 
 def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
-    """The per-variant table: best first by mean test accuracy, each with its distance to the best."""
-    ranked = sorted(found, key=lambda v: -(v.stat("test_acc")[0] if v.stat("test_acc")[0] is not None else -1))
-    best = ranked[0]
-    header = ["variant", "n", "test acc", "Δ to best", "best val acc", "final train loss", "seconds", "params", "runs"]
+    """The per-variant table: best first by mean test accuracy, each with its 95% confidence interval
+    and its distance to the best, judged by runner.stats' one test."""
+    samples = {v.label: [r.metrics["test_acc"] for r in v.completed() if r.metrics.get("test_acc") is not None] for v in found}
+    best, comparisons = stats.compare(samples) if any(samples.values()) else (None, {})
+    ranked = sorted(found, key=lambda v: -comparisons[v.label].mean if v.label in comparisons else 1)
+    header = ["variant", "n", "test acc", "95% CI", "Δ to best", "best val acc", "final train loss", "seconds", "params", "runs"]
     rows = []
     for v in ranked:
-        acc = v.stat("test_acc")
-        if v is best and acc[0] is not None:
-            delta = "best"
-        elif acc[0] is None or best.stat("test_acc")[0] is None:
-            delta = "-"
+        c = comparisons.get(v.label)
+        if c is None:
+            delta, ci = "-", "-"
         else:
-            delta = f"{acc[0] - best.stat('test_acc')[0]:+.4f}, {_noise_note(best, v)}"
+            ci = f"{c.ci[0]:.4f} – {c.ci[1]:.4f}" if c.ci else "-"
+            gap = c.mean - comparisons[best].mean
+            p = f"p={c.p_holm:.2g}, " if c.p_holm is not None else ""
+            delta = "best" if v.label == best else f"{gap:+.4f}, {p}{c.verdict}"
         seconds = v.stat("train_seconds")[0]
         params = v.runs[0].metrics.get("num_params")
         rows.append([
-            v.label, str(len(v.completed())), _pm(*acc), delta, _pm(*v.stat("best_val_acc")),
+            v.label, str(len(v.completed())), _pm(*v.stat("test_acc")), ci, delta, _pm(*v.stat("best_val_acc")),
             _pm(*v.stat("final_train_loss")), "-" if seconds is None else f"{seconds:.1f}",
             "-" if params is None else f"{params:,}", v.statuses(),
         ])
@@ -167,14 +157,15 @@ def write_markdown(path: Path, header: list[str], rows: list[list[str]], sources
     lines = [
         "# Summary",
         "",
-        f"Runs from: {', '.join(str(s) for s in sources)}. Mean ± std over seeds of completed runs; "
-        "'within noise' means the gap to the best is at most two standard errors.",
+        f"Runs from: {', '.join(str(s) for s in sources)}. Mean ± std (sample) and the 95% confidence interval "
+        "of the mean over the completed runs of each variant. Δ to best: p is Welch's t-test against the best "
+        f"variant, Holm-corrected across the variants; 'beyond noise' when p < {stats.ALPHA}, else 'within noise'.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        cells = [f"**{c}**" if row[3] == "best" and i == 0 else c for i, c in enumerate(row)]
+        cells = [f"**{c}**" if row[4] == "best" and i == 0 else c for i, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -201,7 +192,7 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False) -> Path | No
         for column in header:
             table.add_column(column, justify="left" if column in ("variant", "runs", "Δ to best") else "right")
         for row in rows:
-            table.add_row(*row, style="bold green" if row[3] == "best" else None)
+            table.add_row(*row, style="bold green" if row[4] == "best" else None)
         console = Console() if Console().is_terminal else Console(width=200)
         console.print(table)
         console.print(f"Summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", soft_wrap=True)

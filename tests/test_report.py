@@ -37,6 +37,7 @@ def test_report_compares_runs_from_separate_commands_by_what_differs(tmp_path, q
     adam = [json.loads((tmp_path / "sweep" / f"seed={s}" / "metrics.json").read_text())["test_acc"] for s in (0, 1)]
     assert f"optimizer=adam** | 2 | {sum(adam) / 2:.4f} ± " in summary or f"optimizer=adam | 2 | {sum(adam) / 2:.4f} ± " in summary
     assert "optimizer=momentum" in summary and "n=1, noise unknown" in summary  # one side has one seed
+    assert "Welch" in summary and "Holm" in summary and " – " in summary  # the stated test, a 95% interval
     assert (tmp_path / "cmp" / "plots" / "val_acc.png").is_file()
     assert report_main([str(tmp_path / "nothing-here")]) == 2
 
