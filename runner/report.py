@@ -157,9 +157,11 @@ def write_markdown(path: Path, header: list[str], rows: list[list[str]], sources
     lines = [
         "# Summary",
         "",
-        f"Runs from: {', '.join(str(s) for s in sources)}. Mean ± std (sample) and the 95% confidence interval "
-        "of the mean over the completed runs of each variant. Δ to best: p is Welch's t-test against the best "
-        f"variant, Holm-corrected across the variants; 'beyond noise' when p < {stats.ALPHA}, else 'within noise'.",
+        (
+            f"Runs from: {', '.join(str(s) for s in sources)}. Mean ± std (sample) and the 95% confidence interval "
+            "of the mean over the completed runs of each variant. Δ to best: p is Welch's t-test against the best "
+            f"variant, Holm-corrected across the variants; 'beyond noise' when p < {stats.ALPHA}, else 'within noise'."
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
