@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@echo "Creating $(VENV) with torch, torchvision, hydra-core, tensorboard, rich, mlxtend (first time: about 2 minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -qq --upgrade pip
-	$(BIN)/pip install -qq -e '.[test]'
+	$(BIN)/pip install -qq -e '.[test]' --config-settings editable_mode=compat  # the repository on the path: Hydra scans hydra_plugins/ there
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -167,13 +167,40 @@ def write_markdown(path: Path, header: list[str], rows: list[list[str]], sources
         "|" + "---|" * len(header),
     ]
     for row in rows:
-        cells = [f"**{c}**" if row[4] == "best" and i == 0 else c for i, c in enumerate(row)]
+        cells = [f"**{c}**" if "best" in row and i == 0 else c for i, c in enumerate(row)]
         lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
 
-def build_report(paths: list[Path], out: Path, quiet: bool = False) -> Path | None:
-    """summary.csv, summary.md and plots/ in `out` for the runs under `paths`; prints the table."""
+def short(value) -> str:
+    """A tuned value for the table: floats to 4 significant digits."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tuning_columns(sweep_dir: Path, found: list[Variant]) -> dict[str, list[str]]:
+    """For a tuned sweep (runner.tune): each variant's tuned values, as its final runs have them,
+    and how its trials ended, from the runs under `tune/<variant>/`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from runner.tune import split
+
+    task = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
+    tuned = list(split(OverridesParser.create().parse_overrides(list(task))).params)
+    columns = {}
+    for v in found:
+        name = v.runs[0].path.parent.name  # final/<variant>/seed=<s>
+        trials = [json.loads(p.read_text())["status"] for p in sorted((sweep_dir / "tune" / name).glob("*/metrics.json"))]
+        counts = {s: trials.count(s) for s in sorted(set(trials))}
+        columns[v.label] = [
+            ", ".join(f"{k}={short(v.runs[0].values.get(k))}" for k in tuned) or "-",
+            ", ".join(f"{n} {s}" for s, n in counts.items()) or "-",
+        ]
+    return columns
+
+
+def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path | None = None) -> Path | None:
+    """summary.csv, summary.md and plots/ in `out` for the runs under `paths`; prints the table.
+    `tuned`: the sweep directory of a tuned sweep, whose final runs `paths` are."""
     runs = find_runs(paths)
     if not runs:
         print(f"report: no run directory (with metrics.json) under {', '.join(map(str, paths))}", file=sys.stderr)
@@ -182,6 +209,10 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False) -> Path | No
     keys, found = variants(runs)
     write_csv(out / "summary.csv", keys, runs)
     header, rows = variant_rows(found)
+    if tuned is not None:
+        columns = tuning_columns(tuned, found)
+        header = [header[0], "tuned", "trials", *header[1:]]
+        rows = [[row[0], *columns[row[0]], *row[1:]] for row in rows]
     write_markdown(out / "summary.md", header, rows, paths)
     from runner import plots
 
@@ -194,7 +225,7 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False) -> Path | No
         for column in header:
             table.add_column(column, justify="left" if column in ("variant", "runs", "Δ to best") else "right")
         for row in rows:
-            table.add_row(*row, style="bold green" if row[4] == "best" else None)
+            table.add_row(*row, style="bold green" if "best" in row else None)
         console = Console() if Console().is_terminal else Console(width=200)
         console.print(table)
         console.print(f"Summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", soft_wrap=True)
@@ -212,7 +243,10 @@ class SweepSummary(Callback):
         if not distributed.world().main:
             return  # under torchrun, rank 0 writes the summary
         sweep_dir = Path(config.hydra.sweep.dir)
-        build_report([sweep_dir], sweep_dir)
+        if (sweep_dir / "final").is_dir() and (sweep_dir / "tune").is_dir():  # a tuned sweep: its final runs
+            build_report([sweep_dir / "final"], sweep_dir, tuned=sweep_dir)
+        else:
+            build_report([sweep_dir], sweep_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,80 @@
+"""`hydra/sweeper=tune`: tune each variant, then compare the variants over fresh seeds.
+
+    run -m hydra/sweeper=tune optimizer=sgd,adam 'optimizer.lr=tag(log,interval(0.0001,0.5))' \\
+        hydra.sweeper.trials=4 hydra.sweeper.seeds=2
+
+Comma lists are the variants (their cartesian product, as a plain sweep runs them); Hydra's sweep
+functions are the search space: `interval(a,b)` a float, `tag(log, interval(a,b))` on a log scale,
+`range(a,b)` an integer from a to b-1 (as Python's range), `choice(a,b,c)` categorical. Each variant
+gets an Optuna study of `trials` trials (TPE seeded with `sampler_seed`, in `study.db`, SQLite, in
+the sweep directory); each trial is an ordinary run under `tune/<variant>/trial-<n>/`, scored by its
+best validation accuracy (never the test set). The best trial's values are then run with `seeds`
+fresh seeds (the seeds after the config's `seed`, which the trials use) under
+`final/<variant>/seed=<s>/`, and the summary compares those final runs (runner.report).
+Jobs go through the chosen launcher (`hydra/launcher=joblib` runs a batch of trials at once).
+The sweeper class itself lives in hydra_plugins/ablate_tune/ (Hydra finds sweepers there only).
+"""
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+
+log = logging.getLogger(__name__)
+PHASE_ENV = "ABLATE_TUNE"  # a job's phase and trial ("tune/3", "final/3"), for its metrics.json
+STUDY_FILE = "study.db"
+
+
+@dataclass
+class Space:
+    """The overrides of a tuned sweep, sorted: variants, search space, the rest."""
+
+    variants: list[list[str]]  # each variant's overrides
+    params: dict[str, Any]  # key -> optuna distribution
+    fixed: list[str]
+
+
+def distribution(override: Override):
+    """The Optuna distribution of a search-space override (interval, range, choice)."""
+    import optuna.distributions as d
+
+    sweep = override.value()
+    if isinstance(sweep, IntervalSweep):
+        return d.FloatDistribution(float(sweep.start), float(sweep.end), log="log" in sweep.tags)
+    if isinstance(sweep, RangeSweep):
+        values = list(sweep.range())
+        return d.IntDistribution(int(values[0]), int(values[-1]), step=int(sweep.step))
+    return d.CategoricalDistribution(list(sweep.list))
+
+
+def split(overrides: list[Override]) -> Space:
+    """Comma lists are variants; interval, range and choice(...) are the search space."""
+    variants, params, fixed = [], {}, []
+    for o in overrides:
+        value = o.value() if o.is_sweep_override() else None
+        if isinstance(value, ChoiceSweep) and value.simple_form:
+            variants.append([f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()])
+        elif o.is_sweep_override():
+            params[o.get_key_element()] = distribution(o)
+        else:
+            fixed.append(o.input_line)
+    return Space([list(v) for v in itertools.product(*variants)], params, fixed)
+
+
+def label(variant: list[str]) -> str:
+    return ",".join(variant) or "all"
+
+
+def quoted(key: str, value: str) -> str:
+    return f"{key}='{value}'"
+
+
+def objective(result) -> float | None:
+    """A trial's score: its best validation accuracy, None if the job failed or has none."""
+    try:
+        value = result.return_value
+    except Exception:  # the job raised: the launcher keeps the error in the JobReturn
+        return None
+    return float(value) if value is not None else None

@@ -1,0 +1,56 @@
+"""`hydra/sweeper=tune`: a real Optuna study per variant in a real SQLite file, real training on the
+embedded digits, final runs on fresh seeds, and the summary of those."""
+
+import json
+
+import optuna
+import pytest
+from helpers import run_cli
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from runner.tune import split
+
+
+def test_comma_lists_are_variants_and_sweep_functions_the_search_space():
+    overrides = OverridesParser.create().parse_overrides(
+        ["optimizer=sgd,adam", "model=plain,bn", "optimizer.lr=tag(log,interval(0.0001,0.5))",
+         "model.kernel_size=range(3,8,2)", "model.pool=choice(max,avg)", "trainer.max_epochs=2"]
+    )  # fmt: skip
+    space = split(overrides)
+    assert space.variants == [
+        ["optimizer=sgd", "model=plain"], ["optimizer=sgd", "model=bn"],
+        ["optimizer=adam", "model=plain"], ["optimizer=adam", "model=bn"],
+    ]  # fmt: skip
+    assert space.fixed == ["trainer.max_epochs=2"]
+    lr, kernel, pool = (space.params[k] for k in ("optimizer.lr", "model.kernel_size", "model.pool"))
+    assert (lr.low, lr.high, lr.log) == (0.0001, 0.5, True)
+    assert (kernel.low, kernel.high, kernel.step) == (3, 7, 2)  # range's end is left out, as in Python
+    assert pool.choices == ("max", "avg")
+
+
+def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seeds(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "hydra/sweeper=tune", "optimizer=sgd,adam", "optimizer.lr=tag(log,interval(0.0001,0.5))",
+        "hydra.sweeper.trials=4", "hydra.sweeper.seeds=2", "trainer.max_epochs=2", "data.train_size=1000",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    storage = f"sqlite:///{sweep / 'study.db'}"
+    for name in ("optimizer=sgd", "optimizer=adam"):
+        study = optuna.load_study(study_name=name, storage=storage)
+        assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
+        for trial in study.trials:
+            metrics = json.loads((sweep / "tune" / name / f"trial-{trial.number}" / "metrics.json").read_text())
+            assert metrics["tune"] == {"phase": "tune", "trial": trial.number} and metrics["seed"] == 0
+            assert metrics["best_val_acc"] == pytest.approx(trial.value)  # scored on validation, not test
+            assert f"optimizer.lr={trial.params['optimizer.lr']}" in metrics["command"]
+        for seed in (1, 2):  # fresh seeds, never the tuning seed
+            final = json.loads((sweep / "final" / name / f"seed={seed}" / "metrics.json").read_text())
+            assert final["status"] == "completed" and final["seed"] == seed
+            assert final["tune"] == {"phase": "final", "trial": study.best_trial.number}
+            assert f"optimizer.lr={study.best_trial.params['optimizer.lr']}" in final["command"]
+    summary = (sweep / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| ") and "optimizer=" in line]
+    assert len(rows) == 2 and all("4 completed" in row and "optimizer.lr=" in row for row in rows)
+    assert "| variant | tuned | trials | n |" in summary
