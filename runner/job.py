@@ -28,7 +28,7 @@ from runner.diagnostics import Diagnostics
 from runner.interrupt import pass_on, stop_on_signals
 from runner.log import RunLogger, write_json
 from runner.train import Trainer
-from runner.tune import PHASE_ENV
+from runner.tune import PHASE_ENV, trial_pruner
 
 DIVERGED_EXIT = 3  # a single run whose loss became NaN or infinite; a sweep goes on and exits 0
 
@@ -171,7 +171,7 @@ def run_job(cfg: DictConfig) -> float | None:
         compute.autocast_dtype, logger, console.TrainingProgress(enabled=world.main),
         checkpoint=(lambda state: checkpoint.save(last, {**state, "config": config})) if world.main else None,
         diagnostics=Diagnostics(parts.model) if cfg.trainer.diagnostics else None,
-        world=world, train_model=parts.train_model,
+        world=world, train_model=parts.train_model, prune=None if world.active else trial_pruner(),
     )  # fmt: skip
     if saved:
         trainer.load_state_dict(saved)
@@ -277,6 +277,8 @@ def finished_metrics(run_dir: Path, saved: dict | None, max_epochs: int) -> dict
         return None
     metrics = json.loads(path.read_text())
     if metrics.get("status") == "completed" and saved["epoch"] >= max_epochs:
+        return metrics
+    if metrics.get("status") == "pruned":  # a tuned sweep's trial that the pruner stopped: it stays stopped
         return metrics
     if metrics.get("status") == "diverged" and saved["step"] <= metrics.get("steps", -1):
         return metrics

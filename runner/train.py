@@ -27,7 +27,7 @@ from runner.distributed import World, broadcast_buffers
 
 @dataclass
 class Result:
-    status: str  # completed, diverged or interrupted
+    status: str  # completed, diverged, interrupted or pruned
     history: list[dict] = field(default_factory=list)  # one entry per epoch
     best_val_acc: float | None = None
     test_loss: float | None = None
@@ -133,8 +133,11 @@ class Trainer:
         diagnostics=None,
         world: World | None = None,
         train_model: torch.nn.Module | None = None,
+        prune=None,
     ):
-        """`train_model`: the module the steps run through (`model` in DDP); `model` is evaluated and saved."""
+        """`train_model`: the module the steps run through (`model` in DDP); `model` is evaluated and saved.
+        `prune(epoch, val_acc)`, if given, is asked after each epoch whether to stop the run there (a
+        hopeless trial of a tuned sweep): the run ends with status `pruned`, without the test set."""
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.world = world or World()
         self.train_model = train_model or model
@@ -144,7 +147,7 @@ class Trainer:
         self.checkpoint_every = None if minutes is None else 60 * minutes  # seconds
         self.autocast_dtype = autocast_dtype
         self.device = next(model.parameters()).device
-        self.logger, self.progress, self.checkpoint = logger, progress, checkpoint
+        self.logger, self.progress, self.checkpoint, self.prune = logger, progress, checkpoint, prune
         self.diagnostics, self.histograms = diagnostics, cfg.histograms
         self.epoch = 0  # epochs finished
         self.batch = 0  # batches finished in the running epoch
@@ -221,6 +224,9 @@ class Trainer:
             self.logger.scalars({k: v for k, v in values.items() if v is not None}, self.step)
             self.progress.end_epoch(entry, self.max_epochs)
             self.save()
+            if self.prune is not None and self.epoch < self.max_epochs and self.prune(self.epoch, val_acc):
+                self.result.status = "pruned"
+                break
         self.progress.stop()
         self.result.train_seconds = time.perf_counter() - start
         if self.stop_signal is not None and self.epoch < self.max_epochs and self.result.status == "completed":

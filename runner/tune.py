@@ -16,14 +16,19 @@ The sweeper class itself lives in hydra_plugins/ablate_tune/ (Hydra finds sweepe
 """
 
 import itertools
+import json
 import logging
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
 log = logging.getLogger(__name__)
 PHASE_ENV = "ABLATE_TUNE"  # a job's phase and trial ("tune/3", "final/3"), for its metrics.json
+TRIAL_ENV = "ABLATE_TRIAL"  # a trial's pruner, storage, study and trial id ("median|sqlite:///...|name|12")
+PRUNERS = ("median", "none")
 STUDY_FILE = "study.db"
 
 
@@ -69,6 +74,46 @@ def label(variant: list[str]) -> str:
 
 def quoted(key: str, value: str) -> str:
     return f"{key}='{value}'"
+
+
+def make_pruner(name: str):
+    """`median`: stop a trial whose validation accuracy after an epoch is below the median of the
+    earlier trials' at that epoch, once two trials have finished, from the second epoch on (Optuna counts
+    the epochs as steps 1, 2, ...; steps below n_warmup_steps=2 are not pruned)."""
+    import optuna
+
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=2)
+    return optuna.pruners.NopPruner()
+
+
+def trial_pruner():
+    """In a trial of a tuned sweep (TRIAL_ENV set): `prune(epoch, val_acc)`, which reports the
+    epoch's validation accuracy to the trial's study and says whether the pruner stops it; else None."""
+    spec = os.environ.get(TRIAL_ENV)
+    if not spec:
+        return None
+    import optuna
+
+    pruner, storage, study_name, trial_id = spec.split("|")
+    study = optuna.load_study(study_name=study_name, storage=storage, pruner=make_pruner(pruner))
+    trial = optuna.trial.Trial(study, int(trial_id))
+
+    def prune(epoch: int, val_acc: float | None) -> bool:
+        if val_acc is None:
+            return False
+        trial.report(val_acc, step=epoch)
+        return trial.should_prune()
+
+    return prune
+
+
+def trial_status(run_dir: Path) -> str | None:
+    """The status a trial's run wrote in its metrics.json (completed, pruned, ...), None without one."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text())["status"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 def objective(result) -> float | None:

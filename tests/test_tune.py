@@ -54,3 +54,24 @@ def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seed
     rows = [line for line in summary.splitlines() if line.startswith("| ") and "optimizer=" in line]
     assert len(rows) == 2 and all("4 completed" in row and "optimizer.lr=" in row for row in rows)
     assert "| variant | tuned | trials | n |" in summary
+
+
+@pytest.mark.slow
+def test_the_median_pruner_stops_hopeless_trials_at_an_epoch_and_none_turns_it_off(tmp_path):
+    common = ["-m", "hydra/sweeper=tune", "optimizer=sgd", "optimizer.lr=tag(log,interval(0.0001,0.5))",
+              "hydra.sweeper.trials=6", "hydra.sweeper.seeds=1", "trainer.max_epochs=3", "data.train_size=1000"]  # fmt: skip
+    for pruner, sweep in (("median", tmp_path / "median"), ("none", tmp_path / "none")):
+        result = run_cli(*common, f"hydra.sweeper.pruner={pruner}", f"hydra.sweep.dir={sweep}")
+        assert result.returncode == 0, result.stderr
+        study = optuna.load_study(study_name="all", storage=f"sqlite:///{sweep / 'study.db'}")  # one variant
+        states = [t.state for t in study.trials]
+        pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+        if pruner == "none":
+            assert states == [optuna.trial.TrialState.COMPLETE] * 6
+            continue
+        assert len(states) == 6 and pruned and states[:2] == [optuna.trial.TrialState.COMPLETE] * 2
+        for trial in pruned:
+            metrics = json.loads((sweep / "tune" / "all" / f"trial-{trial.number}" / "metrics.json").read_text())
+            assert metrics["status"] == "pruned" and 2 <= metrics["epochs"] < 3 and metrics["test_acc"] is None
+            assert [e["val_acc"] for e in metrics["history"]] == [trial.intermediate_values[e] for e in (1, 2)]
+        assert f"{6 - len(pruned)} completed, {len(pruned)} pruned" in (sweep / "summary.md").read_text()

@@ -5,16 +5,34 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
-from runner.tune import PHASE_ENV, STUDY_FILE, label, log, objective, quoted, split
+from runner.tune import (
+    PHASE_ENV,
+    PRUNERS,
+    STUDY_FILE,
+    TRIAL_ENV,
+    label,
+    log,
+    make_pruner,
+    objective,
+    quoted,
+    split,
+    trial_status,
+)  # fmt: skip
 
 
 class TuneSweeper(Sweeper):
-    def __init__(self, trials: int = 8, seeds: int = 3, sampler_seed: int = 0, params: dict | None = None):
+    def __init__(
+        self, trials: int = 8, seeds: int = 3, sampler_seed: int = 0, pruner: str = "median", params: dict | None = None
+    ):
         super().__init__()
+        if pruner not in PRUNERS:
+            raise HydraException(f"hydra.sweeper.pruner={pruner!r} is not known; allowed: {', '.join(PRUNERS)}")
         self.trials, self.seeds, self.sampler_seed, self.params = trials, seeds, sampler_seed, params or {}
+        self.pruner = pruner
         self.job_index = 0
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -29,6 +47,16 @@ class TuneSweeper(Sweeper):
         results = self.launcher.launch(jobs, initial_job_idx=self.job_index)
         self.job_index += len(jobs)
         return list(results)
+
+    def trial_job(self, space, variant: list[str], name: str, storage: str, trial) -> list[str]:
+        """A trial's overrides: the variant, the trial's values, its directory, its phase and, with a
+        pruner, where the run reports each epoch (Optuna keeps the trial's id private: no public getter)."""
+        job = [*space.fixed, *variant, *(f"{k}={v}" for k, v in trial.params.items()),
+               quoted("hydra.sweep.subdir", f"tune/{name}/trial-{trial.number}"),
+               f"++hydra.job.env_set.{PHASE_ENV}=tune/{trial.number}"]  # fmt: skip
+        if self.pruner != "none":
+            job.append(quoted(f"++hydra.job.env_set.{TRIAL_ENV}", f"{self.pruner}|{storage}|{name}|{trial._trial_id}"))
+        return job
 
     def batch_size(self) -> int:
         n = self.config.hydra.launcher.get("n_jobs")
@@ -50,20 +78,19 @@ class TuneSweeper(Sweeper):
             name = label(variant)
             study = optuna.create_study(
                 study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                sampler=optuna.samplers.TPESampler(seed=self.sampler_seed),
+                sampler=optuna.samplers.TPESampler(seed=self.sampler_seed), pruner=make_pruner(self.pruner),
             )  # fmt: skip
             while len(study.trials) < self.trials:
                 asked = [study.ask(space.params) for _ in range(min(self.batch_size(), self.trials - len(study.trials)))]
-                jobs = [
-                    [*space.fixed, *variant, *(f"{k}={v}" for k, v in t.params.items()),
-                     quoted("hydra.sweep.subdir", f"tune/{name}/trial-{t.number}"),
-                     f"++hydra.job.env_set.{PHASE_ENV}=tune/{t.number}"]
-                    for t in asked
-                ]  # fmt: skip
+                jobs = [self.trial_job(space, variant, name, storage, t) for t in asked]
                 for trial, result in zip(asked, self.launch(jobs), strict=True):
+                    returns.append(result)
+                    run_dir = sweep_dir / "tune" / name / f"trial-{trial.number}"
+                    if trial_status(run_dir) == "pruned":
+                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                        continue
                     value = objective(result)
                     study.tell(trial, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
-                    returns.append(result)
             best = study.best_trial
             log.info(f"{name}: best of {len(study.trials)} trials: {best.params} (val acc {best.value:.4f})")
             fixed = [o for o in space.fixed if not o.startswith("seed=")]  # the finals take fresh seeds
