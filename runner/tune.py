@@ -6,8 +6,8 @@
 Comma lists are the variants (their cartesian product, as a plain sweep runs them); Hydra's sweep
 functions are the search space: `interval(a,b)` a float, `tag(log, interval(a,b))` on a log scale,
 `range(a,b)` an integer from a to b-1 (as Python's range), `choice(a,b,c)` categorical. Each variant
-gets an Optuna study of `trials` trials (TPE seeded with `sampler_seed`, in `study.db`, SQLite, in
-the sweep directory); each trial is an ordinary run under `tune/<variant>/trial-<n>/`, scored by its
+gets an Optuna study of `trials` trials (TPE, seeded per trial from `sampler_seed`, in `study.db`,
+SQLite, in the sweep directory; run again in the same sweep directory, it continues); each trial is an ordinary run under `tune/<variant>/trial-<n>/`, scored by its
 best validation accuracy (never the test set). The best trial's values are then run with `seeds`
 fresh seeds (the seeds after the config's `seed`, which the trials use) under
 `final/<variant>/seed=<s>/`, and the summary compares those final runs (runner.report).
@@ -74,6 +74,16 @@ def label(variant: list[str]) -> str:
 
 def quoted(key: str, value: str) -> str:
     return f"{key}='{value}'"
+
+
+def sampler(seed: int, number: int):
+    """The TPE sampler that draws trial `number`: seeded from (sampler_seed, number), so that a trial's
+    values depend on the seed and the trials before it only, and a resumed sweep draws what an
+    uninterrupted one would. The variants draw alike: trial n of each starts from the same values."""
+    import numpy as np
+    import optuna
+
+    return optuna.samplers.TPESampler(seed=int(np.random.SeedSequence([seed, number]).generate_state(1)[0]))
 
 
 def make_pruner(name: str):

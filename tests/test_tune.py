@@ -2,10 +2,11 @@
 embedded digits, final runs on fresh seeds, and the summary of those."""
 
 import json
+import signal
 
 import optuna
 import pytest
-from helpers import run_cli
+from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from runner.tune import split
@@ -75,3 +76,31 @@ def test_the_median_pruner_stops_hopeless_trials_at_an_epoch_and_none_turns_it_o
             assert metrics["status"] == "pruned" and 2 <= metrics["epochs"] < 3 and metrics["test_acc"] is None
             assert [e["val_acc"] for e in metrics["history"]] == [trial.intermediate_values[e] for e in (1, 2)]
         assert f"{6 - len(pruned)} completed, {len(pruned)} pruned" in (sweep / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_stopped_tuned_sweep_continues_to_the_same_totals_and_its_stopped_trial_resumes_bitwise(tmp_path):
+    args = ["-m", "hydra/sweeper=tune", "optimizer=sgd,adam", "optimizer.lr=tag(log,interval(0.0001,0.5))",
+            "hydra.sweeper.trials=3", "hydra.sweeper.seeds=1", "hydra.sweeper.pruner=none", "trainer.max_epochs=2",
+            "data.train_size=1000", "data.batch_size=16", "trainer.checkpoint_every_minutes=0.0001"]  # fmt: skip
+    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
+    assert run_cli(*args, f"hydra.sweep.dir={reference}").returncode == 0
+    process = start_cli(*args, f"hydra.sweep.dir={sweep}")
+    stopped = sweep / "tune" / "optimizer=sgd" / "trial-1"
+    wait_for_checkpoint_at_step(stopped, 20)  # of 2 x 56 steps
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0 and json.loads((stopped / "metrics.json").read_text())["status"] == "interrupted", output
+    again = run_cli(*args, f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout + again.stderr
+    for name in ("optimizer=sgd", "optimizer=adam"):
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'study.db'}")
+        assert [t.number for t in study.trials] == [0, 1, 2]  # the same total, numbered on
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        for trial in study.trials:
+            assert_bitwise_equal(
+                outcome(sweep / "tune" / name / f"trial-{trial.number}"),
+                outcome(reference / "tune" / name / f"trial-{trial.number}"),
+            )
+    assert (sweep / "summary.md").read_text().count("3 completed") == 2

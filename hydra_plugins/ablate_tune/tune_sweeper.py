@@ -19,6 +19,7 @@ from runner.tune import (
     make_pruner,
     objective,
     quoted,
+    sampler,
     split,
     trial_status,
 )  # fmt: skip
@@ -78,19 +79,24 @@ class TuneSweeper(Sweeper):
             name = label(variant)
             study = optuna.create_study(
                 study_name=name, storage=storage, direction="maximize", load_if_exists=True,
-                sampler=optuna.samplers.TPESampler(seed=self.sampler_seed), pruner=make_pruner(self.pruner),
+                pruner=make_pruner(self.pruner),
             )  # fmt: skip
-            while len(study.trials) < self.trials:
-                asked = [study.ask(space.params) for _ in range(min(self.batch_size(), self.trials - len(study.trials)))]
-                jobs = [self.trial_job(space, variant, name, storage, t) for t in asked]
-                for trial, result in zip(asked, self.launch(jobs), strict=True):
+            # trials a stopped sweep left running: their runs resume from their checkpoints
+            left = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+            while left or len(study.trials) < self.trials:
+                batch = left[: self.batch_size()]
+                left = left[len(batch) :]
+                while len(batch) < self.batch_size() and len(study.trials) < self.trials:
+                    study.sampler = sampler(self.sampler_seed, len(study.trials))
+                    batch.append(study.ask(space.params))
+                jobs = [self.trial_job(space, variant, name, storage, t) for t in batch]
+                for trial, result in zip(batch, self.launch(jobs), strict=True):
                     returns.append(result)
-                    run_dir = sweep_dir / "tune" / name / f"trial-{trial.number}"
-                    if trial_status(run_dir) == "pruned":
-                        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                    if trial_status(sweep_dir / "tune" / name / f"trial-{trial.number}") == "pruned":
+                        study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
                         continue
                     value = objective(result)
-                    study.tell(trial, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
+                    study.tell(trial.number, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
             best = study.best_trial
             log.info(f"{name}: best of {len(study.trials)} trials: {best.params} (val acc {best.value:.4f})")
             fixed = [o for o in space.fixed if not o.startswith("seed=")]  # the finals take fresh seeds
