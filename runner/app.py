@@ -25,12 +25,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import distributed, schema
+from runner import distributed, schema, tune
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 FULL_ERROR = "HYDRA_FULL_ERROR"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # a name to compare, not imported
+TUNE_SWEEPER = "hydra_plugins.ablate_tune.tune_sweeper.TuneSweeper"
 
 
 @hydra.main(config_path=str(CONFIGS), config_name="config", version_base="1.3")
@@ -114,10 +115,13 @@ class CheckFirst(Callback):
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """The overrides of each job the sweep will launch: every combination of the swept values, in
-    the order of Hydra's basic sweeper; under another sweeper, only the fixed overrides."""
+    the order of Hydra's basic sweeper; for a tuned sweep, each variant at the ends of its search
+    space; under another sweeper, only the fixed overrides."""
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
+    if config.hydra.sweeper.get("_target_") == TUNE_SWEEPER:
+        return tune.checked_jobs(overrides)
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         return [[o.input_line for o in overrides if not o.is_sweep_override()]]
     choices = [

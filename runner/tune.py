@@ -68,6 +68,20 @@ def split(overrides: list[Override]) -> Space:
     return Space([list(v) for v in itertools.product(*variants)], params, fixed)
 
 
+def checked_jobs(overrides: list[Override]) -> list[list[str]]:
+    """Configs to check before a tuned sweep starts: each variant, with each searched key at each
+    end of its range (or each of its choices), so that no trial can draw a value the check refuses."""
+    space = split(overrides)
+    ends = {
+        key: list(d.choices) if hasattr(d, "choices") else [d.low, d.high] for key, d in space.params.items()
+    }
+    jobs = []
+    for variant in space.variants:
+        jobs.append([*space.fixed, *variant])
+        jobs += [[*space.fixed, *variant, f"{key}={value}"] for key, values in ends.items() for value in values]
+    return jobs
+
+
 def label(variant: list[str]) -> str:
     return ",".join(variant) or "all"
 

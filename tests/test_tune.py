@@ -104,3 +104,17 @@ def test_a_stopped_tuned_sweep_continues_to_the_same_totals_and_its_stopped_tria
                 outcome(reference / "tune" / name / f"trial-{trial.number}"),
             )
     assert (sweep / "summary.md").read_text().count("3 completed") == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["optimizer=sgd,nope", "optimizer.lr=interval(0.001,0.1)"], "optimizer=nope is not known; allowed: adam, adamw, momentum, nesterov, sgd"),
+        (["optimizer=sgd,adam", "optimizer.lr=interval(0,0.5)"], "optimizer.lr=0 is not allowed; allowed: a number > 0"),
+        (["model.pool=choice(max,min)"], "model.pool='min' is not known; allowed: max, avg, null"),
+    ],
+)
+def test_a_tuned_sweep_is_checked_at_the_ends_of_its_search_space_before_anything_is_written(tmp_path, overrides, message):
+    result = run_cli("-m", "hydra/sweeper=tune", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
+    assert not (tmp_path / "sweep").exists()
