@@ -105,9 +105,13 @@ class CheckFirst(Callback):
         errors_as_usual()
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        tuned = config.hydra.sweeper.get("_target_") == TUNE_SWEEPER
         for overrides in sweep_jobs(config):
             try:
-                schema.validate(GlobalHydra.instance().config_loader().load_sweep_config(config, overrides))
+                job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
+                schema.validate(job)
+                if tuned:
+                    tune.check_job(job)
             except (schema.ConfigError, HydraException, OmegaConfBaseException) as e:
                 refuse(e, overrides)
         errors_as_usual()

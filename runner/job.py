@@ -172,6 +172,7 @@ def run_job(cfg: DictConfig) -> float | None:
         checkpoint=(lambda state: checkpoint.save(last, {**state, "config": config})) if world.main else None,
         diagnostics=Diagnostics(parts.model) if cfg.trainer.diagnostics else None,
         world=world, train_model=parts.train_model, prune=None if world.active else trial_pruner(),
+        meet_test=not os.environ.get(PHASE_ENV, "").startswith("tune/"),  # a tuned sweep's trial: validation only
     )  # fmt: skip
     if saved:
         trainer.load_state_dict(saved)

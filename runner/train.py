@@ -134,10 +134,12 @@ class Trainer:
         world: World | None = None,
         train_model: torch.nn.Module | None = None,
         prune=None,
+        meet_test: bool = True,
     ):
         """`train_model`: the module the steps run through (`model` in DDP); `model` is evaluated and saved.
         `prune(epoch, val_acc)`, if given, is asked after each epoch whether to stop the run there (a
-        hopeless trial of a tuned sweep): the run ends with status `pruned`, without the test set."""
+        hopeless trial of a tuned sweep): the run ends with status `pruned`, without the test set.
+        `meet_test=False` (a tuned sweep's trial) leaves the test set alone: only the final runs meet it."""
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.world = world or World()
         self.train_model = train_model or model
@@ -148,6 +150,7 @@ class Trainer:
         self.autocast_dtype = autocast_dtype
         self.device = next(model.parameters()).device
         self.logger, self.progress, self.checkpoint, self.prune = logger, progress, checkpoint, prune
+        self.meet_test = meet_test
         self.diagnostics, self.histograms = diagnostics, cfg.histograms
         self.epoch = 0  # epochs finished
         self.batch = 0  # batches finished in the running epoch
@@ -231,7 +234,7 @@ class Trainer:
         self.result.train_seconds = time.perf_counter() - start
         if self.stop_signal is not None and self.epoch < self.max_epochs and self.result.status == "completed":
             self.result.status = "interrupted"  # the checkpoint was written where it stopped
-        if self.result.status == "completed":
+        if self.result.status == "completed" and self.meet_test:
             self.result.test_loss, self.result.test_acc = self.evaluate(self.test_batches)
             final = {"loss/test": self.result.test_loss, "acc/test": self.result.test_acc}
             if self.result.best_val_acc is not None:

@@ -82,6 +82,17 @@ def checked_jobs(overrides: list[Override]) -> list[list[str]]:
     return jobs
 
 
+def check_job(cfg) -> None:
+    """What a tuned sweep needs of each job's config: a validation split to score its trials on."""
+    from runner.rules import ConfigError, show
+
+    if not cfg.data.val_fraction:
+        raise ConfigError(
+            f"data.val_fraction={show(cfg.data.val_fraction)} is not allowed in a tuned sweep (hydra/sweeper=tune): "
+            "its trials are scored on the validation split, never on the test set; allowed: 0 < val_fraction < 1"
+        )
+
+
 def label(variant: list[str]) -> str:
     return ",".join(variant) or "all"
 

@@ -44,7 +44,8 @@ def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seed
         for trial in study.trials:
             metrics = json.loads((sweep / "tune" / name / f"trial-{trial.number}" / "metrics.json").read_text())
             assert metrics["tune"] == {"phase": "tune", "trial": trial.number} and metrics["seed"] == 0
-            assert metrics["best_val_acc"] == pytest.approx(trial.value)  # scored on validation, not test
+            assert metrics["best_val_acc"] == pytest.approx(trial.value)  # scored on validation
+            assert metrics["test_acc"] is None  # only the final runs meet the test set
             assert f"optimizer.lr={trial.params['optimizer.lr']}" in metrics["command"]
         for seed in (1, 2):  # fresh seeds, never the tuning seed
             final = json.loads((sweep / "final" / name / f"seed={seed}" / "metrics.json").read_text())
@@ -112,6 +113,11 @@ def test_a_stopped_tuned_sweep_continues_to_the_same_totals_and_its_stopped_tria
         (["optimizer=sgd,nope", "optimizer.lr=interval(0.001,0.1)"], "optimizer=nope is not known; allowed: adam, adamw, momentum, nesterov, sgd"),
         (["optimizer=sgd,adam", "optimizer.lr=interval(0,0.5)"], "optimizer.lr=0 is not allowed; allowed: a number > 0"),
         (["model.pool=choice(max,min)"], "model.pool='min' is not known; allowed: max, avg, null"),
+        (
+            ["optimizer.lr=interval(0.001,0.1)", "data.val_fraction=0"],
+            "data.val_fraction=0 is not allowed in a tuned sweep (hydra/sweeper=tune): its trials are scored on the "
+            "validation split, never on the test set; allowed: 0 < val_fraction < 1",
+        ),
     ],
 )
 def test_a_tuned_sweep_is_checked_at_the_ends_of_its_search_space_before_anything_is_written(tmp_path, overrides, message):

@@ -97,6 +97,9 @@ class TuneSweeper(Sweeper):
                         continue
                     value = objective(result)
                     study.tell(trial.number, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
+            if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+                log.error(f"{name}: no trial completed (see tune/{name}/); no final runs for this variant")
+                continue
             best = study.best_trial
             log.info(f"{name}: best of {len(study.trials)} trials: {best.params} (val acc {best.value:.4f})")
             fixed = [o for o in space.fixed if not o.startswith("seed=")]  # the finals take fresh seeds
