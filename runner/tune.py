@@ -7,8 +7,9 @@ Comma lists are the variants (their cartesian product, as a plain sweep runs the
 functions are the search space: `interval(a,b)` a float, `tag(log, interval(a,b))` on a log scale,
 `range(a,b)` an integer from a to b-1 (as Python's range), `choice(a,b,c)` categorical. Each variant
 gets an Optuna study of `trials` trials (TPE, seeded per trial from `sampler_seed`, in `study.db`,
-SQLite, in the sweep directory; run again in the same sweep directory, it continues); each trial is an ordinary run under `tune/<variant>/trial-<n>/`, scored by its
-best validation accuracy (never the test set). The best trial's values are then run with `seeds`
+SQLite, in the sweep directory; run again in the same sweep directory, it continues). Each trial is
+an ordinary run under `tune/<variant>/trial-<n>/`, scored by its best validation accuracy; it does
+not meet the test set. The best trial's values are then run with `seeds`
 fresh seeds (the seeds after the config's `seed`, which the trials use) under
 `final/<variant>/seed=<s>/`, and the summary compares those final runs (runner.report).
 Jobs go through the chosen launcher (`hydra/launcher=joblib` runs a batch of trials at once).
