@@ -1,6 +1,6 @@
 """The seed's own update equations as torch optimizers (`optimizer.impl=textbook`).
 
-Each class runs one equation of DESIGN.md ("The seed's semantics") with foreach ops over the
+Each class runs one of the seed's update equations, as written, with foreach ops over the
 parameters of a param group that have a gradient (a parameter whose grad is None is skipped).
 The learning rate is read from `param_groups` at every step, so torch's lr schedulers drive
 these optimizers as they drive torch.optim; all state lives in `self.state` and round-trips

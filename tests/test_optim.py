@@ -1,4 +1,4 @@
-"""The seed's semantics for optimizers and schedules (DESIGN.md, "The seed's semantics").
+"""The seed's semantics for optimizers and schedules.
 
 Optimizers come from `runner.parts.build_optimizer(cfg.optimizer, params)` and schedules from
 `parts.build_schedule(cfg.sched, optimizer, steps_per_epoch, epochs)`, with `cfg` composed
