@@ -1,4 +1,4 @@
-"""The seed's semantics for models (the README: model, and the seed's network), checked on the real code.
+"""The seed's semantics for models (README, section "model"), checked on the real code.
 
 Every model is built with `runner.parts.build_model` from the real YAML configs, composed with Hydra,
 and checked on tiny tensors against the seed's equations computed by hand.
