@@ -106,7 +106,11 @@ class CheckFirst(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         tuned = config.hydra.sweeper.get("_target_") == TUNE_SWEEPER
-        for overrides in sweep_jobs(config):
+        try:
+            jobs = sweep_jobs(config)
+        except schema.ConfigError as e:
+            refuse(e, [])
+        for overrides in jobs:
             try:
                 job = GlobalHydra.instance().config_loader().load_sweep_config(config, overrides)
                 schema.validate(job)
@@ -121,11 +125,11 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """The overrides of each job the sweep will launch: every combination of the swept values, in
     the order of Hydra's basic sweeper; for a tuned sweep, each variant at the ends of its search
     space; under another sweeper, only the fixed overrides."""
-    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
-    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
     if config.hydra.sweeper.get("_target_") == TUNE_SWEEPER:
-        return tune.checked_jobs(overrides)
+        return tune.checked_jobs(parser.parse_overrides(tune.sweep_overrides(config, list(config.hydra.overrides.task))))
+    params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
+    overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
         return [[o.input_line for o in overrides if not o.is_sweep_override()]]
     choices = [
@@ -221,5 +225,9 @@ def main() -> None:
         if not _user_full_error:
             raise  # after the config was checked: Hydra reported it already, or HYDRA_FULL_ERROR=1 wants it raised
         refuse(e, sys.argv[1:])  # while composing
+    except SystemExit as e:
+        distributed.leave(e.code)
+        raise
     finally:
         errors_as_usual()
+    distributed.leave(0)
