@@ -1,5 +1,6 @@
 """Plots of a comparison (matplotlib, written as PNG): validation accuracy and train loss per
-epoch for each variant with a ±std band over seeds, and final test accuracy with error bars."""
+epoch for each variant with a ±std band over seeds, final test accuracy with error bars, and for
+a tuned sweep, how each tuned parameter moved the trials' validation accuracy."""
 
 from pathlib import Path
 
@@ -60,4 +61,59 @@ def write_plots(variants: list, out: Path) -> list[Path]:
     fig.savefig(out / "test_acc.png", dpi=120)
     plt.close(fig)
     written.append(out / "test_acc.png")
+    return written
+
+
+def trial_score(trial) -> float | None:
+    """What a trial reached: its best validation accuracy, or for a pruned trial the last it reported."""
+    if trial.value is not None:
+        return trial.value
+    reported = trial.intermediate_values
+    return reported[max(reported)] if reported else None
+
+
+def write_sensitivity(studies: dict, out: Path) -> list[Path]:
+    """plots/sensitivity_<key>.png for each tuned key: each trial's validation accuracy against the
+    value it drew, one colour per variant (filled: completed, hollow: pruned, star: the chosen value),
+    on a log axis for a log-scale key, with the choices side by side for a categorical one."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.distributions import CategoricalDistribution
+    from optuna.trial import TrialState
+
+    keys = sorted({k for study in studies.values() for t in study.trials for k in t.distributions})
+    written = []
+    for key in keys:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        dist = next(t.distributions[key] for s in studies.values() for t in s.trials if key in t.distributions)
+        choices = list(dist.choices) if isinstance(dist, CategoricalDistribution) else None
+        for i, (label, study) in enumerate(studies.items()):
+            color = f"C{i % 10}"
+            trials = [t for t in study.trials if key in t.params and trial_score(t) is not None]
+            shift = 0.08 * (i - (len(studies) - 1) / 2)  # categorical: the variants side by side
+            xs = {t.number: choices.index(t.params[key]) + shift if choices else t.params[key] for t in trials}
+            for state, face in ((TrialState.COMPLETE, color), (TrialState.PRUNED, "none")):
+                chosen = [t for t in trials if t.state == state]
+                ax.scatter([xs[t.number] for t in chosen], [trial_score(t) for t in chosen], s=30, facecolors=face,
+                           edgecolors=color, label=label if state == TrialState.COMPLETE else None)  # fmt: skip
+            complete = [t for t in trials if t.state == TrialState.COMPLETE]
+            if complete:
+                best = max(complete, key=lambda t: t.value)
+                ax.scatter([xs[best.number]], [best.value], s=160, marker="*", color=color, edgecolors="black", zorder=3)
+        if choices:
+            ax.set_xticks(range(len(choices)), [str(c) for c in choices])
+        elif getattr(dist, "log", False):
+            ax.set_xscale("log")
+        ax.set_xlabel(key)
+        ax.set_ylabel("best validation accuracy")
+        ax.set_title(f"{key}: each trial (hollow: pruned, at the epoch it stopped; star: chosen)", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"sensitivity_{key}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
     return written

@@ -72,7 +72,7 @@ def load_run(path: Path) -> Run:
     config_file = path / ".hydra" / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False) if config_file.exists() else {}
     values = {g: v for g, v in (metrics.get("choices") or {}).items() if v is not None}
-    values.update({k: v for k, v in _flatten(config).items() if k != "seed"})
+    values.update({k: v for k, v in _flatten(config).items() if k != "seed" and not k.startswith("search_space.")})
     return Run(path, metrics, values)
 
 
@@ -177,23 +177,28 @@ def short(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def tuning_columns(sweep_dir: Path, found: list[Variant]) -> dict[str, list[str]]:
-    """For a tuned sweep (runner.tune): each variant's tuned values, as its final runs have them,
-    and how its trials ended, from the runs under `tune/<variant>/`."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def studies(sweep_dir: Path, found: list[Variant]) -> dict:
+    """For a tuned sweep (runner.tune): each variant's Optuna study, from the sweep's study.db."""
+    import optuna
 
-    from runner.tune import split
+    from runner.tune import STUDY_FILE
 
-    task = OmegaConf.load(sweep_dir / "multirun.yaml").hydra.overrides.task
-    tuned = list(split(OverridesParser.create().parse_overrides(list(task))).params)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
+    # a variant's final runs are final/<study name>/seed=<s>
+    return {v.label: optuna.load_study(study_name=v.runs[0].path.parent.name, storage=storage) for v in found}
+
+
+def tuning_columns(tuned: dict) -> dict[str, list[str]]:
+    """Each variant's tuned values (its best trial's) and how its trials ended."""
     columns = {}
-    for v in found:
-        name = v.runs[0].path.parent.name  # final/<variant>/seed=<s>
-        trials = [json.loads(p.read_text())["status"] for p in sorted((sweep_dir / "tune" / name).glob("*/metrics.json"))]
-        counts = {s: trials.count(s) for s in sorted(set(trials))}
-        columns[v.label] = [
-            ", ".join(f"{k}={short(v.runs[0].values.get(k))}" for k in tuned) or "-",
-            ", ".join(f"{n} {s}" for s, n in counts.items()) or "-",
+    for label, study in tuned.items():
+        states = [t.state.name.lower() for t in study.trials]
+        counts = {s: states.count(s) for s in sorted(set(states))}
+        best = study.best_trial if "complete" in counts else None
+        columns[label] = [
+            ", ".join(f"{k}={short(v)}" for k, v in best.params.items()) if best else "-",
+            ", ".join(f"{n} {'completed' if s == 'complete' else s}" for s, n in counts.items()) or "-",
         ]
     return columns
 
@@ -209,14 +214,16 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
     keys, found = variants(runs)
     write_csv(out / "summary.csv", keys, runs)
     header, rows = variant_rows(found)
-    if tuned is not None:
-        columns = tuning_columns(tuned, found)
+    tuned_studies = studies(tuned, found) if tuned is not None else {}
+    if tuned_studies:
+        columns = tuning_columns(tuned_studies)
         header = [header[0], "tuned", "trials", *header[1:]]
         rows = [[row[0], *columns[row[0]], *row[1:]] for row in rows]
     write_markdown(out / "summary.md", header, rows, paths)
     from runner import plots
 
     plots.write_plots(found, out / "plots")
+    plots.write_sensitivity(tuned_studies, out / "plots")
     if not quiet:
         from rich.console import Console
         from rich.table import Table

@@ -21,7 +21,7 @@ from omegaconf.errors import OmegaConfBaseException
 from runner import GROUPS, targets
 from runner.rules import RULES, ConfigError, allowed, check_value, refuse, show
 
-TOP_KEYS = (*GROUPS, "seed")
+TOP_KEYS = (*GROUPS, "seed", "search_space")
 
 
 def validate(cfg) -> None:
@@ -35,6 +35,8 @@ def validate(cfg) -> None:
         if isinstance(cfg, DictConfig) and OmegaConf.is_missing(cfg, key):
             raise ConfigError(f"{key} has no value; allowed: {allowed(key) if key == 'seed' else 'a choice of ' + key}")
     check_value("seed", cfg["seed"])
+    if not isinstance(cfg.get("search_space"), (DictConfig, type(None))):
+        raise refuse("search_space", cfg["search_space"], "a mapping of keys to sweeps: {optimizer: {lr: 'interval(0.001,0.1)'}}")
     for group in GROUPS:
         check(group, cfg[group])
     check_relations(cfg)

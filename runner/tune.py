@@ -55,6 +55,39 @@ def distribution(override: Override):
     return d.CategoricalDistribution(list(sweep.list))
 
 
+def flat(node, prefix: str = "") -> dict[str, str]:
+    """`{"optimizer": {"lr": "interval(...)"}}` as `{"optimizer.lr": "interval(...)"}`."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: str(node)}
+    return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+
+
+def sweep_overrides(config, arguments: list[str]) -> list[str]:
+    """A tuned sweep's overrides: the preset's `search_space`, then `hydra.sweeper.params` (less a
+    preset's seed list: a tuned sweep picks its own seeds), then the command line; a key given
+    later replaces one given earlier, so `optimizer.lr=0.01` pins what a preset would search."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from runner.rules import ConfigError
+
+    parser = OverridesParser.create()
+    for o in parser.parse_overrides(arguments):
+        if o.get_key_element() == "seed" and o.is_sweep_override():
+            raise ConfigError(
+                f"{o.input_line} is not allowed in a tuned sweep (hydra/sweeper=tune): its trials "
+                "run with the config's seed and its final runs with fresh seeds after it; allowed: seed=N, hydra.sweeper.seeds=N"
+            )
+    space = flat(OmegaConf.to_container(config.get("search_space") or OmegaConf.create({})))
+    params = {k: str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items() if k != "seed"}
+    by_key = {}
+    for line in [*(f"{k}={v}" for k, v in {**space, **params}.items()), *arguments]:
+        (o,) = parser.parse_overrides([line])
+        by_key.pop(o.get_key_element(), None)  # the later one goes last, in its place on the command line
+        by_key[o.get_key_element()] = line
+    return list(by_key.values())
+
+
 def split(overrides: list[Override]) -> Space:
     """Comma lists are variants; interval, range and choice(...) are the search space."""
     variants, params, fixed = [], {}, []

@@ -7,9 +7,12 @@ import signal
 import optuna
 import pytest
 from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from runner.tune import split
+from runner.fixtures import CONFIGS
+from runner.plots import write_sensitivity
+from runner.tune import split, sweep_overrides
 
 
 def test_comma_lists_are_variants_and_sweep_functions_the_search_space():
@@ -56,6 +59,64 @@ def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seed
     rows = [line for line in summary.splitlines() if line.startswith("| ") and "optimizer=" in line]
     assert len(rows) == 2 and all("4 completed" in row and "optimizer.lr=" in row for row in rows)
     assert "| variant | tuned | trials | n |" in summary
+    assert (sweep / "plots" / "sensitivity_optimizer.lr.png").read_bytes().startswith(b"\x89PNG")
+
+
+def preset_overrides(*overrides: str) -> list[str]:
+    """What a tuned sweep of `experiment=optimizers` would search and vary, given `overrides`."""
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        config = compose("config", ["experiment=optimizers", "hydra/sweeper=tune"], return_hydra_config=True)
+    return sweep_overrides(config, list(overrides))
+
+
+def test_a_preset_declares_its_search_space_and_the_command_line_pins_or_replaces_it():
+    assert preset_overrides() == ["optimizer.lr=tag(log, interval(0.0001, 0.5))", "optimizer=sgd,momentum,nesterov,adam"]
+    assert preset_overrides("optimizer.lr=0.01", "optimizer=sgd,adam") == ["optimizer.lr=0.01", "optimizer=sgd,adam"]
+    assert preset_overrides("optimizer.lr=interval(0.01,0.1)")[-1] == "optimizer.lr=interval(0.01,0.1)"
+
+
+@pytest.mark.slow
+def test_run_m_experiment_optimizers_with_the_tune_sweeper_tunes_each_optimizer_on_a_log_scale(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "experiment=optimizers", "hydra/sweeper=tune", "hydra.sweeper.trials=2", "hydra.sweeper.seeds=1",
+        "data=mnist_5k", "data.train_size=500", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for name in ("optimizer=sgd", "optimizer=momentum", "optimizer=nesterov", "optimizer=adam"):
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'study.db'}")
+        (lr,) = {t.distributions["optimizer.lr"] for t in study.trials}
+        assert (lr.low, lr.high, lr.log, len(study.trials)) == (0.0001, 0.5, True, 2)
+        assert [p.name for p in (sweep / "final" / name).iterdir()] == ["seed=1"]  # the preset's seed list is not a variant
+    assert "seed=" not in (sweep / "summary.md").read_text().split("| variant |")[1]
+
+
+def test_a_seed_list_in_a_tuned_sweep_is_refused_in_one_line(tmp_path):
+    result = run_cli("-m", "hydra/sweeper=tune", "seed=0,1", "optimizer.lr=interval(0.001,0.1)", f"hydra.sweep.dir={tmp_path}/s")
+    assert (result.returncode, result.stderr) == (2, (
+        "error: seed=0,1 is not allowed in a tuned sweep (hydra/sweeper=tune): its trials run with the config's seed "
+        "and its final runs with fresh seeds after it; allowed: seed=N, hydra.sweeper.seeds=N\n"
+    ))  # fmt: skip
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_sensitivity_plots_draw_every_tuned_key_of_real_studies_pruned_trials_too(tmp_path):
+    space = {
+        "optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 0.5, log=True),
+        "model.blocks": optuna.distributions.IntDistribution(1, 3),
+        "model.pool": optuna.distributions.CategoricalDistribution(["max", "avg"]),
+    }
+    studies = {}
+    for name in ("optimizer=sgd", "optimizer=adam"):
+        study = optuna.create_study(study_name=name, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        for n in range(4):
+            trial = study.ask(space)
+            trial.report(0.1 * n, step=1)
+            study.tell(trial, 0.2 * n if n != 1 else None, state=optuna.trial.TrialState.PRUNED if n == 1 else None)
+        studies[name] = study
+    written = write_sensitivity(studies, tmp_path)
+    assert sorted(p.name for p in written) == [f"sensitivity_{k}.png" for k in sorted(space)]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in written)
 
 
 @pytest.mark.slow

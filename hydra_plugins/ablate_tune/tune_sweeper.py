@@ -21,6 +21,7 @@ from runner.tune import (
     quoted,
     sampler,
     split,
+    sweep_overrides,
     trial_status,
 )  # fmt: skip
 
@@ -32,7 +33,7 @@ class TuneSweeper(Sweeper):
         super().__init__()
         if pruner not in PRUNERS:
             raise HydraException(f"hydra.sweeper.pruner={pruner!r} is not known; allowed: {', '.join(PRUNERS)}")
-        self.trials, self.seeds, self.sampler_seed, self.params = trials, seeds, sampler_seed, params or {}
+        self.trials, self.seeds, self.sampler_seed = trials, seeds, sampler_seed  # params: read with the config
         self.pruner = pruner
         self.job_index = 0
 
@@ -67,7 +68,7 @@ class TuneSweeper(Sweeper):
         import optuna
 
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        space = split(parser.parse_overrides([*(f"{k}={v}" for k, v in self.params.items()), *arguments]))
+        space = split(parser.parse_overrides(sweep_overrides(self.config, arguments)))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
