@@ -164,6 +164,8 @@ def leave(code) -> None:
         dist.barrier()
     dist.destroy_process_group()
     logging.shutdown()
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)  # sys.exit("message"), as the interpreter would print it
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else 1)

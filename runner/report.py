@@ -189,6 +189,9 @@ def studies(sweep_dir: Path, found: list[Variant]) -> dict:
     return {v.label: optuna.load_study(study_name=v.runs[0].path.parent.name, storage=storage) for v in found}
 
 
+ENDED = {"complete": "completed", "fail": "failed"}  # Optuna's trial states, as the runs' statuses say it
+
+
 def tuning_columns(tuned: dict) -> dict[str, list[str]]:
     """Each variant's tuned values (its best trial's) and how its trials ended."""
     columns = {}
@@ -198,7 +201,7 @@ def tuning_columns(tuned: dict) -> dict[str, list[str]]:
         best = study.best_trial if "complete" in counts else None
         columns[label] = [
             ", ".join(f"{k}={short(v)}" for k, v in best.params.items()) if best else "-",
-            ", ".join(f"{n} {'completed' if s == 'complete' else s}" for s, n in counts.items()) or "-",
+            ", ".join(f"{n} {ENDED.get(s, s)}" for s, n in counts.items()) or "-",
         ]
     return columns
 
@@ -250,10 +253,19 @@ class SweepSummary(Callback):
         if not distributed.world().main:
             return  # under torchrun, rank 0 writes the summary
         sweep_dir = Path(config.hydra.sweep.dir)
-        if (sweep_dir / "final").is_dir() and (sweep_dir / "tune").is_dir():  # a tuned sweep: its final runs
-            build_report([sweep_dir / "final"], sweep_dir, tuned=sweep_dir)
-        else:
-            build_report([sweep_dir], sweep_dir)
+        report_sweep(sweep_dir, sweep_dir)
+
+
+def is_tuned(sweep_dir: Path) -> bool:
+    """A tuned sweep's directory (runner.tune): its study, trials and final runs."""
+    return all((sweep_dir / name).exists() for name in ("final", "tune", "study.db"))
+
+
+def report_sweep(sweep_dir: Path, out: Path) -> Path | None:
+    """The summary of one sweep; of a tuned sweep, its final runs, with its studies."""
+    if is_tuned(sweep_dir):
+        return build_report([sweep_dir / "final"], out, tuned=sweep_dir)
+    return build_report([sweep_dir], out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,4 +280,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: PATH={missing[0]} does not exist; allowed: run or sweep directories", file=sys.stderr)
         return 2
     out = args.out or (args.paths[0] if len(args.paths) == 1 else Path("report"))
+    if len(args.paths) == 1:
+        return 0 if report_sweep(args.paths[0], out) else 1
     return 0 if build_report(args.paths, out) else 1

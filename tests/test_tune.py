@@ -12,6 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from runner.fixtures import CONFIGS
 from runner.plots import write_sensitivity
+from runner.report import main as report_main
 from runner.tune import split, sweep_overrides
 
 
@@ -60,6 +61,9 @@ def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seed
     assert len(rows) == 2 and all("4 completed" in row and "optimizer.lr=" in row for row in rows)
     assert "| variant | tuned | trials | n |" in summary
     assert (sweep / "plots" / "sensitivity_optimizer.lr.png").read_bytes().startswith(b"\x89PNG")
+    assert report_main([str(sweep), "--out", str(tmp_path / "again")]) == 0  # the same summary from `report`
+    assert (tmp_path / "again" / "summary.md").read_text().split("\n", 3)[3] == summary.split("\n", 3)[3]
+    assert (tmp_path / "again" / "plots" / "sensitivity_optimizer.lr.png").exists()
 
 
 def preset_overrides(*overrides: str) -> list[str]:
