@@ -227,7 +227,8 @@ class Trainer:
             self.logger.scalars({k: v for k, v in values.items() if v is not None}, self.step)
             self.progress.end_epoch(entry, self.max_epochs)
             self.save()
-            if self.prune is not None and self.epoch < self.max_epochs and self.prune(self.epoch, val_acc):
+            # every epoch is reported to the study (optuna-dashboard draws them); the last is not stopped
+            if self.prune is not None and self.prune(self.epoch, val_acc) and self.epoch < self.max_epochs:
                 self.result.status = "pruned"
                 break
         self.progress.stop()

@@ -189,3 +189,27 @@ def test_a_tuned_sweep_is_checked_at_the_ends_of_its_search_space_before_anythin
     result = run_cli("-m", "hydra/sweeper=tune", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
     assert not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher, launches",
+    [(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], 3), (["hydra/launcher=submitit_local"], 5)],
+    ids=["joblib: 2 trials at once", "submitit_local: one at a time"],
+)
+def test_trials_run_through_the_chosen_launcher_and_report_each_epoch_from_its_processes(tmp_path, launcher, launches):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "hydra/sweeper=tune", *launcher, "optimizer.lr=tag(log,interval(0.001,0.5))", "hydra.sweeper.trials=4",
+        "hydra.sweeper.seeds=1", "trainer.max_epochs=2", "data.train_size=500", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="all", storage=f"sqlite:///{sweep / 'study.db'}")
+    assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert all(sorted(t.intermediate_values) == [1, 2] for t in study.trials)  # told by the job's own process
+    output = result.stdout + result.stderr
+    if "hydra/launcher=joblib" in launcher:  # two batches of two trials, then the final run
+        assert output.count("is launching") == launches and output.count("is launching 2 jobs") == 2
+    else:  # each trial, then the final run: a submitit job each
+        assert len(list((sweep / ".submitit").glob("*/*_submitted.pkl"))) == launches
+    assert json.loads((sweep / "final" / "all" / "seed=1" / "metrics.json").read_text())["status"] == "completed"

@@ -1,6 +1,7 @@
 """Hydra's sweeper plugin `hydra/sweeper=tune` (configs/hydra/sweeper/tune.yaml): the class Hydra
 instantiates must live in the hydra_plugins package; what it does is in runner.tune."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,12 @@ class TuneSweeper(Sweeper):
         return job
 
     def batch_size(self) -> int:
-        n = self.config.hydra.launcher.get("n_jobs")
+        """Trials asked for and launched at once: joblib's `n_jobs` (-1: every core, as joblib counts),
+        a submitit launcher's `array_parallelism`, else 1 (each trial learns from all before it)."""
+        launcher = self.config.hydra.launcher
+        n = launcher.get("n_jobs", launcher.get("array_parallelism"))
+        if isinstance(n, int) and n < 0:
+            n = max(1, (os.cpu_count() or 1) + 1 + n)
         return n if isinstance(n, int) and n > 0 else 1
 
     def sweep(self, arguments: list[str]) -> Any:
@@ -88,7 +94,7 @@ class TuneSweeper(Sweeper):
                 batch = left[: self.batch_size()]
                 left = left[len(batch) :]
                 while len(batch) < self.batch_size() and len(study.trials) < self.trials:
-                    study.sampler = sampler(self.sampler_seed, len(study.trials))
+                    study.sampler = sampler(self.sampler_seed, len(study.trials), self.trials)
                     batch.append(study.ask(space.params))
                 jobs = [self.trial_job(space, variant, name, storage, t) for t in batch]
                 for trial, result in zip(batch, self.launch(jobs), strict=True):
