@@ -108,7 +108,7 @@ def write_sensitivity(studies: dict, out: Path) -> list[Path]:
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel("best validation accuracy")
-        ax.set_title(f"{key}: each trial (hollow: pruned, at the epoch it stopped; star: chosen)", fontsize=10)
+        ax.set_title(f"{key}: each trial (hollow: pruned, at the epoch it stopped; 0: diverged; star: chosen)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

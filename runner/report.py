@@ -192,16 +192,22 @@ def studies(sweep_dir: Path, found: list[Variant]) -> dict:
 ENDED = {"complete": "completed", "fail": "failed"}  # Optuna's trial states, as the runs' statuses say it
 
 
-def tuning_columns(tuned: dict) -> dict[str, list[str]]:
-    """Each variant's tuned values (its best trial's) and how its trials ended."""
+def tuning_columns(sweep_dir: Path, tuned: dict) -> dict[str, list[str]]:
+    """Each variant's tuned values (its best trial's) and how its trials ended: each trial's run
+    status (completed, pruned, diverged, ...), or its state in the study where it left no run."""
+    from runner.tune import trial_status
+
     columns = {}
     for label, study in tuned.items():
-        states = [t.state.name.lower() for t in study.trials]
-        counts = {s: states.count(s) for s in sorted(set(states))}
-        best = study.best_trial if "complete" in counts else None
+        ended = [
+            trial_status(sweep_dir / "tune" / study.study_name / f"trial-{t.number}") or ENDED.get(t.state.name.lower(), t.state.name.lower())
+            for t in study.trials
+        ]  # fmt: skip
+        counts = {s: ended.count(s) for s in sorted(set(ended))}
+        best = study.best_trial if any(t.value is not None for t in study.trials) else None
         columns[label] = [
             ", ".join(f"{k}={short(v)}" for k, v in best.params.items()) if best else "-",
-            ", ".join(f"{n} {ENDED.get(s, s)}" for s, n in counts.items()) or "-",
+            ", ".join(f"{n} {s}" for s, n in counts.items()) or "-",
         ]
     return columns
 
@@ -219,7 +225,7 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
     header, rows = variant_rows(found)
     tuned_studies = studies(tuned, found) if tuned is not None else {}
     if tuned_studies:
-        columns = tuning_columns(tuned_studies)
+        columns = tuning_columns(tuned, tuned_studies)
         header = [header[0], "tuned", "trials", *header[1:]]
         rows = [[row[0], *columns[row[0]], *row[1:]] for row in rows]
     write_markdown(out / "summary.md", header, rows, paths)

@@ -31,6 +31,7 @@ PHASE_ENV = "ABLATE_TUNE"  # a job's phase and trial ("tune/3", "final/3"), for 
 TRIAL_ENV = "ABLATE_TRIAL"  # a trial's pruner, storage, study and trial id ("median|sqlite:///...|name|12")
 PRUNERS = ("median", "none")
 STUDY_FILE = "study.db"
+DIVERGED_SCORE = 0.0  # a trial whose loss became NaN: told as scored 0, so that TPE learns to avoid its values
 
 
 @dataclass
@@ -139,14 +140,14 @@ def sampler(seed: int, number: int, trials: int):
     """The TPE sampler that draws trial `number`: seeded from (sampler_seed, number), so that a trial's
     values depend on the seed and the trials before it only, and a resumed sweep draws what an
     uninterrupted one would. The variants draw alike: trial n of each starts from the same values.
-    The first third of the trials (at least 2, at most Optuna's 10) are drawn at random, the rest by
+    The first half of the trials (at least 2, at most Optuna's 10) are drawn at random, the rest by
     TPE from them: with Optuna's default of 10 random trials, a budget of 8 would never use TPE."""
     import numpy as np
     import optuna
 
     return optuna.samplers.TPESampler(
         seed=int(np.random.SeedSequence([seed, number]).generate_state(1)[0]),
-        n_startup_trials=min(10, max(2, trials // 3)),
+        n_startup_trials=min(10, max(2, trials // 2)),
     )
 
 

@@ -95,6 +95,18 @@ def test_run_m_experiment_optimizers_with_the_tune_sweeper_tunes_each_optimizer_
     assert "seed=" not in (sweep / "summary.md").read_text().split("| variant |")[1]
 
 
+
+def test_a_trial_that_diverges_is_told_as_scored_0_and_counted_as_diverged(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "hydra/sweeper=tune", "optimizer.lr=interval(1e30,2e30)", "hydra.sweeper.trials=2", "hydra.sweeper.seeds=1",
+        "trainer.max_epochs=1", "data.train_size=500", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="all", storage=f"sqlite:///{sweep / 'study.db'}")
+    assert [(t.state, t.value) for t in study.trials] == [(optuna.trial.TrialState.COMPLETE, 0.0)] * 2
+    assert "| 2 diverged |" in (sweep / "summary.md").read_text()
+
 def test_a_seed_list_in_a_tuned_sweep_is_refused_in_one_line(tmp_path):
     result = run_cli("-m", "hydra/sweeper=tune", "seed=0,1", "optimizer.lr=interval(0.001,0.1)", f"hydra.sweep.dir={tmp_path}/s")
     assert (result.returncode, result.stderr) == (2, (

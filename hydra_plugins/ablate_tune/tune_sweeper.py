@@ -11,6 +11,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
 from runner.tune import (
+    DIVERGED_SCORE,
     PHASE_ENV,
     PRUNERS,
     STUDY_FILE,
@@ -99,10 +100,11 @@ class TuneSweeper(Sweeper):
                 jobs = [self.trial_job(space, variant, name, storage, t) for t in batch]
                 for trial, result in zip(batch, self.launch(jobs), strict=True):
                     returns.append(result)
-                    if trial_status(sweep_dir / "tune" / name / f"trial-{trial.number}") == "pruned":
+                    status = trial_status(sweep_dir / "tune" / name / f"trial-{trial.number}")
+                    if status == "pruned":
                         study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
                         continue
-                    value = objective(result)
+                    value = DIVERGED_SCORE if status == "diverged" else objective(result)
                     study.tell(trial.number, value, state=None if value is not None else optuna.trial.TrialState.FAIL)
             if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
                 log.error(f"{name}: no trial completed (see tune/{name}/); no final runs for this variant")
