@@ -33,6 +33,24 @@ def test_comma_lists_are_variants_and_sweep_functions_the_search_space():
     assert pool.choices == ("max", "avg")
 
 
+
+def test_the_first_trials_cover_each_key_evenly_one_point_in_each_nth_of_its_range():
+    import math
+
+    from runner.tune import spread
+
+    space = {
+        "optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 0.5, log=True),
+        "optimizer.momentum": optuna.distributions.FloatDistribution(0.8, 0.99),
+        "model.pool": optuna.distributions.CategoricalDistribution(["max", "avg"]),
+    }
+    points = spread(space, 4, seed=0)
+    assert points == spread(space, 4, seed=0) != spread(space, 4, seed=1)  # repeats with its seed
+    log_parts = sorted(int(4 * math.log(p["optimizer.lr"] / 1e-4) / math.log(0.5 / 1e-4)) for p in points)
+    assert log_parts == [0, 1, 2, 3]  # one learning rate in each quarter of the log range
+    assert sorted(int(4 * (p["optimizer.momentum"] - 0.8) / 0.19) for p in points) == [0, 1, 2, 3]
+    assert sorted(p["model.pool"] for p in points) == ["avg", "avg", "max", "max"]
+
 def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seeds(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(

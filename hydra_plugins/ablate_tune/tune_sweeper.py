@@ -95,7 +95,7 @@ class TuneSweeper(Sweeper):
                 batch = left[: self.batch_size()]
                 left = left[len(batch) :]
                 while len(batch) < self.batch_size() and len(study.trials) < self.trials:
-                    study.sampler = sampler(self.sampler_seed, len(study.trials), self.trials)
+                    study.sampler = sampler(self.sampler_seed, len(study.trials), self.trials, space.params)
                     batch.append(study.ask(space.params))
                 jobs = [self.trial_job(space, variant, name, storage, t) for t in batch]
                 for trial, result in zip(batch, self.launch(jobs), strict=True):
