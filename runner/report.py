@@ -185,8 +185,7 @@ def studies(sweep_dir: Path, found: list[Variant]) -> dict:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}"
-    # a variant's final runs are final/<study name>/seed=<s>
-    return {v.label: optuna.load_study(study_name=v.runs[0].path.parent.name, storage=storage) for v in found}
+    return {v.label: optuna.load_study(study_name=v.label, storage=storage) for v in found}
 
 
 ENDED = {"complete": "completed", "fail": "failed"}  # Optuna's trial states, as the runs' statuses say it
@@ -221,6 +220,8 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
         return None
     out.mkdir(parents=True, exist_ok=True)
     keys, found = variants(runs)
+    if tuned is not None:  # labelled by what the command varied, not by the values each variant chose
+        found = [Variant(name, [r for r in runs if r.path.parent.name == name]) for name in dict.fromkeys(r.path.parent.name for r in runs)]
     write_csv(out / "summary.csv", keys, runs)
     header, rows = variant_rows(found)
     tuned_studies = studies(tuned, found) if tuned is not None else {}

@@ -125,6 +125,18 @@ def test_a_trial_that_diverges_is_told_as_scored_0_and_counted_as_diverged(tmp_p
     assert [(t.state, t.value) for t in study.trials] == [(optuna.trial.TrialState.COMPLETE, 0.0)] * 2
     assert "| 2 diverged |" in (sweep / "summary.md").read_text()
 
+
+def test_the_summary_names_each_variant_by_what_the_command_varied_not_by_the_value_it_chose(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(
+        "-m", "hydra/sweeper=tune", "sched=constant,cosine", "optimizer.lr=tag(log,interval(0.001,0.5))",
+        "hydra.sweeper.trials=2", "hydra.sweeper.seeds=1", "trainer.max_epochs=1", "data.train_size=500",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = [line.split(" | ")[0] for line in (sweep / "summary.md").read_text().splitlines() if "optimizer.lr=" in line]
+    assert sorted(row.strip("|* ") for row in rows) == ["sched=constant", "sched=cosine"]
+
 def test_a_seed_list_in_a_tuned_sweep_is_refused_in_one_line(tmp_path):
     result = run_cli("-m", "hydra/sweeper=tune", "seed=0,1", "optimizer.lr=interval(0.001,0.1)", f"hydra.sweep.dir={tmp_path}/s")
     assert (result.returncode, result.stderr) == (2, (
