@@ -28,7 +28,7 @@ from runner.diagnostics import Diagnostics
 from runner.interrupt import pass_on, stop_on_signals
 from runner.log import RunLogger, write_json
 from runner.train import Trainer
-from runner.tune import PHASE_ENV, trial_pruner
+from runner.tune import PHASE_ENV, job_tuning, trial_pruner
 
 DIVERGED_EXIT = 3  # a single run whose loss became NaN or infinite; a sweep goes on and exits 0
 
@@ -207,9 +207,8 @@ def run_job(cfg: DictConfig) -> float | None:
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
             "command": " ".join(["run", *hydra_cfg.overrides.task]),  # this run alone, also inside a sweep
         }
-        if os.environ.get(PHASE_ENV):  # a job of a tuned sweep (runner.tune): "tune/<trial>" or "final/<best trial>"
-            phase, trial = os.environ[PHASE_ENV].split("/")
-            metrics["tune"] = {"phase": phase, "trial": int(trial)}
+        if tuning := job_tuning(cfg):  # a job of a tuned sweep (runner.tune)
+            metrics["tune"] = tuning
         if world.main:
             write_json(run_dir / "metrics.json", metrics)
         logger.close(status)

@@ -27,7 +27,7 @@ from typing import Any
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
 log = logging.getLogger(__name__)
-PHASE_ENV = "ABLATE_TUNE"  # a job's phase and trial ("tune/3", "final/3"), for its metrics.json
+PHASE_ENV = "ABLATE_TUNE"  # a job's phase, trial and tuned keys ("tune/3/optimizer.lr"), for its metrics.json
 TRIAL_ENV = "ABLATE_TRIAL"  # a trial's pruner, storage, study and trial id ("median|sqlite:///...|name|12")
 PRUNERS = ("median", "none")
 STUDY_FILE = "study.db"
@@ -126,6 +126,23 @@ def check_job(cfg) -> None:
             f"data.val_fraction={show(cfg.data.val_fraction)} is not allowed in a tuned sweep (hydra/sweeper=tune): "
             "its trials are scored on the validation split, never on the test set; allowed: 0 < val_fraction < 1"
         )
+
+
+def phase(name: str, trial: int, params: dict) -> str:
+    """PHASE_ENV of a job: `tune/3/optimizer.lr+model.pool` (a trial), `final/3/...` (the best trial's final runs)."""
+    return f"{name}/{trial}/{'+'.join(params)}"
+
+
+def job_tuning(cfg) -> dict | None:
+    """metrics.json's `tune` of a job of a tuned sweep: its phase, trial and tuned values; None elsewhere."""
+    from omegaconf import OmegaConf
+
+    spec = os.environ.get(PHASE_ENV)
+    if not spec:
+        return None
+    name, trial, keys = spec.split("/", 2)
+    params = {key: OmegaConf.select(cfg, key) for key in keys.split("+") if key}
+    return {"phase": name, "trial": int(trial), "params": params}
 
 
 def label(variant: list[str]) -> str:

@@ -65,14 +65,14 @@ def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seed
         assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
         for trial in study.trials:
             metrics = json.loads((sweep / "tune" / name / f"trial-{trial.number}" / "metrics.json").read_text())
-            assert metrics["tune"] == {"phase": "tune", "trial": trial.number} and metrics["seed"] == 0
+            assert metrics["tune"] == {"phase": "tune", "trial": trial.number, "params": trial.params} and metrics["seed"] == 0
             assert metrics["best_val_acc"] == pytest.approx(trial.value)  # scored on validation
             assert metrics["test_acc"] is None  # only the final runs meet the test set
             assert f"optimizer.lr={trial.params['optimizer.lr']}" in metrics["command"]
         for seed in (1, 2):  # fresh seeds, never the tuning seed
             final = json.loads((sweep / "final" / name / f"seed={seed}" / "metrics.json").read_text())
             assert final["status"] == "completed" and final["seed"] == seed
-            assert final["tune"] == {"phase": "final", "trial": study.best_trial.number}
+            assert final["tune"] == {"phase": "final", "trial": study.best_trial.number, "params": study.best_trial.params}
             assert f"optimizer.lr={study.best_trial.params['optimizer.lr']}" in final["command"]
     summary = (sweep / "summary.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| ") and "optimizer=" in line]

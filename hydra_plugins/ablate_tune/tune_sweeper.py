@@ -20,6 +20,7 @@ from runner.tune import (
     log,
     make_pruner,
     objective,
+    phase,
     quoted,
     sampler,
     split,
@@ -57,7 +58,7 @@ class TuneSweeper(Sweeper):
         pruner, where the run reports each epoch (Optuna keeps the trial's id private: no public getter)."""
         job = [*space.fixed, *variant, *(f"{k}={v}" for k, v in trial.params.items()),
                quoted("hydra.sweep.subdir", f"tune/{name}/trial-{trial.number}"),
-               f"++hydra.job.env_set.{PHASE_ENV}=tune/{trial.number}"]  # fmt: skip
+               quoted(f"++hydra.job.env_set.{PHASE_ENV}", phase("tune", trial.number, space.params))]  # fmt: skip
         if self.pruner != "none":
             job.append(quoted(f"++hydra.job.env_set.{TRIAL_ENV}", f"{self.pruner}|{storage}|{name}|{trial._trial_id}"))
         return job
@@ -114,7 +115,7 @@ class TuneSweeper(Sweeper):
             fixed = [o for o in space.fixed if not o.startswith("seed=")]  # the finals take fresh seeds
             finals = [
                 [*fixed, *variant, *(f"{k}={v}" for k, v in best.params.items()), f"seed={s}",
-                 quoted("hydra.sweep.subdir", f"final/{name}/seed={s}"), f"++hydra.job.env_set.{PHASE_ENV}=final/{best.number}"]
+                 quoted("hydra.sweep.subdir", f"final/{name}/seed={s}"), quoted(f"++hydra.job.env_set.{PHASE_ENV}", phase("final", best.number, space.params))]
                 for s in range(tuning_seed + 1, tuning_seed + 1 + self.seeds)
             ]  # fmt: skip
             returns += self.launch(finals)
