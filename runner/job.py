@@ -207,7 +207,7 @@ def run_job(cfg: DictConfig) -> float | None:
             "versions": {"python": platform.python_version(), "torch": torch.__version__},
             "command": " ".join(["run", *hydra_cfg.overrides.task]),  # this run alone, also inside a sweep
         }
-        if tuning := job_tuning(cfg):  # a job of a tuned sweep (runner.tune)
+        if tuning := job_tuning(cfg, metrics["choices"]):  # a job of a tuned sweep (runner.tune)
             metrics["tune"] = tuning
         if world.main:
             write_json(run_dir / "metrics.json", metrics)

@@ -6,11 +6,12 @@
 Comma lists are the variants (their cartesian product, as a plain sweep runs them); Hydra's sweep
 functions are the search space: `interval(a,b)` a float, `tag(log, interval(a,b))` on a log scale,
 `range(a,b)` an integer from a to b-1 (as Python's range), `choice(a,b,c)` categorical. Each variant
-gets an Optuna study of `trials` trials (TPE, seeded per trial from `sampler_seed`, in `study.db`,
-SQLite, in the sweep directory; run again in the same sweep directory, it continues). Each trial is
-an ordinary run under `tune/<variant>/trial-<n>/`, scored by its best validation accuracy; it does
-not meet the test set. The best trial's values are then run with `seeds`
-fresh seeds (the seeds after the config's `seed`, which the trials use) under
+gets an Optuna study of `trials` trials (the first half spread evenly over the search space, the
+rest drawn by TPE, seeded from `sampler_seed`), in `study.db` (SQLite) in the sweep directory: run
+again in the same sweep directory, it continues. A preset declares its search space in
+`search_space`. Each trial is an ordinary run under `tune/<variant>/trial-<n>/`, scored by its best
+validation accuracy; it does not meet the test set. The best trial's values are then run with
+`seeds` fresh seeds (the seeds after the config's `seed`, which the trials use) under
 `final/<variant>/seed=<s>/`, and the summary compares those final runs (runner.report).
 Jobs go through the chosen launcher (`hydra/launcher=joblib` runs a batch of trials at once).
 The sweeper class itself lives in hydra_plugins/ablate_tune/ (Hydra finds sweepers there only).
@@ -133,15 +134,16 @@ def phase(name: str, trial: int, params: dict) -> str:
     return f"{name}/{trial}/{'+'.join(params)}"
 
 
-def job_tuning(cfg) -> dict | None:
-    """metrics.json's `tune` of a job of a tuned sweep: its phase, trial and tuned values; None elsewhere."""
+def job_tuning(cfg, choices: dict) -> dict | None:
+    """metrics.json's `tune` of a job of a tuned sweep: its phase, trial and tuned values (a config
+    group's: its choice, from `choices`); None elsewhere."""
     from omegaconf import OmegaConf
 
     spec = os.environ.get(PHASE_ENV)
     if not spec:
         return None
     name, trial, keys = spec.split("/", 2)
-    params = {key: OmegaConf.select(cfg, key) for key in keys.split("+") if key}
+    params = {key: choices[key] if key in choices else OmegaConf.select(cfg, key) for key in keys.split("+") if key}
     return {"phase": name, "trial": int(trial), "params": params}
 
 

@@ -130,12 +130,14 @@ def test_the_summary_names_each_variant_by_what_the_command_varied_not_by_the_va
     sweep = tmp_path / "sweep"
     result = run_cli(
         "-m", "hydra/sweeper=tune", "sched=constant,cosine", "optimizer.lr=tag(log,interval(0.001,0.5))",
-        "hydra.sweeper.trials=2", "hydra.sweeper.seeds=1", "trainer.max_epochs=1", "data.train_size=500",
-        f"hydra.sweep.dir={sweep}",
+        "activation=choice(relu,tanh)", "hydra.sweeper.trials=2", "hydra.sweeper.seeds=1", "trainer.max_epochs=1",
+        "data.train_size=500", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = [line.split(" | ")[0] for line in (sweep / "summary.md").read_text().splitlines() if "optimizer.lr=" in line]
     assert sorted(row.strip("|* ") for row in rows) == ["sched=constant", "sched=cosine"]
+    tuned = json.loads((sweep / "tune" / "sched=cosine" / "trial-0" / "metrics.json").read_text())["tune"]["params"]
+    assert tuned["activation"] in ("relu", "tanh") and 0.001 <= tuned["optimizer.lr"] <= 0.5  # a group by its choice
 
 def test_a_seed_list_in_a_tuned_sweep_is_refused_in_one_line(tmp_path):
     result = run_cli("-m", "hydra/sweeper=tune", "seed=0,1", "optimizer.lr=interval(0.001,0.1)", f"hydra.sweep.dir={tmp_path}/s")
