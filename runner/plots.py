@@ -1,6 +1,7 @@
-"""Plots of a comparison (matplotlib, written as PNG): validation accuracy and train loss per
-epoch for each variant with a ±std band over seeds, final test accuracy with error bars, and for
-a tuned sweep, how each tuned parameter moved the trials' validation accuracy."""
+"""Plots of a comparison (matplotlib, written as PNG), the variants in the summary table's order:
+validation accuracy and train loss per epoch for each variant with a ± sample std band over seeds,
+final test accuracy with error bars, and for a tuned sweep, how each tuned parameter moved the
+trials' validation accuracy."""
 
 from pathlib import Path
 
@@ -8,13 +9,22 @@ import numpy as np
 
 
 def _curves(variant, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Epochs, mean and std of `key` over the variant's completed runs (up to the shortest history)."""
+    """Epochs, mean and sample std of `key` over the variant's completed runs (up to the shortest
+    history): the std of summary.md (ddof 1; 0 for one run)."""
     histories = [r.metrics.get("history") or [] for r in variant.completed()]
     length = min((len(h) for h in histories), default=0)
     if length == 0:
         return None
     values = np.array([[e[key] if e[key] is not None else np.nan for e in h[:length]] for h in histories], dtype=float)
-    return np.arange(1, length + 1), np.nanmean(values, axis=0), np.nanstd(values, axis=0)
+    std = np.nanstd(values, axis=0, ddof=1) if len(histories) > 1 else np.zeros(length)
+    return np.arange(1, length + 1), np.nanmean(values, axis=0), std
+
+
+def accuracy_range(low: float, high: float) -> tuple[float, float]:
+    """The test accuracy axis: from 0 when the values reach down there, else zoomed to the values with
+    a margin of a quarter of their spread (at least 0.01), which the title then states."""
+    margin = max(0.01, (high - low) / 4)
+    return max(0.0, low - margin), min(1.0, high + margin)
 
 
 def write_plots(variants: list, out: Path) -> list[Path]:
@@ -38,7 +48,7 @@ def write_plots(variants: list, out: Path) -> list[Path]:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(title)
-        ax.set_title(f"{title} per epoch (mean ± std over seeds)")
+        ax.set_title(f"{title} per epoch (mean ± sample std over seeds)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -48,14 +58,19 @@ def write_plots(variants: list, out: Path) -> list[Path]:
 
     stats = [(v.label, *v.stat("test_acc")) for v in variants if v.stat("test_acc")[0] is not None]
     fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(stats) + 2), 4.5))
-    if stats:
+    title = "final test accuracy (mean ± sample std over seeds)"
+    if stats:  # points with error bars, not bars: a bar's length would start from the axis' zoomed bottom
         labels, means, stds = zip(*stats)
-        ax.bar(range(len(stats)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+        ax.errorbar(range(len(stats)), means, yerr=stds, fmt="o", capsize=4, color="tab:blue")
+        for i, (m, s) in enumerate(zip(means, stds)):
+            ax.annotate(f"{m:.4f}", (i, m + s), textcoords="offset points", xytext=(0, 4), ha="center", fontsize=8)
         ax.set_xticks(range(len(stats)), labels, rotation=30, ha="right", fontsize=8)
-        low = min(m - s for m, s in zip(means, stds))
-        ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(m + s for m, s in zip(means, stds)) + 0.02))
+        ax.set_xlim(-0.5, len(stats) - 0.5)
+        bottom, top = accuracy_range(min(m - s for m, s in zip(means, stds)), max(m + s for m, s in zip(means, stds)))
+        ax.set_ylim(bottom, top)
+        title += f"\naxis from {bottom:.3f} to {top:.3f}, not from 0: read the gaps on its scale" if bottom > 0 else ""
     ax.set_ylabel("test accuracy")
-    ax.set_title("final test accuracy (mean ± std over seeds)")
+    ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "test_acc.png", dpi=120)

@@ -232,8 +232,10 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
     write_markdown(out / "summary.md", header, rows, paths)
     from runner import plots
 
-    plots.write_plots(found, out / "plots")
-    plots.write_sensitivity(tuned_studies, out / "plots")
+    ranked = {v.label: v for v in found}
+    ranked = [ranked[row[0]] for row in rows]  # the table's order, best first
+    plots.write_plots(ranked, out / "plots")
+    plots.write_sensitivity({v.label: tuned_studies[v.label] for v in ranked if v.label in tuned_studies}, out / "plots")
     if not quiet:
         from rich.console import Console
         from rich.table import Table

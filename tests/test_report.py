@@ -3,6 +3,8 @@
 import csv
 import json
 
+import pytest
+
 from helpers import run_cli
 
 from runner.app import name_jobs_by_swept_keys, new_dir
@@ -53,3 +55,18 @@ def test_keys_that_older_runs_lack_do_not_split_a_variant(tmp_path):
     cosine = run("cos", {"sched": "cosine", "trainer.max_epochs": 10, "trainer.layout": "auto"})
     assert distinguishing_keys([old, new, cosine]) == ["sched"]
     assert distinguishing_keys([old, new]) == []
+
+
+def test_plots_use_the_sample_std_of_the_summary_and_say_when_the_accuracy_axis_is_zoomed(tmp_path):
+    import statistics
+
+    from runner.plots import _curves, accuracy_range
+    from runner.report import Run, Variant
+
+    runs = [Run(tmp_path / f"seed={s}", {"status": "completed", "history": [{"val_acc": a}]}, {}) for s, a in ((0, 0.8), (1, 0.9))]
+    epochs, mean, std = _curves(Variant("v", runs), "val_acc")
+    assert list(epochs) == [1] and mean[0] == pytest.approx(0.85)
+    assert std[0] == pytest.approx(statistics.stdev([0.8, 0.9]))  # ddof 1, as summary.md (0.0707, not 0.05)
+    assert _curves(Variant("one", runs[:1]), "val_acc")[2][0] == 0.0
+    assert accuracy_range(0.86, 0.89) == pytest.approx((0.85, 0.90))  # zoomed: the title states the range
+    assert accuracy_range(0.1, 0.9) == (0.0, 1.0)
