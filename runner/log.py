@@ -10,7 +10,6 @@ import os
 import time
 from pathlib import Path
 
-STATUSES = ("completed", "diverged", "interrupted", "failed")
 
 
 # TensorBoard's CUSTOM SCALARS tab: each chart shows these tags for every selected run, side by side.
