@@ -10,8 +10,6 @@ import os
 import time
 from pathlib import Path
 
-
-
 # TensorBoard's CUSTOM SCALARS tab: each chart shows these tags for every selected run, side by side.
 LAYOUT = {
     "train vs val": {
