@@ -232,8 +232,8 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
     write_markdown(out / "summary.md", header, rows, paths)
     from runner import plots
 
-    ranked = {v.label: v for v in found}
-    ranked = [ranked[row[0]] for row in rows]  # the table's order, best first
+    by_label = {v.label: v for v in found}
+    ranked = [by_label[row[0]] for row in rows]  # the table's order, best first
     plots.write_plots(ranked, out / "plots")
     plots.write_sensitivity({v.label: tuned_studies[v.label] for v in ranked if v.label in tuned_studies}, out / "plots")
     if not quiet:
