@@ -1,5 +1,5 @@
 """Does logging diagnostics slow training? Times the same training steps with and without
-runner.diagnostics, side by side in one process, and prints the ratio.
+runner.engine.diagnostics, side by side in one process, and prints the ratio.
 
     .venv/bin/python benchmarks/diagnostics_overhead.py [--model bn] [--log-every 50] [--rounds 5]
 
@@ -9,14 +9,18 @@ Each round trains `--steps` steps on mnist_5k-shaped batches with diagnostics of
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from runner import parts
-from runner.diagnostics import Diagnostics
-from runner.fixtures import compose_cfg
+from runner.engine import parts
+from runner.engine.diagnostics import Diagnostics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' fixtures: data files in real formats
+from fixtures import compose_cfg  # noqa: E402
 
 
 def steps_per_second(model, optimizer, batches, log_every: int, diagnostics: Diagnostics | None) -> float:

@@ -29,6 +29,7 @@ import argparse
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,13 +41,17 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
-from runner import data, device, parts
-from runner.console import TrainingProgress
-from runner.diagnostics import Diagnostics
-from runner.fixtures import compose_cfg, write_cifar_like, write_image_folder, write_mnist_like
-from runner.image_folder import image_folder
-from runner.log import RunLogger
-from runner.train import Trainer
+from runner.cli.console import TrainingProgress
+from runner.data import batches
+from runner.engine import device, parts
+from runner.engine.diagnostics import Diagnostics
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' fixtures: data files in real formats
+from fixtures import compose_cfg, write_cifar_like, write_image_folder, write_mnist_like  # noqa: E402
+
+from runner.data.image_folder import image_folder
+from runner.engine.log import RunLogger
+from runner.engine.train import Trainer
 
 SHAPES = {"fashion": (1, 28, 28), "cifar": (3, 32, 32), "folder": (3, 32, 32)}
 MODELS = ("plain", "bn", "residual")
@@ -111,7 +116,7 @@ def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: devic
             x = x_all[idx]
             if augment:
                 shift = torch.randint(0, 9, (2, batch), device=dev)
-                x = data.crop_flip(x, shift[0], shift[1], torch.rand(batch, device=dev) < 0.5, 4)
+                x = batches.crop_flip(x, shift[0], shift[1], torch.rand(batch, device=dev) < 0.5, 4)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=compute.precision == "bf16"):
                 loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -130,9 +135,9 @@ def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device
         model.compile()
     opt = parts.build_optimizer(cfg.optimizer, model.parameters())
     dev = compute.device
-    split = data.Split(images.to(dev), labels.to(dev))
+    split = batches.Split(images.to(dev), labels.to(dev))
     mean, std = torch.full((images.shape[1],), 0.5, device=dev), torch.full((images.shape[1],), 0.25, device=dev)
-    train = data.Batches(
+    train = batches.Batches(
         split,
         cfg.data.batch_size,
         mean,
@@ -142,7 +147,7 @@ def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device
         drop_last=True,
         memory_format=compute.memory_format,
     )
-    empty = data.Batches(data.Split(images[:0], labels[:0]), 256, mean, std)
+    empty = batches.Batches(batches.Split(images[:0], labels[:0]), 256, mean, std)
     schedule = parts.build_schedule(cfg.sched, opt, len(train), 1000)
     trainer = Trainer(
         model, opt, schedule, train, empty, empty, cfg.trainer, compute.autocast_dtype,

@@ -12,7 +12,7 @@ again in the same sweep directory, it continues. A preset declares its search sp
 `search_space`. Each trial is an ordinary run under `tune/<variant>/trial-<n>/`, scored by its best
 validation accuracy; it does not meet the test set. The best trial's values are then run with
 `seeds` fresh seeds (the seeds after the config's `seed`, which the trials use) under
-`final/<variant>/seed=<s>/`, and the summary compares those final runs (runner.report).
+`final/<variant>/seed=<s>/`, and the summary compares those final runs (runner.analysis.report).
 Jobs go through the chosen launcher (`hydra/launcher=joblib` runs a batch of trials at once).
 The sweeper class itself lives in hydra_plugins/ablate_tune/ (Hydra finds sweepers there only).
 """
@@ -71,7 +71,7 @@ def sweep_overrides(config, arguments: list[str]) -> list[str]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    from runner.rules import ConfigError
+    from runner.config.rules import ConfigError
 
     parser = OverridesParser.create()
     for o in parser.parse_overrides(arguments):
@@ -120,7 +120,7 @@ def checked_jobs(overrides: list[Override]) -> list[list[str]]:
 
 def check_job(cfg) -> None:
     """What a tuned sweep needs of each job's config: a validation split to score its trials on."""
-    from runner.rules import ConfigError, show
+    from runner.config.rules import ConfigError, show
 
     if not cfg.data.val_fraction:
         raise ConfigError(

@@ -1,4 +1,4 @@
-"""Test helpers: the `run` command in a subprocess, and (from runner.fixtures) the real config
+"""Test helpers: the `run` command in a subprocess, and (from fixtures) the real config
 tree composed with Hydra and small data files in the real formats."""
 
 import json
@@ -9,10 +9,9 @@ import time
 from pathlib import Path
 
 import torch
+from fixtures import CONFIGS, compose_cfg, write_cifar_like, write_idx, write_mnist_like  # noqa: F401
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
-
-from runner.fixtures import CONFIGS, compose_cfg, write_cifar_like, write_idx, write_mnist_like  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 

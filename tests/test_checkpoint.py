@@ -9,7 +9,7 @@ import torch
 from helpers import run_cli
 from safetensors.torch import load_file
 
-from runner import checkpoint
+from runner.engine import checkpoint
 
 
 class Payload:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from helpers import compose_cfg, run_cli
 
-from runner import device, job, parts, schema
+from runner.config import schema
+from runner.engine import device, job, parts
 
 
 def cpu_flags() -> set[str]:

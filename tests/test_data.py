@@ -10,35 +10,35 @@ import pytest
 import torch
 from helpers import compose_cfg, run_cli, write_cifar_like, write_idx, write_mnist_like
 
-from runner import data
-from runner.data import load_arrays
-from runner.datasets import DataError, read_cifar_batch, read_idx
+from runner.data import batches
+from runner.data.batches import load_arrays
+from runner.data.datasets import DataError, read_cifar_batch, read_idx
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_mnist_5k_is_a_stratified_seeded_split_of_the_real_digits():
     cfg = compose_cfg("data=mnist_5k").data
-    d = data.load(cfg, torch.device("cpu"))
+    d = batches.load(cfg, torch.device("cpu"))
     assert d.info["sizes"] == {"train": 3600, "val": 400, "test": 1000}
     assert d.in_shape == (1, 28, 28) and d.num_classes == 10
     for split in (d.val, d.test):  # every class keeps its share
         counts = torch.bincount(split.labels, minlength=10)
         assert counts.min() == counts.max()
     assert d.train.images.dtype == torch.uint8 and d.train.images.max() > 200  # real pixels, not zeros
-    again = data.load(cfg, torch.device("cpu"))
+    again = batches.load(cfg, torch.device("cpu"))
     assert again.info["fingerprints"] == d.info["fingerprints"]
-    other = data.load(compose_cfg("data=mnist_5k", "data.split_seed=1").data, torch.device("cpu"))
+    other = batches.load(compose_cfg("data=mnist_5k", "data.split_seed=1").data, torch.device("cpu"))
     assert other.info["fingerprints"]["test"] != d.info["fingerprints"]["test"]
 
 
 def test_train_size_caps_the_training_split_and_normalization_uses_its_statistics():
-    d = data.load(compose_cfg("data.train_size=100").data, torch.device("cpu"))
+    d = batches.load(compose_cfg("data.train_size=100").data, torch.device("cpu"))
     assert len(d.train) == 100 and len(d.val) == 400
     x = d.train.images.float() / 255
     assert torch.allclose(d.mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
-    batches = data.Batches(d.train, 100, d.mean, d.std)
-    (xb, _), = list(batches.epoch())
+    epochs = batches.Batches(d.train, 100, d.mean, d.std)
+    (xb, _), = list(epochs.epoch())
     assert abs(xb.mean().item()) < 1e-4 and abs(xb.std().item() - 1) < 1e-2
 
 
@@ -160,7 +160,7 @@ def test_cifar10_loader_reads_python_batches(tmp_path):
     # a row is 1024 red, then 1024 green, then 1024 blue values, each 32x32 in row-major order
     assert arrays.train[0][0, 1, 2, 3] == data_1[0, 1024 + 2 * 32 + 3]
     assert arrays.train[1][:8].tolist() == labels_1
-    d = data.load(cfg, torch.device("cpu"))
+    d = batches.load(cfg, torch.device("cpu"))
     assert d.in_shape == (3, 32, 32) and d.mean.shape == (3,)
 
 
@@ -197,30 +197,30 @@ def test_fashion_mnist_comes_from_the_debian_copy_and_passes_its_checksums(tmp_p
     assert np.bincount(arrays.test[1]).tolist() == [1000] * 10
 
 
-def _split(n: int) -> data.Split:
-    return data.Split(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n))
+def _split(n: int) -> batches.Split:
+    return batches.Split(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n))
 
 
 def test_an_epoch_is_a_seeded_permutation_in_full_batches():
-    batches = data.Batches(_split(100), 32, None, None, shuffle=True, drop_last=True, seed=3)
-    assert len(batches) == 3
-    order = torch.cat([y for _, y in batches.epoch(0)])
+    epochs = batches.Batches(_split(100), 32, None, None, shuffle=True, drop_last=True, seed=3)
+    assert len(epochs) == 3
+    order = torch.cat([y for _, y in epochs.epoch(0)])
     assert len(order) == 96 and len(set(order.tolist())) == 96
-    assert torch.equal(order, torch.cat([y for _, y in batches.epoch(0)]))  # the same for (seed, epoch)
-    assert not torch.equal(order, torch.cat([y for _, y in batches.epoch(1)]))
-    other_seed = data.Batches(_split(100), 32, None, None, shuffle=True, drop_last=True, seed=4)
+    assert torch.equal(order, torch.cat([y for _, y in epochs.epoch(0)]))  # the same for (seed, epoch)
+    assert not torch.equal(order, torch.cat([y for _, y in epochs.epoch(1)]))
+    other_seed = batches.Batches(_split(100), 32, None, None, shuffle=True, drop_last=True, seed=4)
     assert not torch.equal(order, torch.cat([y for _, y in other_seed.epoch(0)]))
-    for x, y in batches.epoch(0):  # images travel with their labels
+    for x, y in epochs.epoch(0):  # images travel with their labels
         assert torch.allclose(x[:, 0, 0, 0] * 255, y.float())
 
 
 def test_crop_flip_shifts_and_mirrors_each_image_of_the_batch():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
     centre = torch.tensor([2, 2])
-    same = data.crop_flip(x, centre, centre, torch.tensor([False, False]), pad=2)
+    same = batches.crop_flip(x, centre, centre, torch.tensor([False, False]), pad=2)
     assert torch.equal(same, x)
-    mirrored = data.crop_flip(x, centre, centre, torch.tensor([True, False]), pad=2)
+    mirrored = batches.crop_flip(x, centre, centre, torch.tensor([True, False]), pad=2)
     assert torch.equal(mirrored[0], x[0].flip(-1)) and torch.equal(mirrored[1], x[1])
-    shifted = data.crop_flip(x, torch.tensor([0, 4]), torch.tensor([2, 2]), torch.tensor([False, False]), pad=2)
+    shifted = batches.crop_flip(x, torch.tensor([0, 4]), torch.tensor([2, 2]), torch.tensor([False, False]), pad=2)
     assert torch.equal(shifted[0, 0, 2:], x[0, 0, :2]) and (shifted[0, 0, :2] == 0).all()  # down by 2, zero-padded
     assert torch.equal(shifted[1, 0, :2], x[1, 0, 2:]) and (shifted[1, 0, 2:] == 0).all()  # up by 2

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from runner.diagnostics import Diagnostics
+from runner.engine.diagnostics import Diagnostics
 
 
 def test_dead_units_count_units_off_for_every_sample_of_the_batch():

@@ -21,9 +21,10 @@ from helpers import (
 )
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runner import device, schema
-from runner.data import Batches, Split
-from runner.distributed import World
+from runner.config import schema
+from runner.data.batches import Batches, Split
+from runner.engine import device
+from runner.engine.distributed import World
 
 # model=bn with its BatchNorm synchronized: 2 epochs of 56 steps of 64 images (32 per process)
 DDP = [

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import write_image_folder
 from PIL import Image
 
-from runner import image_folder as image_folder_module
-from runner.datasets import DataError
-from runner.fixtures import write_image_folder
-from runner.image_folder import fits, free_bytes, image_folder
+from runner.data import image_folder as image_folder_module
+from runner.data.datasets import DataError
+from runner.data.image_folder import fits, free_bytes, image_folder
 
 LAYOUT = re.escape(image_folder_module.LAYOUT)
 

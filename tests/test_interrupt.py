@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from runner.interrupt import ECHO_SECONDS, SIGNALS, stop_on_signals
+from runner.engine.interrupt import ECHO_SECONDS, SIGNALS, stop_on_signals
 
 
 def test_a_signal_asks_once_its_echo_is_ignored_and_a_later_one_interrupts():

@@ -1,6 +1,6 @@
 """The seed's semantics for models (README, section "model"), checked on the real code.
 
-Every model is built with `runner.parts.build_model` from the real YAML configs, composed with Hydra,
+Every model is built with `runner.engine.parts.build_model` from the real YAML configs, composed with Hydra,
 and checked on tiny tensors against the seed's equations computed by hand.
 """
 
@@ -13,7 +13,8 @@ from helpers import compose_cfg
 from torch import nn
 
 from models.blocks import Bottleneck, ConcatSkip
-from runner import parts, schema
+from runner.config import schema
+from runner.engine import parts
 
 IN_SHAPE = (1, 6, 6)  # C, H, W of the tiny inputs
 NUM_CLASSES = 3

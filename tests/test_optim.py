@@ -1,6 +1,6 @@
 """The seed's semantics for optimizers and schedules.
 
-Optimizers come from `runner.parts.build_optimizer(cfg.optimizer, params)` and schedules from
+Optimizers come from `runner.engine.parts.build_optimizer(cfg.optimizer, params)` and schedules from
 `parts.build_schedule(cfg.sched, optimizer, steps_per_epoch, epochs)`, with `cfg` composed
 by Hydra from the real YAML files; each is compared with the seed's update rule run by hand.
 """
@@ -12,7 +12,8 @@ import pytest
 import torch
 from helpers import compose_cfg
 
-from runner import parts, schema
+from runner.config import schema
+from runner.engine import parts
 
 
 def param(*values: float) -> torch.nn.Parameter:

@@ -11,11 +11,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from fixtures import write_image_folder
 from helpers import ROOT, assert_bitwise_equal, cli_env, outcome, session_hparams, wait_for_checkpoint_at_step
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from runner.fixtures import write_image_folder
 
 EXAMPLE = ROOT / "examples" / "own_parts"
 RUN = Path(sys.executable).parent / "run"  # the console script a user types

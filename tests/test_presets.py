@@ -14,7 +14,7 @@ def test_preset_sweeps_existing_choices_over_three_seeds_on_fashion_mnist(preset
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
     params = dict(cfg.hydra.sweeper.params)
-    assert params.pop("seed") == "0,1,2" and cfg.data._target_ == "runner.datasets.fashion_mnist"
+    assert params.pop("seed") == "0,1,2" and cfg.data._target_ == "runner.data.datasets.fashion_mnist"
     ((group, options),) = params.items()
     for option in options.split(","):
         assert (CONFIGS / group / f"{option}.yaml").is_file()
@@ -34,7 +34,7 @@ def test_a_preset_runs_as_a_sweep_and_command_line_values_win(tmp_path):
 
 
 def test_deep_plain_and_deep_residual_have_the_same_depth():
-    from runner import parts
+    from runner.engine import parts
 
     def convs(name):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

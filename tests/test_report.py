@@ -4,11 +4,10 @@ import csv
 import json
 
 import pytest
-
 from helpers import run_cli
 
-from runner.app import name_jobs_by_swept_keys, new_dir
-from runner.report import main as report_main
+from runner.analysis.report import main as report_main
+from runner.cli.app import name_jobs_by_swept_keys, new_dir
 
 
 def test_two_sweeps_started_in_the_same_second_never_share_a_directory(tmp_path):
@@ -45,7 +44,7 @@ def test_report_compares_runs_from_separate_commands_by_what_differs(tmp_path, q
 
 
 def test_keys_that_older_runs_lack_do_not_split_a_variant(tmp_path):
-    from runner.report import Run, distinguishing_keys
+    from runner.analysis.report import Run, distinguishing_keys
 
     def run(name, values):
         return Run(tmp_path / name, {}, values)
@@ -60,8 +59,8 @@ def test_keys_that_older_runs_lack_do_not_split_a_variant(tmp_path):
 def test_plots_use_the_sample_std_of_the_summary_and_say_when_the_accuracy_axis_is_zoomed(tmp_path):
     import statistics
 
-    from runner.plots import _curves, accuracy_range
-    from runner.report import Run, Variant
+    from runner.analysis.plots import _curves, accuracy_range
+    from runner.analysis.report import Run, Variant
 
     runs = [Run(tmp_path / f"seed={s}", {"status": "completed", "history": [{"val_acc": a}]}, {}) for s, a in ((0, 0.8), (1, 0.9))]
     epochs, mean, std = _curves(Variant("v", runs), "val_acc")

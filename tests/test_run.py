@@ -94,7 +94,7 @@ def test_bad_input_gets_one_line_naming_key_value_and_what_is_allowed(tmp_path):
 def test_help_and_cfg_job_do_not_import_torch():
     code = (
         "import sys; sys.argv = ['run', '--cfg', 'job', 'model=residual'];"
-        "from runner.app import main\n"
+        "from runner.cli.app import main\n"
         "try: main()\n"
         "except SystemExit: pass\n"
         "assert 'torch' not in sys.modules, 'torch was imported'"

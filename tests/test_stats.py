@@ -1,4 +1,4 @@
-"""The one stated test (runner.stats): Welch's t-test against the best variant, Holm-corrected, at
+"""The one stated test (runner.analysis.stats): Welch's t-test against the best variant, Holm-corrected, at
 0.05, and 95% confidence intervals, on a fixed table of accuracies against values computed here
 by hand from the textbook formulas."""
 
@@ -8,7 +8,7 @@ import statistics
 import pytest
 from scipy.special import betainc
 
-from runner import stats
+from runner.analysis import stats
 
 TABLE = {  # test accuracies over seeds
     "adam": [0.912, 0.915, 0.909, 0.918],

@@ -14,7 +14,8 @@ import torch
 from helpers import compose_cfg
 
 from optim import textbook
-from runner import parts, schema
+from runner.config import schema
+from runner.engine import parts
 
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)  # f(theta) = 0.5 theta^T A theta
 B = torch.tensor([1.0, -0.5], dtype=torch.float64)  # ... - B^T theta: the minimum is not at 0

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from helpers import cli_env, compose_cfg, run_cli, write_mnist_like
 
-from runner import schema
-from runner.data import load_arrays
+from runner.config import schema
+from runner.data.batches import load_arrays
 
 SPLIT_DATASET = '''
 import numpy as np

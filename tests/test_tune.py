@@ -6,13 +6,13 @@ import signal
 
 import optuna
 import pytest
+from fixtures import CONFIGS
 from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from runner.fixtures import CONFIGS
-from runner.plots import write_sensitivity
-from runner.report import main as report_main
+from runner.analysis.plots import write_sensitivity
+from runner.analysis.report import main as report_main
 from runner.tune import split, sweep_overrides
 
 

@@ -1,5 +1,5 @@
 """Bad input is refused before anything runs: Hydra's composition (unknown options, keys the config
-lacks), then runner.schema.validate (each group's keys against its `_target_`'s signature, values by
+lacks), then runner.config.schema.validate (each group's keys against its `_target_`'s signature, values by
 ablate's rules or the signature's annotations, rules between keys); one line naming the key, the
 value and what is allowed; exit 2, no traceback unless HYDRA_FULL_ERROR=1; nothing already written lost."""
 
@@ -15,7 +15,8 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import app, schema
+from runner.cli import app
+from runner.config import schema
 
 TRAINER_KEYS = (
     "max_epochs, device, precision, layout, threads, compile, deterministic, checkpoint_every_minutes, grad_clip, "
@@ -59,7 +60,7 @@ BAD_INPUTS = [
     (["+optimizer.momentun=0.9"], "optimizer.momentun=0.9 is not allowed; allowed: a key of optimizer (lr, momentum, weight_decay, impl)"),
     (["model._target_=nowhere.Net"], "model._target_=nowhere.Net cannot be imported (No module named 'nowhere'); allowed: a class or function on the Python path (a module in the current directory is)"),
     (["model._target_=torch.nn.Linear"], "model._target_=torch.nn.Linear is not allowed: it does not take in_shape, num_classes, which ablate passes; allowed: a callable whose parameters include in_shape, num_classes"),
-    (["data=image_folder"], "data.root has no value; allowed: a value for runner.image_folder.image_folder's parameter root"),
+    (["data=image_folder"], "data.root has no value; allowed: a value for runner.data.image_folder.image_folder's parameter root"),
     (["data=torchvision"], "data._target_ has no value; allowed: the dotted path of a class or function (data._target_=torchvision.datasets.KMNIST)"),
     (["data=image_folder", "data.root=x", "data.image_size=[1,2,3]"], "data.image_size=[1, 2, 3] is not allowed; allowed: an integer >= 1, [height, width] or null"),
     (
@@ -182,8 +183,8 @@ def test_every_preset_and_every_job_of_its_sweep_composes_and_validates(preset):
 
 
 def test_the_rules_name_only_keys_that_ablates_parts_take():
-    """A rule in runner.rules for a key no built-in part takes would never be applied."""
-    from runner import rules, targets
+    """A rule in runner.config.rules for a key no built-in part takes would never be applied."""
+    from runner.config import rules, targets
 
     taken = {"seed"} | {f"trainer.{k}" for k in compose_cfg().trainer}
     for group in ("data", "model", "activation", "optimizer", "sched"):
@@ -198,7 +199,7 @@ def test_the_rules_name_only_keys_that_ablates_parts_take():
 def test_importing_the_schema_does_not_import_torch():
     import subprocess
 
-    code = "import sys, runner.schema, runner.app; assert 'torch' not in sys.modules, 'torch was imported'"
+    code = "import sys, runner.config.schema, runner.cli.app; assert 'torch' not in sys.modules, 'torch was imported'"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
 
@@ -262,7 +263,7 @@ def test_a_bad_sweep_leaves_a_sweep_directory_that_holds_runs_untouched(tmp_path
 
 def users_part(count: int = 1, rate: float = 0.1, mode: Literal["a", "b"] = "a", sizes: list[int] | None = None,
                flag=False, name="x", dropout=0, anything=None):  # fmt: skip
-    """Annotations of every kind runner.targets reads, and defaults without annotations."""
+    """Annotations of every kind runner.config.targets reads, and defaults without annotations."""
 
 
 @pytest.mark.parametrize(
@@ -279,7 +280,7 @@ def users_part(count: int = 1, rate: float = 0.1, mode: Literal["a", "b"] = "a",
     ],
 )
 def test_a_users_callable_is_checked_against_its_annotations_and_defaults(key, value, message):
-    from runner import targets
+    from runner.config import targets
 
     node = OmegaConf.create({"_target_": f"{__name__}.users_part", key: value})
     with pytest.raises(schema.ConfigError) as error:
@@ -288,7 +289,7 @@ def test_a_users_callable_is_checked_against_its_annotations_and_defaults(key, v
 
 
 def test_values_that_fit_a_users_callable_pass():
-    from runner import targets
+    from runner.config import targets
 
     values = {"count": 2, "rate": 1, "mode": "b", "sizes": [3, 4], "flag": True, "name": "y", "dropout": 0.5, "anything": [1]}
     targets.check_node("part", OmegaConf.create({"_target_": f"{__name__}.users_part", **values}), None, lambda k, v: False)

@@ -22,12 +22,16 @@ from omegaconf import DictConfig, OmegaConf
 
 import models
 import optim
-from runner import GROUPS, checkpoint, console, data, device, distributed, parts, schema
-from runner.datasets import DataError
-from runner.diagnostics import Diagnostics
-from runner.interrupt import pass_on, stop_on_signals
-from runner.log import RunLogger, write_json
-from runner.train import Trainer
+from runner import GROUPS
+from runner.cli import console
+from runner.config import schema
+from runner.data import batches
+from runner.data.datasets import DataError
+from runner.engine import checkpoint, device, distributed, parts
+from runner.engine.diagnostics import Diagnostics
+from runner.engine.interrupt import pass_on, stop_on_signals
+from runner.engine.log import RunLogger, write_json
+from runner.engine.train import Trainer
 from runner.tune import PHASE_ENV, job_tuning, trial_pruner
 
 DIVERGED_EXIT = 3  # a single run whose loss became NaN or infinite; a sweep goes on and exits 0
@@ -79,14 +83,14 @@ class Parts:
 
     compute: device.Compute
     world: distributed.World
-    dataset: data.Data
+    dataset: batches.Data
     model: torch.nn.Module  # evaluated and saved
     train_model: torch.nn.Module  # the steps run through it: `model`, or `model` in DDP
     optimizer: torch.optim.Optimizer
     schedule: optim.LrSchedule
-    train: data.Batches
-    val: data.Batches
-    test: data.Batches
+    train: batches.Batches
+    val: batches.Batches
+    test: batches.Batches
 
 
 def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
@@ -100,7 +104,7 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
         compute = device.pick(cfg.trainer, parallel_jobs, world)
         torch.set_num_threads(compute.threads)
         distributed.start(world, compute.device)
-        dataset = data.load(cfg.data, compute.device)
+        dataset = batches.load(cfg.data, compute.device)
         model = build_model(cfg, dataset)
         model = model.to(compute.device, memory_format=compute.memory_format)
         if cfg.trainer.compile:
@@ -109,19 +113,19 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
         optimizer = parts.build_optimizer(cfg.optimizer, model.parameters())
         mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
         share = dict(memory_format=compute.memory_format, rank=world.rank, ranks=world.size)
-        train = data.Batches(
+        train = batches.Batches(
             dataset.train, cfg.data.batch_size, mean, std,
             shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed, **share,
         )
-        val = data.Batches(dataset.val, data.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
-        test = data.Batches(dataset.test, data.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
+        val = batches.Batches(dataset.val, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
+        test = batches.Batches(dataset.test, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         schedule = parts.build_schedule(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from e
     return Parts(compute, world, dataset, model, train_model, optimizer, schedule, train, val, test)
 
 
-def build_model(cfg: DictConfig, dataset: data.Data) -> torch.nn.Module:
+def build_model(cfg: DictConfig, dataset: batches.Data) -> torch.nn.Module:
     """The model for the data's shape and classes; what cannot be built (pooling more often than the
     image allows, a user's model that raises) is refused in one line."""
     try:

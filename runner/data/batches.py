@@ -14,8 +14,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runner import parts, targets, torchvision_sets
-from runner.datasets import Arrays, stratified_split
+from runner.config import targets
+from runner.data import torchvision_sets
+from runner.data.datasets import Arrays, stratified_split
+from runner.engine import parts
 
 EVAL_BATCH_SIZE = 256  # the fastest of 128, 256 and 1000 for evaluation on a 2-core CPU
 
@@ -62,7 +64,7 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def load_arrays(cfg, device: torch.device) -> Arrays:
     """The data set `data._target_` names as uint8 arrays: ablate's own and a user's functions return
-    them; a torch Dataset class (torchvision's) is built for each split and decoded (runner.torchvision_sets)."""
+    them; a torch Dataset class (torchvision's) is built for each split and decoded (runner.data.torchvision_sets)."""
     source = parts.without(cfg, targets.OWN_KEYS["data"])
     target = targets.locate(cfg._target_)
     if isinstance(target, type) and issubclass(target, torch.utils.data.Dataset):

@@ -10,9 +10,9 @@ the decoded size is compared with the memory the training device has free.
 import numpy as np
 from hydra.utils import instantiate
 
-from runner.datasets import Arrays, DataError
-from runner.image_folder import check_memory
-from runner.targets import takes
+from runner.config.targets import takes
+from runner.data.datasets import Arrays, DataError
+from runner.data.image_folder import check_memory
 
 SPLITS = ("train", "test")
 

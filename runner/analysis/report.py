@@ -18,7 +18,9 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner import GROUPS, distributed, stats
+from runner import GROUPS
+from runner.analysis import stats
+from runner.engine import distributed
 
 RUN_COLUMNS = ("status", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "epochs", "train_seconds", "num_params")
 
@@ -128,7 +130,7 @@ def write_csv(path: Path, keys: list[str], runs: list[Run]) -> None:
 
 def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
     """The per-variant table: best first by mean test accuracy, each with its 95% confidence interval
-    and its distance to the best, judged by runner.stats' one test."""
+    and its distance to the best, judged by runner.analysis.stats' one test."""
     samples = {v.label: [r.metrics["test_acc"] for r in v.completed() if r.metrics.get("test_acc") is not None] for v in found}
     best, comparisons = stats.compare(samples) if any(samples.values()) else (None, {})
     ranked = sorted(found, key=lambda v: -comparisons[v.label].mean if v.label in comparisons else 1)
@@ -230,7 +232,7 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
         header = [header[0], "tuned", "trials", *header[1:]]
         rows = [[row[0], *columns[row[0]], *row[1:]] for row in rows]
     write_markdown(out / "summary.md", header, rows, paths)
-    from runner import plots
+    from runner.analysis import plots
 
     by_label = {v.label: v for v in found}
     ranked = [by_label[row[0]] for row in rows]  # the table's order, best first
@@ -248,7 +250,7 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
         console = Console() if Console().is_terminal else Console(width=200)
         console.print(table)
         console.print(f"Summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", soft_wrap=True)
-        from runner.console import tensorboard_command
+        from runner.cli.console import tensorboard_command
 
         logdir = paths[0] if len(paths) == 1 else os.path.commonpath([str(p.resolve()) for p in paths])
         console.print(f"TensorBoard: {tensorboard_command()} --logdir {logdir}", soft_wrap=True)

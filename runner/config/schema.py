@@ -1,9 +1,9 @@
-"""The config check: `validate(cfg)`, which `run` calls before Hydra writes anything (runner.app's
+"""The config check: `validate(cfg)`, which `run` calls before Hydra writes anything (runner.cli.app's
 CheckFirst callback: the run's config, or every job's of a sweep), and `describe(error)`, which
 puts Hydra's own composition errors in the same one line. The builders trust what passed here.
 
 Every group but `trainer` names its callable with `_target_`: its keys are checked against that
-callable's signature (runner.targets), their values by ablate's rules (runner.rules) where the
+callable's signature (runner.config.targets), their values by ablate's rules (runner.config.rules) where the
 callable is ablate's, else by the signature's annotations. Each refusal is one line: the key, the
 value and what is allowed.
 
@@ -18,8 +18,9 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import GROUPS, targets
-from runner.rules import RULES, ConfigError, allowed, check_value, refuse, show
+from runner import GROUPS
+from runner.config import targets
+from runner.config.rules import RULES, ConfigError, allowed, check_value, refuse, show
 
 TOP_KEYS = (*GROUPS, "seed", "search_space")
 

@@ -6,7 +6,7 @@ state (model, optimizer, schedule, counters, the running epoch's totals, RNG sta
 can be saved at any step and restored, so a resumed run continues exactly where it stopped.
 A signal (`request_stop`) ends the run after the current step, with a checkpoint.
 
-Under DDP (runner.distributed) every rank runs this loop on its part of each batch: the totals are
+Under DDP (runner.engine.distributed) every rank runs this loop on its part of each batch: the totals are
 summed over the ranks when they are read, evaluation splits the batches among the ranks, and the
 ranks agree on stopping and checkpointing at logging steps, so that they all stop at the same step.
 """
@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runner.data import Batches
-from runner.distributed import World, broadcast_buffers
+from runner.data.batches import Batches
+from runner.engine.distributed import World, broadcast_buffers
 
 
 @dataclass

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runner.datasets import Arrays, DataError
+from runner.data.datasets import Arrays, DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLITS = ("train", "test")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from hydra import compose, initialize_config_dir
 
-from runner.app import CONFIGS
+from runner.cli.app import CONFIGS
 
 
 def compose_cfg(*overrides: str):

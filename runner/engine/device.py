@@ -76,7 +76,7 @@ def pick_threads(threads, parallel_jobs: int) -> int:
 
 def pick(trainer_cfg, parallel_jobs: int = 1, world=None) -> Compute:
     """The Compute that `trainer.device/precision/layout/threads` ask for, on this machine. Under
-    DDP (`world`, runner.distributed), the process of local rank r takes GPU r, and the processes
+    DDP (`world`, runner.engine.distributed), the process of local rank r takes GPU r, and the processes
     that share the CPU cores share them out."""
     device = pick_device(trainer_cfg.device)
     if world is not None and device.type == "cuda" and world.local_size > 1:

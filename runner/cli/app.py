@@ -2,13 +2,13 @@
 `run --help` and `run --cfg job` stay fast.
 
 Bad input is refused before anything is written: composition checks the keys and types
-(runner/schema.py), the CheckFirst callback the values of the run or of every job of a sweep, and
+(runner/config/schema.py), the CheckFirst callback the values of the run or of every job of a sweep, and
 either refusal comes out as one line, `error: <key>=<value> is not allowed; allowed: ...`, exit 2
 (with HYDRA_FULL_ERROR=1, the traceback instead).
 
 Under torchrun (`torchrun --nproc_per_node=N -m runner ...`) every rank runs this program; the
 `started` and `new_dir` resolvers give every rank rank 0's values, so all name one run directory,
-and only rank 0 writes Hydra's .hydra/ files (runner.distributed)."""
+and only rank 0 writes Hydra's .hydra/ files (runner.engine.distributed)."""
 
 import itertools
 import os
@@ -25,9 +25,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import distributed, schema, tune
+from runner import tune
+from runner.config import schema
+from runner.engine import distributed
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 FULL_ERROR = "HYDRA_FULL_ERROR"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # a name to compare, not imported
@@ -36,7 +38,7 @@ TUNE_SWEEPER = "hydra_plugins.ablate_tune.tune_sweeper.TuneSweeper"
 
 @hydra.main(config_path=str(CONFIGS), config_name="config", version_base="1.3")
 def task(cfg: DictConfig) -> float | None:
-    from runner.job import SetupError, run_job
+    from runner.engine.job import SetupError, run_job
 
     importable_cwd()  # again: a launcher may run the job in a process of its own
 

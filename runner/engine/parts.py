@@ -1,7 +1,7 @@
 """A run's parts, built from the config groups that name them with `_target_`: the activation, the
-model, the optimizer and the schedule (the data: runner.datasets). Each is one call of
-hydra.utils.instantiate, with what ablate passes itself (runner.targets.CONTEXT) given by name
-where the callable's signature names it. The config was checked before (runner.schema): nothing is
+model, the optimizer and the schedule (the data: runner.data.datasets). Each is one call of
+hydra.utils.instantiate, with what ablate passes itself (runner.config.targets.CONTEXT) given by name
+where the callable's signature names it. The config was checked before (runner.config.schema): nothing is
 checked again here.
 """
 
@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from optim import LrSchedule
-from runner.targets import OWN_KEYS, locate, takes
+from runner.config.targets import OWN_KEYS, locate, takes
 
 
 def without(cfg: DictConfig, keys) -> DictConfig:

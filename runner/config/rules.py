@@ -2,7 +2,7 @@
 refusal that names the key, the value and what is allowed. No torch here: `run --help` and
 `run --cfg job` import this module.
 
-A key of a user's class is checked against that class's signature instead (runner.targets).
+A key of a user's class is checked against that class's signature instead (runner.config.targets).
 """
 
 from collections.abc import Callable

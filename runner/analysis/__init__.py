@@ -1,0 +1,1 @@
+"""Analysis: sweep summaries, their statistics and plots."""

@@ -1,0 +1,1 @@
+"""The command line: the `run` entry point and what it prints."""

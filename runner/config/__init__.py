@@ -1,0 +1,1 @@
+"""Config checking: the rules each key's value must meet, and the callables `_target_` names."""

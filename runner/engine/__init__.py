@@ -1,0 +1,1 @@
+"""The training engine: one run, from its parts to its run directory."""
