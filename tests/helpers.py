@@ -35,10 +35,10 @@ def run_cli(
     return subprocess.run(command(args, nproc), cwd=cwd or ROOT, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
 
 
-def start_cli(*args: str, nproc: int = 0) -> subprocess.Popen:
+def start_cli(*args: str, nproc: int = 0, cwd: Path | None = None) -> subprocess.Popen:
     """`run *args` started in the background, its output in one text pipe, to signal it."""
     return subprocess.Popen(
-        command(args, nproc), cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        command(args, nproc), cwd=cwd or ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
 
@@ -72,7 +72,10 @@ def assert_bitwise_equal(a, b) -> None:
 
 
 def session_hparams(events) -> dict:
-    """The hparams a run's TensorBoard events record (EventAccumulator, reloaded)."""
-    content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)[hparams_metadata.SESSION_START_INFO_TAG]
-    start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
-    return {k: v.string_value or v.number_value for k, v in start.hparams.items()}
+    """The HPARAMS row a run's TensorBoard events record (EventAccumulator, reloaded), by column
+    name as TensorBoard shows it (the experiment summary's display names)."""
+    tags = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
+    experiment = plugin_data_pb2.HParamsPluginData.FromString(tags[hparams_metadata.EXPERIMENT_TAG]).experiment
+    shown = {info.name: info.display_name for info in experiment.hparam_infos}
+    start = plugin_data_pb2.HParamsPluginData.FromString(tags[hparams_metadata.SESSION_START_INFO_TAG]).session_start_info
+    return {shown[k]: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}

@@ -19,7 +19,7 @@ def test_dead_units_count_units_off_for_every_sample_of_the_batch():
         assert diagnostics.read() == {}  # inactive: nothing recorded (and no gradients yet)
         diagnostics.active = True
         model(x)
-        assert diagnostics.read()["dead_units/1"] == expected
+        assert diagnostics.read()["probe/dead_units/1"] == expected
 
 
 def test_grad_norms_per_layer_and_first_to_last_ratio():
@@ -29,6 +29,6 @@ def test_grad_norms_per_layer_and_first_to_last_ratio():
     values = diagnostics.read()
     first = torch.cat([model[0].weight.grad.flatten(), model[0].bias.grad]).norm().item()
     last = torch.cat([model[2].weight.grad.flatten(), model[2].bias.grad]).norm().item()
-    assert abs(values["grad_norm/0"] - first) < 1e-5 and abs(values["grad_norm/2"] - last) < 1e-5
-    assert abs(values["grad_norm/first_to_last"] - first / last) < 1e-5
-    assert not any(k.startswith("dead_units") for k in values)  # tanh has no dead units to count
+    assert abs(values["probe/grad_norm/0"] - first) < 1e-5 and abs(values["probe/grad_norm/2"] - last) < 1e-5
+    assert abs(values["probe/grad_norm/first_to_last"] - first / last) < 1e-5
+    assert not any(k.startswith("probe/dead_units") for k in values)  # tanh has no dead units to count

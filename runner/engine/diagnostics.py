@@ -1,15 +1,21 @@
 """Diagnostics that make the seed's arguments visible, read only on logging steps:
 
-- grad_norm/<layer>: the gradient norm of each layer with parameters, and grad_norm/first_to_last,
-  the first layer's over the last layer's (vanishing gradients show up as a tiny ratio);
-- dead_units/<layer>: the fraction of units of each ReLU (LeakyReLU) layer that output zero (get a
-  negative input) for every sample of the batch.
+- probe/grad_norm/<layer>: the gradient norm of each layer with parameters, and
+  probe/grad_norm/first_to_last, the first layer's over the last layer's (vanishing gradients show
+  up as a tiny ratio);
+- probe/dead_units/<layer>: the fraction of units of each ReLU (LeakyReLU) layer that output zero
+  (get a negative input) for every sample of the batch.
+
+Under `probe/`, they sort after loss/, acc/ and lr in TensorBoard, which orders charts by name.
 
 Between logging steps the forward hooks return at once, and nothing is read from the device.
 """
 
 import torch
 from torch import nn
+
+GRAD_NORM = "probe/grad_norm"
+DEAD_UNITS = "probe/dead_units"
 
 
 class Diagnostics:
@@ -18,8 +24,10 @@ class Diagnostics:
         self.layers = [(name, params) for name, params in self.layers if params]
         self.active = False
         self.dead: dict[str, torch.Tensor] = {}
+        self.rectifiers: list[str] = []  # the layers whose dead units are counted
         for name, module in model.named_modules():
             if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
+                self.rectifiers.append(name)
                 module.register_forward_hook(self._dead_units_hook(name))
 
     def _dead_units_hook(self, name: str):
@@ -44,8 +52,8 @@ class Diagnostics:
 
     def read(self) -> dict[str, float]:
         """Everything gathered on this step, as TensorBoard tags and Python floats (one device read)."""
-        values = {f"grad_norm/{k}": v for k, v in self.grad_norms().items()}
-        values.update({f"dead_units/{k}": v for k, v in self.dead.items()})
+        values = {f"{GRAD_NORM}/{k}": v for k, v in self.grad_norms().items()}
+        values.update({f"{DEAD_UNITS}/{k}": v for k, v in self.dead.items()})
         self.dead = {}
         if not values:
             return {}

@@ -1,18 +1,18 @@
 """One run: compose what the config chose, train, and write the run directory.
 
 config -> seed -> data on the device -> model -> optimizer and schedule -> Trainer.fit()
--> metrics.json, TensorBoard, checkpoint, model.safetensors -> the objective (best val accuracy)
-for sweepers. Run again in its directory, a run resumes from its checkpoint, or is skipped when it
-completed or diverged there already. Under torchrun, every rank runs this; rank 0 alone writes.
+-> metrics.json, TensorBoard, checkpoint, model.safetensors (runner.engine.run_dir) -> the exit
+code, and the objective (best val accuracy) for sweepers. Run again in its directory, a run
+resumes from its checkpoint, or is skipped when it completed or diverged there already. Under
+torchrun, every rank runs this; rank 0 alone writes.
 """
 
-import json
 import logging
 import os
-import platform
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -20,19 +20,18 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-import models
 import optim
-from runner import GROUPS
 from runner.cli import console
 from runner.config import schema
 from runner.data import batches
 from runner.data.datasets import DataError
 from runner.engine import checkpoint, device, distributed, parts
+from runner.engine import run_dir as run_dir_files
 from runner.engine.diagnostics import Diagnostics
 from runner.engine.interrupt import pass_on, stop_on_signals
-from runner.engine.log import RunLogger, write_json
+from runner.engine.log import RunLogger, charts
 from runner.engine.train import Trainer
-from runner.tune import PHASE_ENV, job_tuning, trial_pruner
+from runner.tune import PHASE_ENV, trial_pruner
 
 DIVERGED_EXIT = 3  # a single run whose loss became NaN or infinite; a sweep goes on and exits 0
 
@@ -61,20 +60,6 @@ def parallel_jobs(hydra_cfg) -> int:
 
 def run_name(choices) -> str:
     return "-".join(str(choices.get(g)) for g in ("model", "activation", "optimizer", "sched"))
-
-
-def hparams(cfg: DictConfig, choices, precision: str) -> dict:
-    """Choices, seed, the main hyperparameters and every command-line override, for TensorBoard's hparams tab."""
-    values = {g: str(choices.get(g)) for g in GROUPS}
-    values.update(seed=cfg.seed, batch_size=cfg.data.batch_size, max_epochs=cfg.trainer.max_epochs, precision=precision)
-    values.update({k: cfg.optimizer[k] for k in ("lr", "weight_decay") if cfg.optimizer.get(k) is not None})  # a user's may lack them
-    for override in HydraConfig.get().overrides.task:
-        key = override.split("=", 1)[0].lstrip("+~")
-        value = OmegaConf.select(cfg, key, default=None)
-        if key in GROUPS or value is None or isinstance(value, DictConfig):
-            continue  # group choices are listed already; hydra.* keys are not in cfg
-        values[key] = value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else str(value)
-    return values
 
 
 @dataclass
@@ -140,6 +125,7 @@ def build_model(cfg: DictConfig, dataset: batches.Data) -> torch.nn.Module:
 
 
 def run_job(cfg: DictConfig) -> float | None:
+    """One run, from its config to its run directory; the objective for sweepers."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     choices = hydra_cfg.runtime.choices
@@ -162,25 +148,22 @@ def run_job(cfg: DictConfig) -> float | None:
         saved = checkpoint.load_matching(last, config)  # None for a fresh run
     except ValueError as e:
         raise SetupError(str(e)) from e
-    done = finished_metrics(run_dir, saved, cfg.trainer.max_epochs)
+    done = run_dir_files.finished_metrics(run_dir, saved, cfg.trainer.max_epochs)
+    logdir = run_dir_files.tensorboard_logdir(hydra_cfg, run_dir)
     if done:
         console.log.info(f"{name}: {done['status']} already in {run_dir}; skipped")
         if world.main:
-            console.print_summary(done, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
+            console.print_summary(done, str(run_dir), logdir)
         return finish(done, name, run_dir, hydra_cfg)
-    logger = RunLogger(run_dir, enabled=world.main, purge_step=saved["step"] if saved else None)
-    logger.hparams(hparams(cfg, choices, compute.precision))
-    trainer = Trainer(
-        parts.model, parts.optimizer, parts.schedule, parts.train, parts.val, parts.test, cfg.trainer,
-        compute.autocast_dtype, logger, console.TrainingProgress(enabled=world.main),
-        checkpoint=(lambda state: checkpoint.save(last, {**state, "config": config})) if world.main else None,
-        diagnostics=Diagnostics(parts.model) if cfg.trainer.diagnostics else None,
-        world=world, train_model=parts.train_model, prune=None if world.active else trial_pruner(),
-        meet_test=not os.environ.get(PHASE_ENV, "").startswith("tune/"),  # a tuned sweep's trial: validation only
-    )  # fmt: skip
+    trainer = make_trainer(cfg, parts, run_dir, saved, checkpoint_to=last, config=config)
     if saved:
         trainer.load_state_dict(saved)
-        console.log.info(f"{name}: resuming from {last} (epoch {trainer.epoch}, batch {trainer.batch}, step {trainer.step})")
+        console.log.info(
+            f"{name}: resuming from {last} (epoch {trainer.epoch}, batch {trainer.batch}, step {trainer.step})"
+        )
+    hparams_root = run_dir_files.hparams_root(hydra_cfg, run_dir)
+    if world.main:
+        run_dir_files.show_in_hparams(hparams_root)  # as running
     status = "failed"
     try:
         with stop_on_signals(trainer.request_stop):
@@ -188,46 +171,50 @@ def run_job(cfg: DictConfig) -> float | None:
         if status == "completed" and world.main:
             checkpoint.export_weights(run_dir / "model.safetensors", parts.model)
     finally:
-        result = trainer.result
-        metrics = {
-            "status": status,
-            "name": name,
-            "test_acc": result.test_acc,
-            "test_loss": result.test_loss,
-            "best_val_acc": result.best_val_acc,
-            "epochs": trainer.epoch,
-            "steps": trainer.step,
-            "train_seconds": round(result.train_seconds, 3),
-            "num_params": models.num_params(parts.model),
-            "seed": cfg.seed,
-            "choices": {g: choices.get(g) for g in GROUPS},
-            "device": str(compute.device),
-            "precision": compute.precision,
-            "layout": compute.layout,
-            "threads": compute.threads,
-            "processes": world.size,
-            "data": parts.dataset.info,
-            "history": result.history,
-            "versions": {"python": platform.python_version(), "torch": torch.__version__},
-            "command": " ".join(["run", *hydra_cfg.overrides.task]),  # this run alone, also inside a sweep
-        }
-        if tuning := job_tuning(cfg, metrics["choices"]):  # a job of a tuned sweep (runner.tune)
-            metrics["tune"] = tuning
+        metrics = run_dir_files.record(status, name, trainer, parts, cfg, choices, hydra_cfg.overrides.task)
+        trainer.logger.close()
         if world.main:
-            write_json(run_dir / "metrics.json", metrics)
-        logger.close(status)
-    if status == "interrupted":  # a sweep stops here too: its later jobs have not started
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            again = f"to resume the sweep, run the same command with hydra.sweep.dir={hydra_cfg.sweep.dir}"
-        else:
-            again = f"to resume, run it again with hydra.run.dir={run_dir}"
-        pass_on(trainer.stop_signal)  # to a launcher's own handler, if it set one: submitit requeues the job here
-        if world.main:
-            console.log.warning(f"{name}: stopped by signal {trainer.stop_signal} at step {trainer.step}; {again}")
-        raise SystemExit(128 + trainer.stop_signal)
+            run_dir_files.write_metrics(run_dir, metrics)
+            run_dir_files.show_in_hparams(hparams_root)
+    if status == "interrupted":
+        stop(trainer, name, run_dir, hydra_cfg, world)
     if world.main:
-        console.print_summary(metrics, str(run_dir), tensorboard_logdir(hydra_cfg, run_dir))
+        console.print_summary(metrics, str(run_dir), logdir)
     return finish(metrics, name, run_dir, hydra_cfg)
+
+
+def make_trainer(
+    cfg: DictConfig, parts: Parts, run_dir: Path, saved: dict | None, checkpoint_to: Path, config: dict
+) -> Trainer:
+    """The Trainer of this run: on rank 0 it logs to TensorBoard in `run_dir` and checkpoints, with
+    the resolved `config`, to `checkpoint_to`."""
+    world = parts.world
+    diagnostics = Diagnostics(parts.model) if cfg.trainer.diagnostics else None
+    logger = RunLogger(
+        run_dir, enabled=world.main, purge_step=saved["step"] if saved else None,
+        layout=charts(diagnostics.rectifiers if diagnostics else None),
+    )  # fmt: skip
+    return Trainer(
+        parts.model, parts.optimizer, parts.schedule, parts.train, parts.val, parts.test, cfg.trainer,
+        parts.compute.autocast_dtype, logger, console.TrainingProgress(enabled=world.main),
+        checkpoint=(lambda state: checkpoint.save(checkpoint_to, {**state, "config": config})) if world.main else None,
+        diagnostics=diagnostics, world=world, train_model=parts.train_model,
+        prune=None if world.active else trial_pruner(),
+        meet_test=not os.environ.get(PHASE_ENV, "").startswith("tune/"),  # a tuned sweep's trial: validation only
+    )  # fmt: skip
+
+
+def stop(trainer: Trainer, name: str, run_dir: Path, hydra_cfg, world) -> NoReturn:
+    """An interrupted run exits with 128 + the signal, saying how to resume; a sweep stops here too
+    (its later jobs have not started), and a launcher's own handler gets the signal (submitit requeues)."""
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        again = f"to resume the sweep, run the same command with hydra.sweep.dir={hydra_cfg.sweep.dir}"
+    else:
+        again = f"to resume, run it again with hydra.run.dir={run_dir}"
+    pass_on(trainer.stop_signal)
+    if world.main:
+        console.log.warning(f"{name}: stopped by signal {trainer.stop_signal} at step {trainer.step}; {again}")
+    raise SystemExit(128 + trainer.stop_signal)
 
 
 def agree_on_run_dir(run_dir: Path) -> None:
@@ -266,24 +253,3 @@ def finish(metrics: dict, name: str, run_dir: Path, hydra_cfg) -> float | None:
 def objective(metrics: dict) -> float | None:
     """What a sweeper optimizes: the best validation accuracy, or test accuracy without a val split."""
     return metrics["best_val_acc"] if metrics["best_val_acc"] is not None else metrics["test_acc"]
-
-
-def tensorboard_logdir(hydra_cfg, run_dir: Path) -> str:
-    outputs = Path(hydra_cfg.runtime.cwd, "outputs").resolve()
-    return "outputs" if run_dir.resolve().is_relative_to(outputs) else str(run_dir)
-
-
-def finished_metrics(run_dir: Path, saved: dict | None, max_epochs: int) -> dict | None:
-    """metrics.json of a run that completed, or diverged, in `run_dir` with this config (its checkpoint
-    says so), else None. A diverged run would diverge again the same way: it is not rerun either."""
-    path = run_dir / "metrics.json"
-    if saved is None or not path.exists():
-        return None
-    metrics = json.loads(path.read_text())
-    if metrics.get("status") == "completed" and saved["epoch"] >= max_epochs:
-        return metrics
-    if metrics.get("status") == "pruned":  # a tuned sweep's trial that the pruner stopped: it stays stopped
-        return metrics
-    if metrics.get("status") == "diverged" and saved["step"] <= metrics.get("steps", -1):
-        return metrics
-    return None

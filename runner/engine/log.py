@@ -1,27 +1,43 @@
-"""What a run writes for people and tools: TensorBoard scalars and hparams, metrics.json.
+"""What a run writes for people and tools as it trains: TensorBoard scalars, histograms and charts,
+and metrics.json (written atomically).
 
-The run directory itself is the TensorBoard run: scalars and the hparams session live in
-the same event files (no sub-run). Only the process that owns the run directory (rank 0)
-makes a RunLogger that writes; the others get one with `enabled=False`.
+The run directory itself is the TensorBoard run (no sub-run); its HPARAMS record is written
+apart, by runner.analysis.hparams. Only the process that owns the run directory (rank 0) makes a
+RunLogger that writes; the others get one with `enabled=False`.
 """
 
 import json
 import os
-import time
+import re
 from pathlib import Path
 
-# TensorBoard's CUSTOM SCALARS tab: each chart shows these tags for every selected run, side by side.
-LAYOUT = {
-    "train vs val": {
-        "loss": ["Multiline", ["loss/train", "loss/val"]],
-        "accuracy": ["Multiline", ["acc/train", "acc/val"]],
-    },
-    "diagnostics": {
-        "first layer / last layer gradient norm": ["Multiline", ["grad_norm/first_to_last"]],
-        "dead units": ["Multiline", ["dead_units/.*"]],
-        "learning rate": ["Multiline", ["lr"]],
-    },
-}
+from runner.engine.diagnostics import DEAD_UNITS, GRAD_NORM
+
+
+def charts(dead_unit_layers: list[str] | None) -> dict:
+    """TensorBoard's CUSTOM SCALARS tab: one tag per chart, so that each run is one line in its own
+    colour; train and val apart; with diagnostics (`dead_unit_layers` not None), the gradient ratio
+    and one chart of dead units per ReLU layer."""
+
+    def one(tag: str) -> list:
+        return ["Multiline", [f"^{re.escape(tag)}$"]]
+
+    layout = {
+        "loss, accuracy and learning rate": {
+            "train loss": one("loss/train"),
+            "val loss": one("loss/val"),
+            "train accuracy": one("acc/train"),
+            "val accuracy": one("acc/val"),
+            "learning rate": one("lr"),
+        },
+    }
+    if dead_unit_layers is not None:
+        layout["vanishing gradients"] = {"first layer / last layer gradient norm": one(f"{GRAD_NORM}/first_to_last")}
+        if dead_unit_layers:
+            layout["dead units (the fraction of a ReLU layer's units off for a whole batch)"] = {
+                layer: one(f"{DEAD_UNITS}/{layer}") for layer in dead_unit_layers
+            }
+    return layout
 
 
 def write_json(path: Path, obj) -> None:
@@ -35,28 +51,19 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _session_end(status: str):
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
-
-    code = {"completed": "STATUS_SUCCESS", "interrupted": "STATUS_UNKNOWN"}.get(status, "STATUS_FAILURE")  # interrupted: to be resumed
-    info = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(code), end_time_secs=time.time())
-    content = plugin_data_pb2.HParamsPluginData(session_end_info=info, version=metadata.PLUGIN_DATA_VERSION)
-    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
-    return Summary(value=[Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin))])
-
-
 class RunLogger:
     """TensorBoard writer for one run directory."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, purge_step: int | None = None):
-        """`purge_step`: a resumed run's step; TensorBoard drops what earlier files logged from there on."""
+    def __init__(self, run_dir: Path, enabled: bool = True, purge_step: int | None = None, layout: dict | None = None):
+        """`purge_step`: a resumed run's step; TensorBoard drops what earlier files logged from there on.
+        `layout`: the CUSTOM SCALARS charts (`charts`)."""
         self.writer = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
-            self.writer.add_custom_scalars(LAYOUT)
+            if layout:
+                self.writer.add_custom_scalars(layout)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer:
@@ -71,19 +78,6 @@ class RunLogger:
                 if p.grad is not None:
                     self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
-    def hparams(self, hparams: dict[str, str | float | int]) -> None:
-        """Start the hparams session: the choices and main hyperparameters of this run.
-
-        No experiment summary is written: TensorBoard builds the table from the sessions of
-        all runs, so runs of different sweeps, with different hyperparameters, sit together.
-        """
+    def close(self) -> None:
         if self.writer:
-            from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
-            _, start, _ = hparams_summaries(hparams, {})
-            self.writer.file_writer.add_summary(start)
-
-    def close(self, status: str) -> None:
-        if self.writer:
-            self.writer.file_writer.add_summary(_session_end(status))
             self.writer.close()

@@ -1,0 +1,318 @@
+"""TensorBoard's HPARAMS tab over every run under a log directory (`outputs/`, where `make
+tensorboard` looks): one row per run, the answer's metrics first, a column for every key that
+differs between the runs.
+
+TensorBoard keeps the first hparams record it reads of a run and builds its columns from one
+experiment summary, so each run's record is a file of its own, `events.out.tfevents.hparams`,
+replaced whole (never appended to) whenever anything in it changes: a run interrupted and resumed
+to completion shows as completed in a freshly started TensorBoard. Every run's file holds the same
+experiment summary: the metrics (METRICS) and the columns, which are
+
+- the config choices, `seed` and `status` (completed, interrupted, diverged, failed, pruned or
+  running): always there;
+- every key of the resolved configs whose value differs between runs, with each run's value
+  (a default is its value, null is "null"); integers are written as text, since TensorBoard shows
+  numbers with five significant digits (a seed would read 0.0000).
+
+TensorBoard ticks the first five columns that differ, in the order of their names; the names
+here put the choices first, then the seed, then the keys a choice does not explain (a swept
+learning rate), the status, and last the keys that only follow a choice (model.channels of model=bn).
+
+`refresh(root)` rewrites every run's file under `root` that changed, under a lock, so runs and
+sweeps that end at once do not undo each other's records. A run calls it when it starts and when
+it ends.
+"""
+
+import fcntl
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import yaml
+
+from runner import GROUPS
+
+FILE = "events.out.tfevents.hparams"  # "tfevents" in the name: TensorBoard reads it as an event file
+LOCK = ".hparams.lock"
+METRICS = {  # tag: what the column says
+    "acc/test": "test acc",
+    "loss/test": "test loss",
+    "acc/best_val": "best val acc",
+    "loss/val": "final val loss",
+    "loss/train": "final train loss",
+}
+CHOICES = (*GROUPS, "experiment")
+SESSION_STATUS = {
+    "completed": "STATUS_SUCCESS",
+    "diverged": "STATUS_FAILURE",
+    "failed": "STATUS_FAILURE",
+    "running": "STATUS_RUNNING",
+}  # interrupted (to be resumed) and pruned (a tuned sweep's trial stopped early): STATUS_UNKNOWN
+LEFT_OUT = ("search_space",)  # a tuned sweep's space: in every run of the preset alike
+SWEEP_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)_(\d\d)-(\d\d)-(\d\d)")  # hydra.sweep.dir's default name
+
+
+@dataclass
+class Run:
+    dir: Path
+    values: dict  # choices, seed and the flat resolved config
+    status: str
+    started: float  # seconds since the epoch
+    ended: float | None
+    sweep: Path | None  # the sweep directory of a sweep's job
+    job: int | None
+    trial: str = field(default="")
+
+
+def refresh(root: Path) -> int:
+    """Write the HPARAMS record of every run under `root` whose record changed; how many were written."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = scan(root)
+        name_trials(runs)
+        experiment, columns = experiment_summary(runs)
+        written = 0
+        for run in runs:
+            content = event_file([experiment, session_start(run, columns), session_end(run)], run.started)
+            path = run.dir / FILE
+            if not path.exists() or path.read_bytes() != content:
+                tmp = run.dir / f".{FILE}.tmp"
+                tmp.write_bytes(content)
+                os.replace(tmp, path)
+                written += 1
+        return written
+
+
+def scan(root: Path) -> list[Run]:
+    """Every run directory under `root` (one with a `.hydra/config.yaml`), as written so far."""
+    return [run for config in sorted(root.glob("**/.hydra/config.yaml")) if (run := read_run(config.parent.parent))]
+
+
+_cache: dict[Path, tuple[tuple, Run]] = {}  # run directory: (its files' mtimes, the Run read from them)
+
+
+def read_run(run_dir: Path) -> Run | None:
+    files = [run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "hydra.yaml", run_dir / "metrics.json"]
+    try:
+        stamp = tuple(f.stat().st_mtime_ns if f.exists() else None for f in files)
+        if run_dir in _cache and _cache[run_dir][0] == stamp:
+            return _cache[run_dir][1]
+        config = yaml.load(files[0].read_text(), Loader=yaml.CSafeLoader) or {}
+        hydra = (yaml.load(files[1].read_text(), Loader=yaml.CSafeLoader) or {}).get("hydra", {})
+    except (OSError, yaml.YAMLError):
+        return None  # being written: the next refresh reads it
+    metrics = read_metrics(files[2])
+    choices = hydra.get("runtime", {}).get("choices", {})
+    values = {group: choices.get(group) for group in CHOICES}
+    values.update(flat({k: v for k, v in config.items() if k not in LEFT_OUT}))
+    sweep = run_dir.parent if (run_dir.parent / "multirun.yaml").exists() else None
+    run = Run(
+        dir=run_dir,
+        values=values,
+        status=metrics.get("status", "running"),
+        started=files[0].stat().st_mtime,
+        ended=files[2].stat().st_mtime if metrics else None,
+        sweep=sweep,
+        job=hydra.get("job", {}).get("num") if sweep else None,
+    )
+    _cache[run_dir] = (stamp, run)
+    return run
+
+
+def read_metrics(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def flat(node: dict, prefix: str = "") -> dict:
+    """{"optimizer": {"lr": 0.1}} -> {"optimizer.lr": 0.1}; lists stay whole values."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict) and value:
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def name_trials(runs: list[Run]) -> None:
+    """Short trial IDs that tell runs apart in TensorBoard's narrow first column: the sweep's start
+    time and the job's number ("14:02:11 #3"), or a single run's start time and its choices; the date
+    goes in front when the runs span several days."""
+
+    def started(run: Run) -> tuple[datetime, str]:
+        """When the run's sweep (or the run) started, and what follows the time in the sweep's name (-2)."""
+        if run.sweep and (m := SWEEP_TIME.match(run.sweep.name)):
+            return datetime(*map(int, m.groups())), run.sweep.name[m.end() :]
+        return datetime.fromtimestamp(run.started), ""
+
+    days = {started(run)[0].date() for run in runs}
+    fmt = "%H:%M:%S" if len(days) <= 1 else "%m-%d %H:%M:%S"
+    for run in runs:
+        moment, suffix = started(run)
+        if run.sweep:
+            run.trial = f"{moment.strftime(fmt)}{suffix} #{run.job}"
+        else:
+            run.trial = f"{moment.strftime(fmt)} " + "-".join(
+                str(run.values.get(g)) for g in ("model", "activation", "optimizer", "sched")
+            )
+    counts: dict[str, int] = {}
+    for run in runs:
+        counts[run.trial] = counts.get(run.trial, 0) + 1
+    for run in runs:
+        if counts[run.trial] > 1:  # the same label twice: the directory's name tells them apart
+            run.trial = f"{run.trial} {run.dir.name}"
+
+
+def shown(value):
+    """A value as TensorBoard holds it: floats as numbers, booleans as booleans, the rest as text."""
+    if isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value)):
+        return value
+    if value is None:
+        return "null"
+    return str(value)
+
+
+@dataclass
+class Column:
+    key: str
+    name: str  # TensorBoard orders the columns by name; the key is what it shows
+    kind: str  # DATA_TYPE_STRING | DATA_TYPE_BOOL | DATA_TYPE_FLOAT64
+    differs: bool
+    values: list
+
+
+def columns_of(runs: list[Run]) -> list[Column]:
+    keys = list(CHOICES) + sorted({k for run in runs for k in run.values} - set(CHOICES))
+    ranked = []
+    for key in keys:
+        present = [shown(run.values[key]) for run in runs if key in run.values]
+        distinct = sorted(set(present), key=repr)
+        differs = len(distinct) > 1
+        if key in CHOICES:
+            rank = 0
+        elif key == "seed":
+            rank = 1
+        elif not differs or not follows_a_choice(key, runs):
+            rank = 2
+        else:
+            rank = 4
+        if not differs and key not in CHOICES and key != "seed":
+            continue  # the same in every run: not a column
+        ranked.append((rank, key, distinct, differs))
+    statuses = sorted({run.status for run in runs})
+    ranked.append((3, "status", statuses, len(statuses) > 1))
+    columns = []
+    for rank, key, distinct, differs in sorted(ranked, key=lambda r: (r[0], r[1])):
+        if all(isinstance(v, bool) for v in distinct):
+            kind = "DATA_TYPE_BOOL"
+        elif all(isinstance(v, float) for v in distinct):
+            kind = "DATA_TYPE_FLOAT64"
+        else:
+            kind = "DATA_TYPE_STRING"
+            distinct = [str(v) for v in distinct]
+        columns.append(Column(key, f"{len(columns):03d} {key}", kind, differs, distinct))
+    return columns
+
+
+def follows_a_choice(key: str, runs: list[Run]) -> bool:
+    """Whether `key` (model.channels) has one value among the runs of each choice of its group (model)."""
+    group = key.split(".", 1)[0]
+    if group not in GROUPS:
+        return False
+    by_choice: dict = {}
+    for run in runs:
+        if key in run.values:
+            by_choice.setdefault(run.values.get(group), set()).add(repr(shown(run.values[key])))
+    return all(len(v) == 1 for v in by_choice.values())
+
+
+def experiment_summary(runs: list[Run]):
+    from google.protobuf.struct_pb2 import ListValue
+    from tensorboard.plugins.hparams import api_pb2
+
+    columns = columns_of(runs)
+    infos = []
+    for c in columns:
+        info = api_pb2.HParamInfo(
+            name=c.name, display_name=c.key, type=api_pb2.DataType.Value(c.kind), differs=c.differs
+        )
+        if c.kind != "DATA_TYPE_FLOAT64":
+            info.domain_discrete.CopyFrom(ListValue(values=[to_value(v) for v in c.values]))
+        infos.append(info)
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=name) for tag, name in METRICS.items()]
+    experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
+    return plugin_summary("experiment", experiment), columns
+
+
+def to_value(v):
+    from google.protobuf.struct_pb2 import Value
+
+    if isinstance(v, bool):
+        return Value(bool_value=v)
+    if isinstance(v, float):
+        return Value(number_value=v)
+    return Value(string_value=str(v))
+
+
+def session_start(run: Run, columns: list[Column]):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    info = plugin_data_pb2.SessionStartInfo(group_name=run.trial, start_time_secs=run.started)
+    values = {**run.values, "status": run.status}
+    for c in columns:
+        if c.key in values:  # else a key this run's config does not have (model.blocks of a plain CNN)
+            value = shown(values[c.key])
+            info.hparams[c.name].CopyFrom(to_value(value if c.kind != "DATA_TYPE_STRING" else str(value)))
+    return plugin_summary("session_start_info", info)
+
+
+def session_end(run: Run):
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    status = api_pb2.Status.Value(SESSION_STATUS.get(run.status, "STATUS_UNKNOWN"))
+    return plugin_summary(
+        "session_end_info", plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=run.ended or 0)
+    )
+
+
+def plugin_summary(kind: str, message):
+    """A Summary that TensorBoard's hparams plugin reads: `message` in the plugin data of tag _hparams_/<kind>."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **{kind: message})
+    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    return Summary(value=[Summary.Value(tag=f"_hparams_/{kind}", metadata=SummaryMetadata(plugin_data=plugin))])
+
+
+def event_file(summaries: list, wall_time: float) -> bytes:
+    """The bytes of an event file holding `summaries` (TFRecord frames of Event protos)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import masked_crc32c
+
+    events = [Event(wall_time=wall_time, file_version="brain.Event:2")]
+    events += [Event(wall_time=wall_time, step=0, summary=s) for s in summaries]
+    out = bytearray()
+    for event in events:
+        data = event.SerializeToString()
+        header = struct.pack("<Q", len(data))
+        out += header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+    return bytes(out)
+
+
+def root_of(run_dir: Path, cwd: Path, sweep_dir: Path | None) -> Path:
+    """The log directory whose runs share one HPARAMS table: `outputs/` for a run under it (where
+    `make tensorboard` looks), else the sweep directory, else the run directory itself."""
+    outputs = (cwd / "outputs").resolve()
+    if run_dir.resolve().is_relative_to(outputs):
+        return outputs
+    return sweep_dir.resolve() if sweep_dir else run_dir.resolve()
