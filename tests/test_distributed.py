@@ -62,10 +62,14 @@ def test_evaluation_batches_are_dealt_out_to_the_ranks():
 
 
 def test_a_batch_that_does_not_split_evenly_among_the_processes_is_refused(monkeypatch):
+    """A row of test_validation's table but for WORLD_SIZE, which torchrun sets for each process."""
     monkeypatch.setenv("WORLD_SIZE", "3")
-    message = r"data.batch_size=64 is not allowed with 3 processes .*a multiple of 3"
-    with pytest.raises(schema.ConfigError, match=message):
+    with pytest.raises(schema.ConfigError) as error:
         schema.validate(compose_cfg("data.batch_size=64"))
+    assert str(error.value) == (
+        "data.batch_size=64 is not allowed with 3 processes (WORLD_SIZE=3); "
+        "allowed: a multiple of 3, so that each process takes an equal part of every batch"
+    )
     schema.validate(compose_cfg("data.batch_size=63"))
 
 

@@ -73,12 +73,6 @@ def test_impl_defaults_to_torch_and_configs_without_it_still_build():
     assert type(parts.build_optimizer(cfg.optimizer, [param(1.0)])) is torch.optim.SGD
 
 
-def test_bad_impl_is_refused_in_one_line():
-    with pytest.raises(schema.ConfigError) as error:
-        schema.validate(compose_cfg("optimizer.impl=bogus"))
-    assert str(error.value) == "optimizer.impl='bogus' is not known; allowed: torch, textbook"
-
-
 # --- Where the two forms are the same method ----------------------------------------------------
 
 
@@ -282,8 +276,7 @@ def test_params_without_grad_are_skipped(name):
     cfg = compose_cfg(f"optimizer={name}", "optimizer.impl=textbook", "optimizer.weight_decay=0.1")
     opt = parts.build_optimizer(cfg.optimizer, [used, unused])
     for _ in range(3):
-        descend(opt, used)
-    assert unused.grad is None
+        descend(opt, used)  # only `used` gets a gradient
     assert unused.item() == 3.0 and len(opt.state[unused]) == 0
     assert not torch.equal(used.data, torch.tensor([1.0, -2.0], dtype=torch.float64))
 

@@ -139,14 +139,6 @@ def test_the_summary_names_each_variant_by_what_the_command_varied_not_by_the_va
     tuned = json.loads((sweep / "tune" / "sched=cosine" / "trial-0" / "metrics.json").read_text())["tune"]["params"]
     assert tuned["activation"] in ("relu", "tanh") and 0.001 <= tuned["optimizer.lr"] <= 0.5  # a group by its choice
 
-def test_a_seed_list_in_a_tuned_sweep_is_refused_in_one_line(tmp_path):
-    result = run_cli("-m", "hydra/sweeper=tune", "seed=0,1", "optimizer.lr=interval(0.001,0.1)", f"hydra.sweep.dir={tmp_path}/s")
-    assert (result.returncode, result.stderr) == (2, (
-        "error: seed=0,1 is not allowed in a tuned sweep (hydra/sweeper=tune): its trials run with the config's seed "
-        "and its final runs with fresh seeds after it; allowed: seed=N, hydra.sweeper.seeds=N\n"
-    ))  # fmt: skip
-    assert not (tmp_path / "s").exists()
-
 
 def test_the_sensitivity_plots_draw_every_tuned_key_of_real_studies_pruned_trials_too(tmp_path):
     space = {
@@ -216,20 +208,31 @@ def test_a_stopped_tuned_sweep_continues_to_the_same_totals_and_its_stopped_tria
     assert (sweep / "summary.md").read_text().count("3 completed") == 2
 
 
+# A tuned sweep's refusals: its own rules (a seed list, no validation split), and the rules of
+# test_validation's table applied to each variant and to the ends of each search space.
 @pytest.mark.parametrize(
     "overrides, message",
     [
+        (
+            ["seed=0,1", "optimizer.lr=interval(0.001,0.1)"],
+            (
+                "seed=0,1 is not allowed in a tuned sweep (hydra/sweeper=tune): its trials run with the config's seed "
+                "and its final runs with fresh seeds after it; allowed: seed=N, hydra.sweeper.seeds=N"
+            ),
+        ),
         (["optimizer=sgd,nope", "optimizer.lr=interval(0.001,0.1)"], "optimizer=nope is not known; allowed: adam, adamw, momentum, nesterov, sgd"),
         (["optimizer=sgd,adam", "optimizer.lr=interval(0,0.5)"], "optimizer.lr=0 is not allowed; allowed: a number > 0"),
         (["model.pool=choice(max,min)"], "model.pool='min' is not known; allowed: max, avg, null"),
         (
             ["optimizer.lr=interval(0.001,0.1)", "data.val_fraction=0"],
-            "data.val_fraction=0 is not allowed in a tuned sweep (hydra/sweeper=tune): its trials are scored on the "
-            "validation split, never on the test set; allowed: 0 < val_fraction < 1",
+            (
+                "data.val_fraction=0 is not allowed in a tuned sweep (hydra/sweeper=tune): its trials are scored on the "
+                "validation split, never on the test set; allowed: 0 < val_fraction < 1"
+            ),
         ),
     ],
 )
-def test_a_tuned_sweep_is_checked_at_the_ends_of_its_search_space_before_anything_is_written(tmp_path, overrides, message):
+def test_a_bad_tuned_sweep_is_refused_in_one_line_before_anything_is_written(tmp_path, overrides, message):
     result = run_cli("-m", "hydra/sweeper=tune", *overrides, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert (result.returncode, result.stderr) == (2, f"error: {message}\n")
     assert not (tmp_path / "sweep").exists()
