@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner.cli import app
-from runner.config import schema
+from runner.config import hydra_errors, schema
 
 TRAINER_KEYS = (
     "max_epochs, device, precision, layout, threads, compile, deterministic, checkpoint_every_minutes, grad_clip, "
@@ -172,7 +172,7 @@ def refusal(*overrides: str) -> str:
     try:
         cfg = compose_cfg(*overrides)
     except (HydraException, OmegaConfBaseException) as e:
-        return schema.describe(e, list(overrides), lambda group: app.chosen_keys(group, list(overrides)))
+        return hydra_errors.describe(e, list(overrides), lambda group: app.chosen_keys(group, list(overrides)))
     with pytest.raises(schema.ConfigError) as error:
         schema.validate(cfg)
     return str(error.value)

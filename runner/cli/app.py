@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner import tune
-from runner.config import schema
+from runner.config import hydra_errors, schema
 from runner.engine import distributed
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -168,7 +168,7 @@ def refuse(error: Exception, overrides: list[str]) -> NoReturn:
     if user_value == "1":
         traceback.print_exception(error)
     else:
-        message = schema.describe(error, overrides, lambda group: chosen_keys(group, overrides))
+        message = hydra_errors.describe(error, overrides, lambda group: chosen_keys(group, overrides))
         print(f"error: {message}", file=sys.stderr)
     sys.exit(2)
 

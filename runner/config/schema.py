@@ -1,6 +1,6 @@
 """The config check: `validate(cfg)`, which `run` calls before Hydra writes anything (runner.cli.app's
-CheckFirst callback: the run's config, or every job's of a sweep), and `describe(error)`, which
-puts Hydra's own composition errors in the same one line. The builders trust what passed here.
+CheckFirst callback: the run's config, or every job's of a sweep). The builders trust what passed
+here. Hydra's own composition errors get the same one line in runner.config.hydra_errors.
 
 Every group but `trainer` names its callable with `_target_`: its keys are checked against that
 callable's signature (runner.config.targets), their values by ablate's rules (runner.config.rules) where the
@@ -12,11 +12,8 @@ targets (and so torch, and the user's modules).
 """
 
 import os
-import re
 
-from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from runner import GROUPS
 from runner.config import targets
@@ -122,33 +119,3 @@ def check_relations(cfg) -> None:
             f"data.batch_size={show(batch)} is not allowed with {ranks} processes (WORLD_SIZE={ranks}); "
             f"allowed: a multiple of {ranks}, so that each process takes an equal part of every batch"
         )
-
-
-# --- Errors of composition, in one line ----------------------------------------------------------
-
-
-def describe(error: Exception, overrides: list[str], keys_of=None) -> str:
-    """One line for an error Hydra raises while composing: a bad override, an unknown key or option.
-    `overrides` are the command line's, to quote the one at fault; `keys_of(group)`, if given, lists
-    the keys the group's chosen callable accepts (an unknown key is refused with them)."""
-    if isinstance(error, ConfigError):
-        return str(error)
-    if isinstance(error, OverrideParseException):
-        reason = error.message.splitlines()[0]
-        return f"{error.override} is not an override ({reason}); allowed: key=value, group=option, -m key=a,b"
-    if isinstance(error, MissingConfigException) and error.options and error.missing_cfg_file:
-        group, _, option = error.missing_cfg_file.rpartition("/")
-        return f"{group}={option} is not known; allowed: {', '.join(error.options)}"
-    cause = error.__cause__ if isinstance(error.__cause__, OmegaConfBaseException) else error
-    full_key = getattr(cause, "full_key", None)
-    if not (isinstance(cause, OmegaConfBaseException) and full_key):
-        return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-    key = re.sub(r"\[\d+\]$", "", full_key)  # model.channels[0] -> model.channels
-    typed = next((o for o in overrides if o.lstrip("+~").split("=", 1)[0] == key), key)
-    group, _, name = key.rpartition(".")
-    if not group and name not in TOP_KEYS:
-        return f"{typed} is not allowed; allowed: a key of the config ({', '.join(TOP_KEYS)})"
-    keys = keys_of(group) if keys_of and group in GROUPS else None
-    if keys is not None and name not in keys:
-        return f"{typed} is not allowed; allowed: a key of {group} ({', '.join(keys) or 'none'})"
-    return f"{typed} is not allowed; allowed: {allowed(key)}"
