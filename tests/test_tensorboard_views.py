@@ -15,6 +15,8 @@ import urllib.request
 import pytest
 from helpers import run_cli, start_cli, wait_for_checkpoint_at_step
 
+from runner.analysis.hparams import refresh
+
 pytestmark = pytest.mark.slow  # six runs and a TensorBoard server: about 90 s
 
 SMALL = ["data.train_size=300", "trainer.max_epochs=1", "model.channels=[8,16]", "model.hidden=[32]"]
@@ -97,7 +99,8 @@ def session_groups(ask) -> dict:
     }
 
 
-def test_hparams_leads_with_the_metrics_and_the_keys_that_differ(tensorboard):
+def test_hparams_leads_with_the_metrics_and_the_keys_that_differ(tensorboard, outputs):
+    assert refresh(outputs) == 0  # in another process, nothing changed: no record is rewritten
     experiment = tensorboard("data/plugin/hparams/experiment", {"experimentName": ""})
     assert [m["displayName"] for m in experiment["metricInfos"]] == [
         "test acc", "test loss", "best val acc", "final val loss", "final train loss",

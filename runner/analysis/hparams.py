@@ -10,9 +10,10 @@ experiment summary: the metrics (METRICS) and the columns, which are
 
 - the config choices, `seed` and `status` (completed, interrupted, diverged, failed, pruned or
   running): always there;
-- every key of the resolved configs whose value differs between runs, with each run's value
-  (a default is its value, null is "null"); integers are written as text, since TensorBoard shows
-  numbers with five significant digits (a seed would read 0.0000).
+- every key of the runs' configs (`.hydra/config.yaml`, as Hydra saved them) whose value differs
+  between runs, with each run's value (a default is its value, null is "null"); integers are
+  written as text, since TensorBoard shows numbers with five significant digits (a seed would
+  read 0.0000).
 
 TensorBoard ticks the first five columns that differ, in the order of their names; the names
 here put the choices first, then the seed, then the keys a choice does not explain (a swept
@@ -35,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from runner import GROUPS
+from runner import GROUPS, run_name
 
 FILE = "events.out.tfevents.hparams"  # "tfevents" in the name: TensorBoard reads it as an event file
 LOCK = ".hparams.lock"
@@ -60,7 +61,7 @@ SWEEP_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)_(\d\d)-(\d\d)-(\d\d)")  # hydra.
 @dataclass
 class Run:
     dir: Path
-    values: dict  # choices, seed and the flat resolved config
+    values: dict  # the choices and the flat config
     status: str
     started: float  # seconds since the epoch
     ended: float | None
@@ -161,9 +162,7 @@ def name_trials(runs: list[Run]) -> None:
         if run.sweep:
             run.trial = f"{moment.strftime(fmt)}{suffix} #{run.job}"
         else:
-            run.trial = f"{moment.strftime(fmt)} " + "-".join(
-                str(run.values.get(g)) for g in ("model", "activation", "optimizer", "sched")
-            )
+            run.trial = f"{moment.strftime(fmt)} {run_name(run.values)}"
     counts: dict[str, int] = {}
     for run in runs:
         counts[run.trial] = counts.get(run.trial, 0) + 1
@@ -191,22 +190,20 @@ class Column:
 
 
 def columns_of(runs: list[Run]) -> list[Column]:
+    """The choices, the seed, every key that differs, and the status, in the order TensorBoard ticks them."""
     keys = list(CHOICES) + sorted({k for run in runs for k in run.values} - set(CHOICES))
     ranked = []
     for key in keys:
-        present = [shown(run.values[key]) for run in runs if key in run.values]
-        distinct = sorted(set(present), key=repr)
+        distinct = sorted({shown(run.values[key]) for run in runs if key in run.values}, key=repr)
         differs = len(distinct) > 1
         if key in CHOICES:
             rank = 0
         elif key == "seed":
             rank = 1
-        elif not differs or not follows_a_choice(key, runs):
-            rank = 2
-        else:
-            rank = 4
-        if not differs and key not in CHOICES and key != "seed":
+        elif not differs:
             continue  # the same in every run: not a column
+        else:
+            rank = 4 if follows_a_choice(key, runs) else 2
         ranked.append((rank, key, distinct, differs))
     statuses = sorted({run.status for run in runs})
     ranked.append((3, "status", statuses, len(statuses) > 1))
@@ -290,7 +287,7 @@ def plugin_summary(kind: str, message):
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
     content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **{kind: message})
-    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString(deterministic=True))
     return Summary(value=[Summary.Value(tag=f"_hparams_/{kind}", metadata=SummaryMetadata(plugin_data=plugin))])
 
 
@@ -303,7 +300,7 @@ def event_file(summaries: list, wall_time: float) -> bytes:
     events += [Event(wall_time=wall_time, step=0, summary=s) for s in summaries]
     out = bytearray()
     for event in events:
-        data = event.SerializeToString()
+        data = event.SerializeToString(deterministic=True)
         header = struct.pack("<Q", len(data))
         out += header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
     return bytes(out)

@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import optim
+from runner import run_name
 from runner.cli import console
 from runner.config import schema
 from runner.data import batches
@@ -56,10 +57,6 @@ def parallel_jobs(hydra_cfg) -> int:
     if not isinstance(n, int) or n == 0:
         return 1
     return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)
-
-
-def run_name(choices) -> str:
-    return "-".join(str(choices.get(g)) for g in ("model", "activation", "optimizer", "sched"))
 
 
 @dataclass
