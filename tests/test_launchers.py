@@ -72,7 +72,7 @@ def test_two_submitit_tasks_train_each_job_with_ddp(tmp_path):
         job = sweep_dir / f"seed={seed}"
         metrics = json.loads((job / "metrics.json").read_text())
         assert metrics["status"] == "completed" and metrics["processes"] == 2
-        assert len(list(job.glob("events.out.tfevents.*"))) == 1
+        assert len(list(job.glob("events.out.tfevents.[0-9]*"))) == 1  # one writer of scalars
 
 
 def test_the_slurm_preset_asks_sbatch_for_its_resources(tmp_path):
