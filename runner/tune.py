@@ -27,6 +27,8 @@ from typing import Any
 
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 
+from runner import flatten
+
 log = logging.getLogger(__name__)
 PHASE_ENV = "ABLATE_TUNE"  # a job's phase, trial and tuned keys ("tune/3/optimizer.lr"), for its metrics.json
 TRIAL_ENV = "ABLATE_TRIAL"  # a trial's pruner, storage, study and trial id ("median|sqlite:///...|name|12")
@@ -57,13 +59,6 @@ def distribution(override: Override):
     return d.CategoricalDistribution(list(sweep.list))
 
 
-def flat(node, prefix: str = "") -> dict[str, str]:
-    """`{"optimizer": {"lr": "interval(...)"}}` as `{"optimizer.lr": "interval(...)"}`."""
-    if not isinstance(node, dict):
-        return {prefix[:-1]: str(node)}
-    return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-
-
 def sweep_overrides(config, arguments: list[str]) -> list[str]:
     """A tuned sweep's overrides: the preset's `search_space`, then `hydra.sweeper.params` (less a
     preset's seed list: a tuned sweep picks its own seeds), then the command line; a key given
@@ -80,7 +75,8 @@ def sweep_overrides(config, arguments: list[str]) -> list[str]:
                 f"{o.input_line} is not allowed in a tuned sweep (hydra/sweeper=tune): its trials "
                 "run with the config's seed and its final runs with fresh seeds after it; allowed: seed=N, hydra.sweeper.seeds=N"
             )
-    space = flat(OmegaConf.to_container(config.get("search_space") or OmegaConf.create({})))
+    search_space = OmegaConf.to_container(config.get("search_space") or OmegaConf.create({}))
+    space = {k: str(v) for k, v in flatten(search_space).items()}
     params = {k: str(v) for k, v in (config.hydra.sweeper.get("params") or {}).items() if k != "seed"}
     by_key = {}
     for line in [*(f"{k}={v}" for k, v in {**space, **params}.items()), *arguments]:

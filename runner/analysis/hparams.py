@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from runner import GROUPS, run_name
+from runner import GROUPS, flatten, run_name
 
 FILE = "events.out.tfevents.hparams"  # "tfevents" in the name: TensorBoard reads it as an event file
 LOCK = ".hparams.lock"
@@ -111,14 +111,14 @@ def read_run(run_dir: Path) -> Run | None:
     metrics = read_metrics(files[2])
     choices = hydra.get("runtime", {}).get("choices", {})
     values = {group: choices.get(group) for group in CHOICES}
-    values.update(flat({k: v for k, v in config.items() if k not in LEFT_OUT}))
+    values.update(flatten({k: v for k, v in config.items() if k not in LEFT_OUT}))
     sweep = run_dir.parent if (run_dir.parent / "multirun.yaml").exists() else None
     run = Run(
         dir=run_dir,
         values=values,
         status=metrics.get("status", "running"),
-        started=files[0].stat().st_mtime,
-        ended=files[2].stat().st_mtime if metrics else None,
+        started=stamp[0] / 1e9,
+        ended=stamp[2] / 1e9 if metrics else None,
         sweep=sweep,
         job=hydra.get("job", {}).get("num") if sweep else None,
     )
@@ -131,17 +131,6 @@ def read_metrics(path: Path) -> dict:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
-
-
-def flat(node: dict, prefix: str = "") -> dict:
-    """{"optimizer": {"lr": 0.1}} -> {"optimizer.lr": 0.1}; lists stay whole values."""
-    out = {}
-    for key, value in node.items():
-        if isinstance(value, dict) and value:
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def name_trials(runs: list[Run]) -> None:

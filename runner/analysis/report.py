@@ -18,7 +18,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from runner import GROUPS
+from runner import GROUPS, flatten
 from runner.analysis import stats
 from runner.engine import distributed
 
@@ -60,21 +60,12 @@ class Variant:
         return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
-def _flatten(node, prefix: str = "") -> dict:
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
-
-
 def load_run(path: Path) -> Run:
     metrics = json.loads((path / "metrics.json").read_text())
     config_file = path / ".hydra" / "config.yaml"
     config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False) if config_file.exists() else {}
     values = {g: v for g, v in (metrics.get("choices") or {}).items() if v is not None}
-    values.update({k: v for k, v in _flatten(config).items() if k != "seed" and not k.startswith("search_space.")})
+    values.update({k: v for k, v in flatten(config).items() if k != "seed" and not k.startswith("search_space.")})
     return Run(path, metrics, values)
 
 
