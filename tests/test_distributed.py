@@ -73,13 +73,16 @@ def test_a_batch_that_does_not_split_evenly_among_the_processes_is_refused(monke
     schema.validate(compose_cfg("data.batch_size=63"))
 
 
-def test_processes_on_one_machine_share_its_cores_and_slurm_tasks_keep_their_own():
+def test_processes_on_one_machine_share_its_cores_and_slurm_tasks_keep_their_own(monkeypatch):
     trainer = compose_cfg().trainer
     cores = len(os.sched_getaffinity(0))
     torchrun = World(rank=1, size=2, local_rank=1, local_size=2, core_sharers=2)
     slurm_tasks = World(rank=1, size=2, local_rank=1, local_size=2, core_sharers=1)
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
     assert device.pick(trainer, 1, torchrun).threads == max(1, cores // 2)
     assert device.pick(trainer, 1, slurm_tasks).threads == cores
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")  # what the task was given, where SLURM does not bind it to cores
+    assert device.pick(trainer, 1, slurm_tasks).threads == 1
 
 
 def train_losses(run_dir) -> list[float]:

@@ -7,9 +7,11 @@ import json
 import re
 import shutil
 import subprocess
+import time
 
 import pytest
 from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
+from test_distributed import DDP, epoch_gap, relative, train_losses
 
 PARTITION = "debug"
 CLUSTER = ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}", "hydra.launcher.gpus_per_node=0",
@@ -61,7 +63,9 @@ def test_a_sweep_is_one_job_array_on_the_cluster_and_ends_with_its_summary(tmp_p
         record = job(task)
         assert record["JobState"] == "COMPLETED" and record["ArrayJobId"] == next(iter(array_ids)), record
     (script,) = (sweep_dir / ".submitit").glob("*/*_submission.sh")
-    assert "#SBATCH --array=0-3%4\n" in script.read_text() and f"#SBATCH --partition={PARTITION}\n" in script.read_text()
+    assert (
+        "#SBATCH --array=0-3%4\n" in script.read_text() and f"#SBATCH --partition={PARTITION}\n" in script.read_text()
+    )
     rows = (sweep_dir / "summary.csv").read_text().splitlines()
     assert len(rows) == 5 and all(",completed," in row for row in rows[1:])
     for job_dir in ("model=plain,seed=0", "model=plain,seed=1", "model=bn,seed=0", "model=bn,seed=1"):
@@ -85,3 +89,89 @@ def test_a_job_requeued_by_scontrol_checkpoints_comes_back_and_ends_bitwise_equa
     log = "".join(p.read_text() for p in (sweep_dir / ".submitit" / task).glob("*_log.*"))
     assert "resuming from" in log  # the requeued job started again from the checkpoint
     assert_bitwise_equal(outcome(run_dir), outcome(reference))
+
+
+def test_a_job_signalled_before_its_time_limit_checkpoints_comes_back_and_ends_bitwise_equal(tmp_path):
+    """`--time=2` with USR2 30 s before it: SLURM signals 60-90 s after the job starts (it sends the
+    signal up to 30 s early). The job trains about 100 s, so it is signalled, requeued and resumed
+    at least once, within the preset's max_num_timeout of 3."""
+    long = [*RESUMABLE, "trainer.max_epochs=60"]
+    reference = start_cli(*long, f"hydra.run.dir={tmp_path / 'reference'}")  # meanwhile, on the other core
+    sweep_dir = tmp_path / "sweep"
+    limits = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30"]
+    result = run_cli("-m", *CLUSTER, *limits, *long, f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=job")
+    assert result.returncode == 0, result.stderr
+    assert reference.wait(timeout=600) == 0
+    (task,) = slurm_jobs(sweep_dir)
+    record = job(task)
+    assert record["JobState"] == "COMPLETED" and 1 <= int(record["Restarts"]) <= 3, record
+    log = "".join(p.read_text() for p in (sweep_dir / ".submitit" / task).glob("*_log.*"))
+    assert "this job is timed-out" in log and "resuming from" in log  # submitit's word for the signal, then ablate's
+    assert_bitwise_equal(outcome(sweep_dir / "job"), outcome(tmp_path / "reference"))
+
+
+def test_two_slurm_tasks_train_one_job_with_ddp_as_one_process_with_the_same_global_batch(tmp_path):
+    """The tolerances of tests/test_distributed.py (DDP under torchrun against one process)."""
+    single = run_cli(*DDP, "trainer.threads=1", f"hydra.run.dir={tmp_path / 'single'}")
+    assert single.returncode == 0, single.stderr
+    sweep_dir = tmp_path / "sweep"
+    result = run_cli(
+        "-m",
+        *CLUSTER,
+        "hydra.launcher.tasks_per_node=2",
+        *DDP,
+        f"hydra.sweep.dir={sweep_dir}",
+        "hydra.sweep.subdir=job",
+    )
+    assert result.returncode == 0, result.stderr
+    (task,) = slurm_jobs(sweep_dir)
+    assert job(task)["NumTasks"] == "2"
+    run_dir = sweep_dir / "job"
+    ddp, alone = (json.loads((d / "metrics.json").read_text()) for d in (run_dir, tmp_path / "single"))
+    assert ddp["status"] == "completed" and ddp["processes"] == 2 and ddp["steps"] == alone["steps"] == 112
+    assert len(list(run_dir.glob("events.out.tfevents.[0-9]*"))) == 1  # rank 0 alone writes
+    assert relative(train_losses(run_dir)[0], train_losses(tmp_path / "single")[0]) < 2e-5
+    assert epoch_gap(ddp, alone) < 0.05 and abs(ddp["test_acc"] - alone["test_acc"]) <= 0.01
+
+
+CASES = {  # experiment presets, one per way a job of the sweep below ends
+    "ok": "trainer:\n  max_epochs: 1\n",
+    "missing_data": "defaults:\n  - override /data: mnist\ndata:\n  root: /nonexistent/mnist\n  download: false\n",
+    "too_long": "trainer:\n  max_epochs: 60\n",  # signalled at its time limit, and no requeue is left
+    "killed": "trainer:\n  max_epochs: 60\n",  # scancel --signal=KILL while it trains
+}
+
+
+def test_failed_lost_and_timed_out_jobs_fail_in_one_line_each_and_the_others_summary_is_written(tmp_path):
+    configs = tmp_path / "configs" / "experiment"
+    configs.mkdir(parents=True)
+    for name, text in CASES.items():
+        (configs / f"{name}.yaml").write_text(f"# @package _global_\n{text}")
+    sweep_dir = tmp_path / "sweep"
+    limits = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=0"]
+    started = time.monotonic()
+    process = start_cli(
+        "-m", "--config-dir", str(tmp_path / "configs"), *CLUSTER, *limits, f"experiment={','.join(CASES)}",
+        *RESUMABLE[1:], f"hydra.sweep.dir={sweep_dir}",
+    )  # fmt: skip
+    wait_for_checkpoint_at_step(sweep_dir / "experiment=killed", 5, timeout=300)
+    (killed,) = [task for task in slurm_jobs(sweep_dir) if task.endswith("_3")]
+    subprocess.run(["scancel", "--signal=KILL", killed], check=True)
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode == 1, output
+    errors = [line for line in output.splitlines() if line.startswith("error: job #")]
+    assert len(errors) == 3, output
+    for error, (num, name, why) in zip(errors, [
+        (1, "missing_data", "tried /nonexistent/mnist/MNIST/raw (missing)"), (2, "too_long", "no requeue left (hydra.launcher.max_num_timeout=0)"),
+        (3, "killed", "without a result"),
+    ], strict=True):  # fmt: skip
+        assert error.startswith(f"error: job #{num} (experiment={name}), SLURM job ") and why in error, error
+        assert re.search(r"; log: \S+/\.submitit/\S+_log\.err$", error), error
+    rows = {
+        row.split(",")[0].rsplit("/", 1)[1]: row for row in (sweep_dir / "summary.csv").read_text().splitlines()[1:]
+    }
+    assert ",completed," in rows["experiment=ok"]
+    for name in ("missing_data", "too_long", "killed"):
+        assert ",failed," in rows[f"experiment={name}"], rows
+    assert sorted(p.name for p in (sweep_dir / "failed").iterdir()) == ["1.txt", "2.txt", "3.txt"]
+    print(f"sweep of 4 jobs with 3 failures ended in {time.monotonic() - started:.0f} s")

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import GROUPS, flatten
 from runner.analysis import stats
-from runner.engine import distributed
+from runner.engine import distributed, failures
 
 RUN_COLUMNS = ("status", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "epochs", "train_seconds", "num_params")
 
@@ -249,13 +249,17 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
 
 
 class SweepSummary(Callback):
-    """Hydra callback: the summary of a sweep, in its sweep directory, when the sweep ends."""
+    """Hydra callback: the summary of a sweep, in its sweep directory, when the sweep ends; then the
+    error line of each job that failed (runner.engine.failures), and the sweep's exit code."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         if not distributed.world().main:
             return  # under torchrun, rank 0 writes the summary
         sweep_dir = Path(config.hydra.sweep.dir)
-        report_sweep(sweep_dir, sweep_dir)
+        try:
+            report_sweep(sweep_dir, sweep_dir)
+        finally:
+            failures.announce(sweep_dir)
 
 
 def is_tuned(sweep_dir: Path) -> bool:

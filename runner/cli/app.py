@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import hydra
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
@@ -27,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner import tune
 from runner.config import hydra_errors, schema
-from runner.engine import distributed
+from runner.engine import distributed, failures, holder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -96,15 +97,25 @@ def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
 
 class CheckFirst(Callback):
     """Hydra callback: the run's config, or every job's config of a sweep, passes schema.validate
-    before Hydra writes anything (run directory, sweep directory, multirun.yaml). Hydra turns what a
-    callback raises into a warning, so a refusal ends the program here."""
+    before Hydra writes anything (run directory, sweep directory, multirun.yaml); a single run then
+    holds its run directory (runner.engine.holder) until it ends. Hydra turns what a callback raises
+    into a warning, so a refusal ends the program here."""
+
+    def __init__(self) -> None:
+        self.run_dir: Path | None = None  # the run directory this run holds, from on_run_start to on_run_end
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         try:
             schema.validate(config)
         except schema.ConfigError as e:
             refuse(e, [])
+        self.run_dir = hold_run_dir(config)
         errors_as_usual()
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        if self.run_dir is not None and distributed.world().main:
+            holder.release(self.run_dir)
+            self.run_dir = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         tuned = config.hydra.sweeper.get("_target_") == TUNE_SWEEPER
@@ -121,6 +132,36 @@ class CheckFirst(Callback):
             except (schema.ConfigError, HydraException, OmegaConfBaseException) as e:
                 refuse(e, overrides)
         errors_as_usual()
+
+
+def hold_run_dir(config: DictConfig) -> Path:
+    """The run directory (hydra.run.dir resolved, as Hydra will name it), held by rank 0 before
+    Hydra writes into it. Under torchrun every rank resolves it here alike (the `started` resolver
+    is shared between ranks in call order) and learns rank 0's answer. Held by another live process:
+    one line naming the holder and exit 2, with the directory left as it is."""
+    HydraConfig.instance().set_config(config)  # hydra.run.dir names ${hydra:runtime.choices...}, as Hydra does
+    try:
+        run_dir = Path(str(config.hydra.run.dir))
+    except (HydraException, OmegaConfBaseException) as e:
+        refuse(e, list(config.hydra.overrides.hydra))
+    refusal = distributed.shared("holder", lambda: take_run_dir(run_dir))
+    if refusal:
+        if distributed.world().main:
+            print(f"error: {refusal}", file=sys.stderr)
+        sys.exit(2)
+    return run_dir
+
+
+def take_run_dir(run_dir: Path) -> str:
+    """Holds `run_dir` for this process: "" when it does, else the refusal's line."""
+    try:
+        holder.acquire(run_dir)
+    except holder.Busy as e:
+        return f"hydra.run.dir={e}"
+    except OSError as e:
+        reason = e.strerror or e
+        return f"hydra.run.dir={run_dir} cannot be held ({reason}); allowed: a directory this process can write"
+    return ""
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
@@ -232,4 +273,6 @@ def main() -> None:
         raise
     finally:
         errors_as_usual()
-    distributed.leave(0)
+    distributed.leave(failures.exit_code)
+    if failures.exit_code:
+        sys.exit(failures.exit_code)  # a sweep with failed jobs, after its summary

@@ -64,11 +64,18 @@ def pick_layout(name: str, device: torch.device) -> str:
     return name
 
 
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, and in a SLURM job at most the task's
+    `--cpus-per-task` (SLURM_CPUS_PER_TASK), also where the cluster does not bind tasks to cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    granted = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cores, int(granted)) if granted.isdigit() and int(granted) > 0 else cores
+
+
 def pick_threads(threads, parallel_jobs: int) -> int:
     """`auto`: the cores this process may use, shared out among the jobs that run at once."""
     if threads == "auto":
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return max(1, cores // max(1, parallel_jobs))
+        return max(1, usable_cores() // max(1, parallel_jobs))
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"trainer.threads={threads!r} is not allowed; allowed: auto or an integer >= 1")
     return threads

@@ -3,8 +3,9 @@
 config -> seed -> data on the device -> model -> optimizer and schedule -> Trainer.fit()
 -> metrics.json, TensorBoard, checkpoint, model.safetensors (runner.engine.run_dir) -> the exit
 code, and the objective (best val accuracy) for sweepers. Run again in its directory, a run
-resumes from its checkpoint, or is skipped when it completed or diverged there already. Under
-torchrun, every rank runs this; rank 0 alone writes.
+resumes from its checkpoint, or is skipped when it completed or diverged there already. A run
+holds its run directory while it runs (runner.engine.holder): one writer per directory. Under
+torchrun, every rank runs this; rank 0 alone holds and writes.
 """
 
 import logging
@@ -26,7 +27,7 @@ from runner.cli import console
 from runner.config import schema
 from runner.data import batches
 from runner.data.datasets import DataError
-from runner.engine import checkpoint, device, distributed, parts
+from runner.engine import checkpoint, device, distributed, failures, holder, parts
 from runner.engine import run_dir as run_dir_files
 from runner.engine.diagnostics import Diagnostics
 from runner.engine.interrupt import pass_on, stop_on_signals
@@ -122,9 +123,62 @@ def build_model(cfg: DictConfig, dataset: batches.Data) -> torch.nn.Module:
 
 
 def run_job(cfg: DictConfig) -> float | None:
-    """One run, from its config to its run directory; the objective for sweepers."""
+    """One run, from its config to its run directory, which it holds meanwhile (runner.engine.holder);
+    the objective for sweepers. A job of a sweep whose run directory another process holds is left
+    alone: None."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if not hold_run_dir(run_dir, hydra_cfg):
+        return None
+    try:
+        return train_in(run_dir, cfg, hydra_cfg)
+    finally:
+        if distributed.world().main:
+            holder.release(run_dir)
+
+
+def hold_run_dir(run_dir: Path, hydra_cfg) -> bool:
+    """Rank 0 holds `run_dir` before ablate writes into it (a single run holds it already, since
+    CheckFirst); every rank learns rank 0's answer. Whether the job runs: a sweep's job whose
+    directory another process holds is one error line, recorded for the sweep's end
+    (runner.engine.failures), and the sweep goes on; a single run's is refused (SetupError)."""
+    world = distributed.world()
+    busy = distributed.shared("holder", lambda: take(run_dir))
+    multirun = hydra_cfg.mode == RunMode.MULTIRUN
+    if not busy:
+        if multirun and world.main:
+            failures.clear(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num)  # a resumed sweep forgets an old refusal
+        return True
+    if not multirun:
+        raise SetupError(f"hydra.run.dir={busy}")
+    if world.main:
+        line = f"job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}): {busy}"
+        leave_run_log()
+        console.log.error(line)
+        failures.record(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, line)
+    return False
+
+
+def take(run_dir: Path) -> str:
+    """Holds `run_dir` for this process: "" when it does, else why not (holder.Busy's line)."""
+    try:
+        holder.acquire(run_dir)
+    except holder.Busy as e:
+        return str(e)
+    return ""
+
+
+def leave_run_log() -> None:
+    """Hydra's log file of this job (run.log in the run directory) is closed; the log goes to the terminal only."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+
+
+def train_in(run_dir: Path, cfg: DictConfig, hydra_cfg) -> float | None:
+    """The run in `run_dir`, which this process holds: build, resume or skip, train, write."""
     choices = hydra_cfg.runtime.choices
     console.use_rich_logging()
     parts = build(cfg, parallel_jobs(hydra_cfg))
@@ -227,11 +281,7 @@ def agree_on_run_dir(run_dir: Path) -> None:
 
 def quiet() -> None:
     """A rank other than 0 prints warnings only and writes no log file: rank 0 speaks for the run."""
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, logging.FileHandler):
-            root.removeHandler(handler)
-            handler.close()
+    leave_run_log()
     console.log.setLevel(logging.WARNING)
 
 
