@@ -93,18 +93,18 @@ def test_a_job_requeued_by_scontrol_checkpoints_comes_back_and_ends_bitwise_equa
 
 def test_a_job_signalled_before_its_time_limit_checkpoints_comes_back_and_ends_bitwise_equal(tmp_path):
     """`--time=2` with USR2 30 s before it: SLURM signals 60-90 s after the job starts (it sends the
-    signal up to 30 s early). The job trains about 100 s, so it is signalled, requeued and resumed
-    at least once, within the preset's max_num_timeout of 3."""
+    signal up to 30 s early). The job trains about 100 s here, so it is signalled, requeued and
+    resumed at least once; up to 5 times on a machine twice as slow."""
     long = [*RESUMABLE, "trainer.max_epochs=60"]
     reference = start_cli(*long, f"hydra.run.dir={tmp_path / 'reference'}")  # meanwhile, on the other core
     sweep_dir = tmp_path / "sweep"
-    limits = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30"]
+    limits = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=5"]
     result = run_cli("-m", *CLUSTER, *limits, *long, f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=job")
     assert result.returncode == 0, result.stderr
     assert reference.wait(timeout=600) == 0
     (task,) = slurm_jobs(sweep_dir)
     record = job(task)
-    assert record["JobState"] == "COMPLETED" and 1 <= int(record["Restarts"]) <= 3, record
+    assert record["JobState"] == "COMPLETED" and 1 <= int(record["Restarts"]) <= 5, record
     log = "".join(p.read_text() for p in (sweep_dir / ".submitit" / task).glob("*_log.*"))
     assert "this job is timed-out" in log and "resuming from" in log  # submitit's word for the signal, then ablate's
     assert_bitwise_equal(outcome(sweep_dir / "job"), outcome(tmp_path / "reference"))
@@ -137,8 +137,8 @@ def test_two_slurm_tasks_train_one_job_with_ddp_as_one_process_with_the_same_glo
 CASES = {  # experiment presets, one per way a job of the sweep below ends
     "ok": "trainer:\n  max_epochs: 1\n",
     "missing_data": "defaults:\n  - override /data: mnist\ndata:\n  root: /nonexistent/mnist\n  download: false\n",
-    "too_long": "trainer:\n  max_epochs: 60\n",  # signalled at its time limit, and no requeue is left
-    "killed": "trainer:\n  max_epochs: 60\n",  # scancel --signal=KILL while it trains
+    "too_long": "trainer:\n  max_epochs: 200\n",  # signalled at its time limit, and no requeue is left
+    "killed": "trainer:\n  max_epochs: 200\n",  # scancel --signal=KILL while it trains
 }
 
 
