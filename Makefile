@@ -22,9 +22,9 @@ test: $(STAMP)  ## the fast tests
 	$(BIN)/pytest -m "not slow"
 
 test-all: $(STAMP)  ## every test, the slow ones too (what CI runs)
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20
 
-bench: $(STAMP)  ## training images/s: a minimal loop vs ablate vs a DataLoader, side by side (about 20 minutes on 2 cores)
+bench: $(STAMP)  ## training images/s: a minimal loop vs ablate vs a DataLoader, side by side, 5 alternating rounds (over 20 minutes on 2 cores)
 	$(BIN)/python benchmarks/throughput.py
 
 tensorboard: $(STAMP)

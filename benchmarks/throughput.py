@@ -16,7 +16,9 @@ load time are printed), the DataLoader reads the files through torchvision's Ima
 With --augment all three also crop and flip each image (4-pixel padding): the minimal loop and
 ablate on the device, the DataLoader with RandomCrop and RandomHorizontalFlip. The device is the
 one a run would pick (`trainer.device=auto`: a CUDA GPU if there is one). Rounds alternate the
-paths and each figure is the median over rounds. Last line:
+paths and each speed is the median over rounds; each ratio is the geometric mean of the per-round
+ratios (the paths of one round share the machine's state) with its 95% interval, `level` where the
+interval holds 1.0. Last line:
 
   min runner/minimal=X.XX runner/dataloader=Y.YY   (the worst case over models and shapes)
 
@@ -32,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -192,15 +195,51 @@ def dataloader_loop(cfg, dataset, in_shape, workers: int, dev: torch.device):
     return epoch
 
 
-def images_per_second(loops: dict, n: int, rounds: int) -> dict[str, float]:
-    """Median images/s of each loop over `rounds`, the loops alternating within each round."""
+def epoch_seconds(loops: dict, rounds: int) -> dict[str, list[float]]:
+    """Each loop's epoch time in each of `rounds`, the loops alternating within each round (after
+    one warm-up epoch each: allocator, oneDNN kernels, compilation)."""
     for loop in loops.values():
-        loop()  # warm-up: allocator, oneDNN kernels, compilation
+        loop()
     times = {name: [] for name in loops}
     for _ in range(rounds):
         for name, loop in loops.items():
             times[name].append(loop())
+    return times
+
+
+def images_per_second(times: dict[str, list[float]], n: int) -> dict[str, float]:
+    """Median images/s of each loop over its rounds."""
     return {name: n / statistics.median(t) for name, t in times.items()}
+
+
+@dataclass
+class Ratio:
+    """A speed ratio a/b from paired rounds: the geometric mean of the per-round ratios with its 95%
+    interval (Student's t on their logs); `level` when the interval holds 1.0."""
+
+    value: float
+    low: float
+    high: float
+
+    @property
+    def level(self) -> bool:
+        return self.low <= 1.0 <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}]{' level' if self.level else ''}"
+
+
+def paired_ratio(a: list[float], b: list[float]) -> Ratio:
+    """Speed of a over speed of b (= b's time / a's time), round by round; rounds share the machine's
+    state, so the pairs cancel what drifts between rounds. Fewer than 2 rounds: no interval."""
+    logs = [math.log(tb / ta) for ta, tb in zip(a, b, strict=True)]
+    center = statistics.fmean(logs)
+    if len(logs) < 2:
+        return Ratio(math.exp(center), math.exp(center), math.exp(center))
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, len(logs) - 1) * statistics.stdev(logs) / math.sqrt(len(logs))
+    return Ratio(math.exp(center), math.exp(center - half), math.exp(center + half))
 
 
 def describe(compute: device.Compute) -> str:
@@ -239,7 +278,8 @@ def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
     """The issue's table: minimal, runner and dataloader per model and shape."""
     print(
         f"compute: {describe(compute)}, {compute.precision}, {compute.layout}, {compute.threads} threads; batch {args.batch_size}; "
-        f"augment {args.augment}; images/s, median of {args.rounds}"
+        f"augment {args.augment}; images/s, median of {args.rounds} rounds; ratios: geometric mean of the "
+        "per-round ratios [95% interval], `level` where it holds 1.0"
     )
     worst_minimal, worst_loader = [], []
     for shape in args.shapes:
@@ -258,18 +298,26 @@ def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
                     for w in args.workers
                 },
             }
-            speed = images_per_second(loops, args.images, args.rounds)
+            times = epoch_seconds(loops, args.rounds)
+            speed = images_per_second(times, args.images)
             workers = max(args.workers, key=lambda w: speed[f"dataloader-{w}"])
             loader = speed[f"dataloader-{workers}"]
-            worst_minimal.append(speed["runner"] / speed["minimal"])
-            worst_loader.append(speed["runner"] / loader)
+            to_minimal = paired_ratio(times["runner"], times["minimal"])
+            to_loader = paired_ratio(times["runner"], times[f"dataloader-{workers}"])
+            worst_minimal.append(to_minimal)
+            worst_loader.append(to_loader)
             print(
                 f"{shape:8s} model={name:9s} minimal {speed['minimal']:7.0f}  runner {speed['runner']:7.0f}  "
-                f"dataloader {loader:7.0f} ({workers} workers)  runner/minimal={worst_minimal[-1]:.2f} "
-                f"runner/dataloader={worst_loader[-1]:.2f}",
+                f"dataloader {loader:7.0f} ({workers} workers)  runner/minimal={to_minimal} "
+                f"runner/dataloader={to_loader}",
                 flush=True,
             )
-    print(f"min runner/minimal={min(worst_minimal):.2f} runner/dataloader={min(worst_loader):.2f}")
+    low_minimal = min(worst_minimal, key=lambda r: r.value)
+    low_loader = min(worst_loader, key=lambda r: r.value)
+    print(
+        f"min runner/minimal={low_minimal.value:.2f} runner/dataloader={low_loader.value:.2f}  "
+        f"(95% intervals: {low_minimal}, {low_loader})"
+    )
 
 
 def compare_compute(args, tmp: Path) -> None:
@@ -289,7 +337,7 @@ def compare_compute(args, tmp: Path) -> None:
                 )
                 for p, layout in combos
             }  # fmt: skip
-            speed = images_per_second(loops, args.images, args.rounds)
+            speed = images_per_second(epoch_seconds(loops, args.rounds), args.images)
             base = speed["fp32/contiguous"]
             cells = "  ".join(f"{k} {v:6.0f} ({v / base:.2f})" for k, v in speed.items())
             print(f"{shape:8s} model={name:9s} {cells}", flush=True)
@@ -309,7 +357,7 @@ def compare_compile(args, compute: device.Compute, tmp: Path) -> None:
                     compiled, images, labels, compute, tmp / f"{shape}-{name}-compiled", args.augment
                 ),
             }
-            speed = images_per_second(loops, args.images, args.rounds)
+            speed = images_per_second(epoch_seconds(loops, args.rounds), args.images)
             print(
                 f"{shape:8s} model={name:9s} eager {speed['eager']:7.0f}  compiled {speed['compiled']:7.0f}  "
                 f"compiled/eager={speed['compiled'] / speed['eager']:.2f}  (all, compilation included: "
@@ -325,7 +373,7 @@ def main() -> None:
     parser.add_argument(
         "--images", type=int, default=6400, help="images per timed epoch (default 6400: 50 batches, one logging step)"
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds, paired for the ratios (default 5)")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument(

@@ -3,6 +3,7 @@ tree composed with Hydra and small data files in the real formats."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
+SLURM_PARTITION = "debug"  # the partition of scripts/slurm-up
 
 
 def cli_env(env: dict | None = None) -> dict:
@@ -32,7 +34,9 @@ def run_cli(
     *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600, nproc: int = 0
 ) -> subprocess.CompletedProcess:
     """`run *args` in a subprocess, not on a terminal (under torchrun with nproc processes if nproc > 0)."""
-    return subprocess.run(command(args, nproc), cwd=cwd or ROOT, env=cli_env(env), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command(args, nproc), cwd=cwd or ROOT, env=cli_env(env), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_cli(*args: str, nproc: int = 0, cwd: Path | None = None) -> subprocess.Popen:
@@ -77,5 +81,20 @@ def session_hparams(events) -> dict:
     tags = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
     experiment = plugin_data_pb2.HParamsPluginData.FromString(tags[hparams_metadata.EXPERIMENT_TAG]).experiment
     shown = {info.name: info.display_name for info in experiment.hparam_infos}
-    start = plugin_data_pb2.HParamsPluginData.FromString(tags[hparams_metadata.SESSION_START_INFO_TAG]).session_start_info
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        tags[hparams_metadata.SESSION_START_INFO_TAG]
+    ).session_start_info
     return {shown[k]: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
+
+
+def cluster_state() -> str | None:
+    """The node state (idle, mix, ...) of the SLURM partition scripts/slurm-up makes, or None where no
+    SLURM answers."""
+    if shutil.which("sbatch") is None:
+        return None
+    result = subprocess.run(
+        ["sinfo", "-h", "-p", SLURM_PARTITION, "-o", "%t"], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        return None
+    return result.stdout.strip() or None

@@ -1,6 +1,7 @@
 """Hydra's submitit launchers: submitit_local runs sweeps here as the stand-in for a SLURM cluster
 (with preemption: a requeued job resumes from its checkpoint), and hydra/launcher=slurm asks sbatch
-for the resources of its preset."""
+for the resources of its preset. Where a real cluster answers (scripts/slurm-up), tests/test_slurm.py
+does the same through slurmctld, and the stand-in's preemption and DDP tests are skipped."""
 
 import json
 import os
@@ -8,8 +9,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
+from helpers import assert_bitwise_equal, cluster_state, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 
+STAND_IN = pytest.mark.skipif(
+    cluster_state() is not None, reason="a real SLURM cluster answers: tests/test_slurm.py does this through slurmctld"
+)
 QUICK = ["trainer.max_epochs=1", "data.batch_size=64", "model.channels=[8]", "model.hidden=[]"]
 # 3 epochs of 112 steps with a checkpoint after (nearly) every step, so the preemption lands mid-epoch
 RESUMABLE = ["trainer.max_epochs=3", "model.channels=[8,16]", "model.hidden=[32]", "data.batch_size=32",
@@ -42,6 +46,7 @@ def test_submitit_local_runs_a_sweep_with_its_summary(tmp_path):
 
 
 @pytest.mark.slow
+@STAND_IN
 def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes_bitwise_equal(tmp_path):
     sweep_dir = tmp_path / "sweep"  # one job: its directory is the sweep directory
     process = start_cli("-m", "hydra/launcher=submitit_local", *RESUMABLE, f"hydra.sweep.dir={sweep_dir}")
@@ -61,6 +66,7 @@ def test_a_preempted_submitit_job_checkpoints_is_requeued_and_resumes_bitwise_eq
 
 
 @pytest.mark.slow
+@STAND_IN
 def test_two_submitit_tasks_train_each_job_with_ddp(tmp_path):
     sweep_dir = tmp_path / "sweep"
     result = run_cli(
@@ -99,4 +105,3 @@ def test_the_slurm_preset_asks_sbatch_for_its_resources(tmp_path):
         assert f"#SBATCH {option}\n" in script, option
     assert "-m submitit.core._submit" in script and f"{sweep_dir}/.submitit" in script
     assert not list(sweep_dir.glob("seed=*"))  # nothing ran
-

@@ -5,31 +5,20 @@ user sets them for their cluster."""
 
 import json
 import re
-import shutil
 import subprocess
 import time
 
 import pytest
-from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
+from helpers import SLURM_PARTITION as PARTITION
+from helpers import assert_bitwise_equal, cluster_state, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from test_distributed import DDP, epoch_gap, relative, train_losses
 
-PARTITION = "debug"
 CLUSTER = ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}", "hydra.launcher.gpus_per_node=0",
            "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]  # fmt: skip
 QUICK = ["trainer.max_epochs=1", "data.train_size=500", "model.channels=[8]", "model.hidden=[]"]
 # 2 epochs of 112 steps with a checkpoint after (nearly) every step, one thread as in the SLURM task
 RESUMABLE = ["trainer.max_epochs=2", "model.channels=[8,16]", "model.hidden=[32]", "data.batch_size=32",
              "trainer.checkpoint_every_minutes=0.0001", "trainer.log_every_n_steps=5", "trainer.threads=1"]  # fmt: skip
-
-
-def cluster_state() -> str | None:
-    """The partition's node state (idle, mix, ...), or None where no SLURM answers."""
-    if shutil.which("sbatch") is None:
-        return None
-    result = subprocess.run(["sinfo", "-h", "-p", PARTITION, "-o", "%t"], capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        return None
-    return result.stdout.strip() or None
 
 
 pytestmark = [
@@ -134,10 +123,10 @@ def test_two_slurm_tasks_train_one_job_with_ddp_as_one_process_with_the_same_glo
     assert epoch_gap(ddp, alone) < 0.05 and abs(ddp["test_acc"] - alone["test_acc"]) <= 0.01
 
 
-CASES = {  # experiment presets, one per way a job of the sweep below ends
+CASES = {  # experiment presets, one per way a job of the sweep below ends; the longest first
+    "too_long": "trainer:\n  max_epochs: 200\n",  # signalled at its time limit, and no requeue is left
     "ok": "trainer:\n  max_epochs: 1\n",
     "missing_data": "defaults:\n  - override /data: mnist\ndata:\n  root: /nonexistent/mnist\n  download: false\n",
-    "too_long": "trainer:\n  max_epochs: 200\n",  # signalled at its time limit, and no requeue is left
     "killed": "trainer:\n  max_epochs: 200\n",  # scancel --signal=KILL while it trains
 }
 
@@ -162,8 +151,8 @@ def test_failed_lost_and_timed_out_jobs_fail_in_one_line_each_and_the_others_sum
     errors = [line for line in output.splitlines() if line.startswith("error: job #")]
     assert len(errors) == 3, output
     for error, (num, name, why) in zip(errors, [
-        (1, "missing_data", "tried /nonexistent/mnist/MNIST/raw (missing)"), (2, "too_long", "no requeue left (hydra.launcher.max_num_timeout=0)"),
-        (3, "killed", "without a result"),
+        (0, "too_long", "no requeue left (hydra.launcher.max_num_timeout=0)"),
+        (2, "missing_data", "tried /nonexistent/mnist/MNIST/raw (missing)"), (3, "killed", "without a result"),
     ], strict=True):  # fmt: skip
         assert error.startswith(f"error: job #{num} (experiment={name}), SLURM job ") and why in error, error
         assert re.search(r"; log: \S+/\.submitit/\S+_log\.err$", error), error
@@ -173,5 +162,5 @@ def test_failed_lost_and_timed_out_jobs_fail_in_one_line_each_and_the_others_sum
     assert ",completed," in rows["experiment=ok"]
     for name in ("missing_data", "too_long", "killed"):
         assert ",failed," in rows[f"experiment={name}"], rows
-    assert sorted(p.name for p in (sweep_dir / "failed").iterdir()) == ["1.txt", "2.txt", "3.txt"]
+    assert sorted(p.name for p in (sweep_dir / "failed").iterdir()) == ["0.txt", "2.txt", "3.txt"]
     print(f"sweep of 4 jobs with 3 failures ended in {time.monotonic() - started:.0f} s")

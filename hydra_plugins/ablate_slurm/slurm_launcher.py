@@ -102,13 +102,15 @@ class SlurmLauncher(BaseSubmititLauncher):
             for n, o, job, lost in zip(nums, job_overrides, jobs, wait(jobs))
         ]
 
-    def why(self, error: BaseException) -> str:
-        """What a job's error says, in one line; running out of requeues, as the key to raise."""
-        said = first_line(str(error))
-        if "timed-out too many times" in said:
+    def why(self, said: str) -> str:
+        """A job's error in one line; running out of requeues names the key that allows more."""
+        if "timed-out too many times" in said:  # submitit's words
             limit = self.params["max_num_timeout"]
-            return f"reached its time limit with no requeue left (hydra.launcher.max_num_timeout={limit}); its checkpoint is kept: the same command resumes it"
-        return f"{type(error).__name__}: {said}"
+            return (
+                f"reached its time limit with no requeue left (hydra.launcher.max_num_timeout={limit}); "
+                "its checkpoint is kept: the same command resumes it"
+            )
+        return said
 
     def executor(self):
         """submitit's executor with the launcher's parameters, as the plugin's launcher builds it."""
@@ -133,11 +135,12 @@ class SlurmLauncher(BaseSubmititLauncher):
         reason = lost
         returned = None
         if reason is None:
-            state, value = first._get_outcome_and_result()
-            if state == "error":  # raised outside Hydra's run_job
-                reason = last_line(value)
-            elif value.status == JobStatus.FAILED:
-                reason = self.why(value._return_value)
+            state, value = first._get_outcome_and_result()  # submitit's result file, read without waiting on sacct
+            if state == "error":  # raised outside Hydra's run_job: a traceback
+                reason = self.why(last_line(value))
+            elif value.status == JobStatus.FAILED:  # raised in the job; return_value would raise it here
+                error = value._return_value
+                reason = self.why(f"{type(error).__name__}: {first_line(str(error))}")
             else:
                 returned = value
         if returned is not None:
