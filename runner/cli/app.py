@@ -155,13 +155,11 @@ def hold_run_dir(config: DictConfig) -> Path:
 def take_run_dir(run_dir: Path) -> str:
     """Holds `run_dir` for this process: "" when it does, else the refusal's line."""
     try:
-        holder.acquire(run_dir)
-    except holder.Busy as e:
-        return f"hydra.run.dir={e}"
+        busy = holder.try_acquire(run_dir)
     except OSError as e:
         reason = e.strerror or e
         return f"hydra.run.dir={run_dir} cannot be held ({reason}); allowed: a directory this process can write"
-    return ""
+    return f"hydra.run.dir={busy}" if busy else ""
 
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:

@@ -337,6 +337,15 @@ def acquire(run_dir: Path) -> None:
         _held[key] = holding
 
 
+def try_acquire(run_dir: Path) -> str:
+    """`acquire`, with the refusal as its value: "" when this process holds `run_dir`, else Busy's line."""
+    try:
+        acquire(run_dir)
+    except Busy as e:
+        return str(e)
+    return ""
+
+
 def release(run_dir: Path) -> None:
     """One acquire less; at none, the heartbeat stops and the holder file goes (if still ours).
     Releasing a directory this process does not hold does nothing."""

@@ -143,7 +143,7 @@ def hold_run_dir(run_dir: Path, hydra_cfg) -> bool:
     directory another process holds is one error line, recorded for the sweep's end
     (runner.engine.failures), and the sweep goes on; a single run's is refused (SetupError)."""
     world = distributed.world()
-    busy = distributed.shared("holder", lambda: take(run_dir))
+    busy = distributed.shared("holder", lambda: holder.try_acquire(run_dir))
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     if not busy:
         if multirun and world.main:
@@ -157,15 +157,6 @@ def hold_run_dir(run_dir: Path, hydra_cfg) -> bool:
         console.log.error(line)
         failures.record(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, line)
     return False
-
-
-def take(run_dir: Path) -> str:
-    """Holds `run_dir` for this process: "" when it does, else why not (holder.Busy's line)."""
-    try:
-        holder.acquire(run_dir)
-    except holder.Busy as e:
-        return str(e)
-    return ""
 
 
 def leave_run_log() -> None:
