@@ -14,9 +14,10 @@ from torch import nn
 
 
 class ConvBlock(nn.Sequential):
-    """Conv (kernel K, padding K//2) -> [BN] -> activation, or conv -> activation -> BN.
+    """Conv (kernel K, padding K//2) -> [pool] -> [BN] -> activation, or conv -> [pool] -> activation -> BN.
 
-    With batch norm before the activation the conv has no bias: BN's beta replaces it.
+    With batch norm before the activation the conv has no bias: BN's beta replaces it. `pool`, right
+    after the conv, leaves a quarter of the pixels to BN and the activation.
     """
 
     def __init__(
@@ -27,9 +28,11 @@ class ConvBlock(nn.Sequential):
         activation: Callable[[], nn.Module],
         batch_norm: bool = False,
         bn_position: Literal["before", "after"] = "before",
+        pool: nn.Module | None = None,
     ):
         bias = not (batch_norm and bn_position == "before")
         layers = [nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)]
+        layers += [pool] if pool is not None else []
         if batch_norm and bn_position == "before":
             layers += [nn.BatchNorm2d(out_channels), activation()]
         elif batch_norm:

@@ -91,7 +91,10 @@ def pooling(pool: Pool) -> list[nn.Module]:
 
 class PlainNet(ConvNet):
     """A conv block per width of `channels` (K x K conv with padding K//2 -> [BN] -> activation);
-    the optional 2x2 pooling closes each stage (run of equal widths)."""
+    the optional 2x2 pooling closes each stage (run of equal widths): after its last block, or with
+    `pool_position: after_conv` right after that block's conv, before its BN and activation, which
+    then see a quarter of the pixels (max pooling commutes with a rising activation; BN's statistics
+    become those of the pooled pixels)."""
 
     def __init__(
         self,
@@ -106,13 +109,19 @@ class PlainNet(ConvNet):
         bn_position: Literal["before", "after"] = "before",
         init: Literal["torch", "scaled"] = "torch",
         block: Block | None = None,
+        pool_position: Literal["after_block", "after_conv"] = "after_block",
     ):
+        if block is not None and pool and pool_position == "after_conv":
+            raise ValueError("model.pool_position=after_conv needs ablate's conv block (model.block=null)")
         block = block or partial(ConvBlock, kernel_size=kernel_size, batch_norm=batch_norm, bn_position=bn_position)
         layers: list[nn.Module] = []
         in_channels, ends = in_shape[0], stage_ends(channels)
         for i, width in enumerate(channels):
-            layers += [block(in_channels, width, activation=activation)]
-            layers += pooling(pool) if i in ends else []
+            stage_pool = pooling(pool) if i in ends else []
+            if stage_pool and pool_position == "after_conv":
+                layers += [block(in_channels, width, activation=activation, pool=stage_pool[0])]
+            else:
+                layers += [block(in_channels, width, activation=activation), *stage_pool]
             in_channels = width
         super().__init__(nn.Sequential(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init)
 

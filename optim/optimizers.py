@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from optim import textbook
+from optim.eager import SGD, Adam, AdamW
 
 Impl = Literal["torch", "textbook"]
 
@@ -21,7 +22,7 @@ def sgd(params, lr: float, weight_decay: float = 0.0, impl: Impl = "torch") -> t
     """theta <- theta - eta g"""
     if impl == "textbook":
         return textbook.TextbookSGD(params, lr=lr, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    return SGD(params, lr=lr, weight_decay=weight_decay)
 
 
 def momentum(
@@ -30,7 +31,7 @@ def momentum(
     """SGD with momentum: torch's v <- mu v + g; theta <- theta - eta v, or the seed's form."""
     if impl == "textbook":
         return textbook.TextbookMomentum(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def nesterov(
@@ -39,7 +40,7 @@ def nesterov(
     """Nesterov momentum: the gradient at the look-ahead point theta - mu v."""
     if impl == "textbook":
         return textbook.TextbookNesterov(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
+    return SGD(params, lr=lr, momentum=momentum, nesterov=True, weight_decay=weight_decay)
 
 
 def adam(
@@ -47,7 +48,7 @@ def adam(
     impl: Impl = "torch",
 ) -> torch.optim.Optimizer:  # fmt: skip
     """Adam; weight_decay is an L2 penalty added to the gradient."""
-    adam_class = textbook.TextbookAdam if impl == "textbook" else torch.optim.Adam
+    adam_class = textbook.TextbookAdam if impl == "textbook" else Adam
     return adam_class(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
@@ -56,5 +57,5 @@ def adamw(
     impl: Impl = "torch",
 ) -> torch.optim.Optimizer:  # fmt: skip
     """AdamW: Adam with weight decay applied to the weights directly (decoupled)."""
-    adamw_class = textbook.TextbookAdamW if impl == "textbook" else torch.optim.AdamW
+    adamw_class = textbook.TextbookAdamW if impl == "textbook" else AdamW
     return adamw_class(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)

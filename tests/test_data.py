@@ -50,7 +50,35 @@ def test_mnist_loader_reads_idx_files_in_torchvision_layout(tmp_path, gz):
     assert arrays.train[0].shape == (50, 1, 28, 28) and arrays.test[0].shape == (20, 1, 28, 28)
     assert np.array_equal(arrays.train[0][:, 0], written["train-images-idx3-ubyte"])
     assert np.array_equal(arrays.test[1], written["t10k-labels-idx1-ubyte"])
-    assert arrays.source == str(tmp_path / "MNIST" / "raw")
+    assert arrays.source.startswith(f"{tmp_path / 'MNIST' / 'raw'} (decoded, cached in ")
+
+
+def test_idx_files_are_decoded_once_into_a_cache_outside_the_data_folder(tmp_path, monkeypatch):
+    folder, cache = tmp_path / "MNIST" / "raw", tmp_path / "cache"
+    monkeypatch.setenv("ABLATE_CACHE", str(cache))
+    written = write_mnist_like(folder, n_train=50, n_test=20)
+    listing = sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir())
+    cfg = compose_cfg("data=mnist", f"data.root={tmp_path}", "data.verify=false", "data.download=false").data
+    first = load_arrays(cfg, torch.device("cpu"))
+    (cached,) = (cache / "mnist").glob("*.npz")
+    assert first.source == f"{folder} (decoded, cached in {cached})"
+    second = load_arrays(cfg, torch.device("cpu"))
+    assert second.source == f"{folder} (decoded cache {cached})"
+    for split in ("train", "test"):
+        for part in (0, 1):
+            assert np.array_equal(second.__dict__[split][part], first.__dict__[split][part])
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in folder.iterdir()) == listing  # the data folder untouched
+
+    write_mnist_like(folder, n_train=51, n_test=20, seed=1)  # a changed file is decoded again
+    changed = load_arrays(cfg, torch.device("cpu"))
+    assert "decoded, cached in" in changed.source and len(changed.train[1]) == 51
+    assert not np.array_equal(changed.test[0][:, 0], written["t10k-images-idx3-ubyte"])
+
+    for path in (cache / "mnist").glob("*.npz"):
+        path.write_bytes(b"not a cache file")  # an unreadable cache file is decoded again and rewritten
+    again = load_arrays(cfg, torch.device("cpu"))
+    assert "decoded, cached in" in again.source and np.array_equal(again.train[0], changed.train[0])
+    assert "decoded cache" in load_arrays(cfg, torch.device("cpu")).source
 
 
 def test_verify_rejects_files_that_are_not_the_known_data_set(tmp_path):
@@ -192,7 +220,7 @@ def test_missing_data_says_what_was_tried_and_what_to_do(tmp_path):
 def test_fashion_mnist_comes_from_the_debian_copy_and_passes_its_checksums(tmp_path):
     cfg = compose_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false").data
     arrays = load_arrays(cfg, torch.device("cpu"))
-    assert arrays.source == str(FASHION_SYSTEM)
+    assert arrays.source.startswith(f"{FASHION_SYSTEM} (")
     assert arrays.train[0].shape == (60000, 1, 28, 28) and arrays.test[0].shape == (10000, 1, 28, 28)
     assert np.bincount(arrays.test[1]).tolist() == [1000] * 10
 
@@ -212,6 +240,21 @@ def test_an_epoch_is_a_seeded_permutation_in_full_batches():
     assert not torch.equal(order, torch.cat([y for _, y in other_seed.epoch(0)]))
     for x, y in epochs.epoch(0):  # images travel with their labels
         assert torch.allclose(x[:, 0, 0, 0] * 255, y.float())
+
+
+def test_augment_flip_mirrors_about_half_the_images_and_moves_none():
+    n = 400
+    images = torch.randint(0, 256, (n, 1, 5, 5), dtype=torch.uint8)
+    split = batches.Split(images, torch.arange(n))
+    epoch = batches.Batches(split, 100, None, None, shuffle=True, augment="flip", drop_last=True, seed=1).epoch(0)
+    mirrored = 0
+    for x, y in epoch:
+        x, original = (x * 255).round().to(torch.uint8), images[y]
+        same = (x == original).flatten(1).all(1)
+        flipped = (x == original.flip(-1)).flatten(1).all(1)
+        assert (same | flipped).all()  # each image as it is or its mirror image: no shift
+        mirrored += int((flipped & ~same).sum())
+    assert 0.4 * n < mirrored < 0.6 * n
 
 
 def test_crop_flip_shifts_and_mirrors_each_image_of_the_batch():

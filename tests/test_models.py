@@ -300,6 +300,29 @@ def test_pooling_closes_each_stage_of_equal_widths(family):
     assert kinds[-1] == "MaxPool2d" and kinds[-2] != "MaxPool2d" and kinds[-3] == "MaxPool2d"
 
 
+def test_pool_after_conv_pools_before_bn_and_the_activation_of_the_stage_end():
+    model = build("model=bn", "model.channels=[4,4,8]", "model.pool_position=after_conv", in_shape=(1, 8, 8))
+    assert leaf_types(model.features) == [
+        nn.Conv2d, nn.BatchNorm2d, nn.ReLU,  # the first 4-wide block: no pooling inside a stage
+        nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU,
+        nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU,
+    ]  # fmt: skip
+    after_block = build("model=bn", "model.channels=[4,4,8]", in_shape=(1, 8, 8))
+    assert [p.shape for p in model.parameters()] == [p.shape for p in after_block.parameters()]
+    x = torch.randn(5, 1, 8, 8)
+    block = model.features[1].eval()  # conv -> pool -> BN -> ReLU, by hand
+    h = block[0](torch.randn(5, 4, 8, 8))
+    assert model(x).shape == (5, NUM_CLASSES)
+    expected = F.relu(F.batch_norm(F.max_pool2d(h, 2), block[2].running_mean, block[2].running_var, block[2].weight, block[2].bias))
+    assert torch.allclose(block[3](block[2](block[1](h))), expected)
+
+
+def test_pool_after_conv_needs_ablates_conv_block():
+    block = "model.block={_target_:models.blocks.ConvBlock,_partial_:true,kernel_size:3}"
+    with pytest.raises(ValueError, match=r"model.pool_position=after_conv needs ablate's conv block \(model.block=null\)"):
+        build("model=bn", "model.pool_position=after_conv", block)
+
+
 @pytest.mark.parametrize("activation, gain", [("sigmoid", 1.0), ("tanh", 5 / 3), ("relu", 2**0.5)])
 def test_scaled_init_draws_weights_with_the_activations_gain(activation, gain):
     model = build("model=plain", "model.channels=[64]", "model.init=scaled", f"activation={activation}", in_shape=(3, 6, 6))

@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import run_cli, session_hparams
+from helpers import ROOT, compose_cfg, run_cli, session_hparams
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_validation import MESSAGE
+
+from runner.data import batches
+from runner.engine import parts, startup
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 TAGS = {"loss/train", "loss/val", "acc/train", "acc/val", "lr", "acc/test", "loss/test"}
@@ -39,6 +42,8 @@ def test_one_epoch_learns_and_fills_the_run_directory(tmp_path, quick):
         "optimizer": "adam", "sched": "cosine", "trainer": "default",
     }
     assert metrics["seed"] == 0 and metrics["data"]["sizes"] == {"train": 3600, "val": 400, "test": 1000}
+    assert list(metrics["startup"]) == list(startup.PHASES)  # seconds from the command to the first step, per phase
+    assert all(seconds >= 0 for seconds in metrics["startup"].values()) and metrics["startup"]["torch"] > 0.1
 
     state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and state["step"] == metrics["steps"] == 3600 // 64
@@ -92,6 +97,24 @@ def test_bad_input_gets_one_line_naming_key_value_and_what_is_allowed(tmp_path):
     assert "model" in unknown.stderr and "nope" in unknown.stderr and "residual" in unknown.stderr
 
 
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--config-dir", "examples/own_parts/configs", "model=separable", "--help"], ["--hydra-help"]]
+)
+def test_help_says_what_hydras_own_help_says(args):
+    """`run --help` lists the config groups with one copy of Hydra's config repository
+    (app.one_repository_for_help): the same text as Hydra's own help, which the task function gives
+    when called without `main`, as the same program (`python -m runner`)."""
+    import subprocess
+
+    program = str(ROOT / "runner" / "__main__.py")
+    hydras = f"import sys; sys.argv = [{program!r}, *sys.argv[1:]]; from runner.cli.app import task; task()"
+    own = subprocess.run([sys.executable, "-c", hydras, *args], capture_output=True, text=True, cwd=ROOT, check=False)
+    ablates = run_cli(*args)
+    assert own.returncode == ablates.returncode == 0, own.stderr + ablates.stderr
+    assert ablates.stdout == own.stdout and len(own.stdout.splitlines()) > 20
+    assert "separable" in own.stdout or "--config-dir" not in args  # the user's groups are listed too
+
+
 def test_help_and_cfg_job_do_not_import_torch():
     code = (
         "import sys; sys.argv = ['run', '--cfg', 'job', 'model=residual'];"
@@ -120,8 +143,28 @@ def test_residual_leaky_relu_example_on_fashion_mnist(tmp_path, quick):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["precision"] == "bf16"
-    assert metrics["data"]["source"] == str(FASHION_SYSTEM) and metrics["data"]["sizes"]["test"] == 10000
+    assert metrics["data"]["source"].startswith(f"{FASHION_SYSTEM} (") and metrics["data"]["sizes"]["test"] == 10000
     assert metrics["test_acc"] > 0.4  # chance is 0.1
+
+
+def test_eval_flip_scores_the_mean_output_for_each_image_and_its_mirror_image(tmp_path, quick):
+    run_dir = tmp_path / "run"
+    overrides = [*quick, "trainer.eval_flip=true", "trainer.precision=fp32", "trainer.layout=contiguous"]
+    result = run_cli(*overrides, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    cfg = compose_cfg(*overrides)  # the test split and the final weights, scored here by hand
+    data = batches.load(cfg.data, torch.device("cpu"))
+    model = parts.build_model(cfg.model, cfg.activation, data.in_shape, data.num_classes).eval()
+    model.load_state_dict(load_file(run_dir / "model.safetensors"))
+    x = (data.test.images.float() / 255 - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)
+    with torch.no_grad():
+        plain, mirrored = model(x), model(x.flip(3))
+    mean = (plain + mirrored) / 2
+    assert metrics["test_acc"] == pytest.approx((mean.argmax(1) == data.test.labels).float().mean().item(), abs=1e-3)
+    assert metrics["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(mean, data.test.labels).item(), rel=1e-4)
+    assert metrics["test_loss"] != pytest.approx(torch.nn.functional.cross_entropy(plain, data.test.labels).item(), rel=1e-4)
 
 
 def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_path, quick):
@@ -132,6 +175,7 @@ def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_pat
     assert statuses == {"optimizer.lr=1e+30": "diverged", "optimizer.lr=0.05": "completed"}  # named by the swept key
     job = json.loads((sweep / "optimizer.lr=0.05" / "metrics.json").read_text())
     assert job["command"] == " ".join(["run", *quick, "optimizer=sgd", "optimizer.lr=0.05"])  # reruns this job alone
+    assert "startup" not in job  # a sweep's jobs share their process's start-up
 
     with open(sweep / "summary.csv") as f:
         rows = {row["optimizer.lr"]: row for row in csv.DictReader(f)}

@@ -13,6 +13,7 @@ import pytest
 import torch
 from helpers import compose_cfg
 
+import optim
 from optim import textbook
 from runner.config import schema
 from runner.engine import parts
@@ -63,14 +64,16 @@ def test_impl_textbook_builds_the_seed_equations(name, cls):
     opt = build(name, "textbook", param(1.0))
     assert type(opt) is cls
     assert isinstance(opt, torch.optim.Optimizer)
-    assert type(build(name, "torch", param(1.0))).__module__.startswith("torch.optim")
+    torch_impl = type(build(name, "torch", param(1.0)))  # torch.optim's class, its step without the graph break
+    assert torch_impl.__module__ == "optim.eager" and torch_impl.__bases__[0].__module__.startswith("torch.optim")
 
 
 def test_impl_defaults_to_torch_and_configs_without_it_still_build():
     assert compose_cfg().optimizer.impl == "torch"
     cfg = compose_cfg("optimizer=momentum", "~optimizer.impl")  # a config that leaves impl out
     schema.validate(cfg)
-    assert type(parts.build_optimizer(cfg.optimizer, [param(1.0)])) is torch.optim.SGD
+    assert type(parts.build_optimizer(cfg.optimizer, [param(1.0)])) is optim.eager.SGD
+    assert issubclass(optim.eager.SGD, torch.optim.SGD)
 
 
 # --- Where the two forms are the same method ----------------------------------------------------

@@ -20,10 +20,10 @@ from runner.config import hydra_errors, schema
 
 TRAINER_KEYS = (
     "max_epochs, device, precision, layout, threads, compile, deterministic, checkpoint_every_minutes, grad_clip, "
-    "log_every_n_steps, diagnostics, histograms, sync_bn"
+    "eval_flip, log_every_n_steps, diagnostics, histograms, sync_bn"
 )
 
-MODEL_KEYS = "channels, kernel_size, pool, hidden, batch_norm, bn_position, init, block"
+MODEL_KEYS = "channels, kernel_size, pool, hidden, batch_norm, bn_position, init, block, pool_position"
 
 
 def users_part(count: int = 1, rate: float = 0.1, mode: Literal["a", "b"] = "a", sizes: list[int] | None = None,

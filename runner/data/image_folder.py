@@ -9,19 +9,17 @@ image size and every image file's path, size and mtime, so that any change of th
 one; ablate never writes into the data folder.
 """
 
-import hashlib
 import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from runner.data.cache import SPLITS, cache_dir, files_key, read_cache, write_cache
 from runner.data.datasets import Arrays, DataError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SPLITS = ("train", "test")
 GREY_MODES = {"L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N", "LA"}
 CACHE_VERSION = "image_folder-1"  # part of the cache key: a change of the decoding makes new cache files
 LAYOUT = (
@@ -111,22 +109,9 @@ def list_images(root: str, folder: Path) -> tuple[list[str], dict[str, list[tupl
     return classes, files
 
 
-def cache_dir() -> Path:
-    """$ABLATE_CACHE, else $XDG_CACHE_HOME/ablate, else ~/.cache/ablate."""
-    if os.environ.get("ABLATE_CACHE"):
-        return Path(os.environ["ABLATE_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "ablate"
-    return Path.home() / ".cache" / "ablate"
-
-
 def cache_key(folder: Path, size: tuple[int, int] | None, files: dict) -> str:
-    """sha256 of the folder, the image size and every image file's relative path, size and mtime."""
-    h = hashlib.sha256(f"{CACHE_VERSION}\n{folder}\n{size}\n".encode())
-    for path in sorted(p for split in SPLITS for p, _ in files[split]):
-        stat = path.stat()
-        h.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    """The cache key of the folder's images decoded at `size`: every image file's path, size and mtime."""
+    return files_key(f"{CACHE_VERSION}\n{size}", folder, (p for split in SPLITS for p, _ in files[split]))
 
 
 def cached_shape(path: Path) -> tuple[int, ...] | None:
@@ -140,38 +125,6 @@ def cached_shape(path: Path) -> tuple[int, ...] | None:
         return shape if len(shape) == 4 else None
     except Exception:  # missing or corrupt: decoded again and rewritten
         return None
-
-
-def read_cache(path: Path):
-    """(train, test) from a cache file, or None when it is not a readable one."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            splits = [(z[f"{s}_images"], z[f"{s}_labels"]) for s in SPLITS]
-    except Exception:  # corrupt or truncated: decoded again and rewritten
-        return None
-    for images, labels in splits:
-        if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 or labels.shape != images.shape[:1]:
-            return None
-    return splits
-
-
-def write_cache(path: Path, folder: Path, splits: dict) -> str:
-    """Write the decoded splits to `path` atomically (a temporary file, then os.replace); returns
-    what happened, for Arrays.source. Never inside the data folder, and a failure only skips it."""
-    if path.resolve().is_relative_to(folder):
-        return f"decoded; not cached: the cache folder {path.parent} is inside the data folder"
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            np.savez(f, **{f"{s}_{part}": a for s in SPLITS for part, a in zip(("images", "labels"), splits[s])})
-        os.replace(tmp, path)
-    except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        return f"decoded; not cached in {path.parent}: {e.strerror or e}"
-    return f"decoded, cached in {path}"
 
 
 def _is_grey(im) -> bool:

@@ -27,7 +27,7 @@ from runner.cli import console
 from runner.config import schema
 from runner.data import batches
 from runner.data.datasets import DataError
-from runner.engine import checkpoint, device, distributed, failures, holder, parts
+from runner.engine import checkpoint, device, distributed, failures, holder, parts, startup
 from runner.engine import run_dir as run_dir_files
 from runner.engine.diagnostics import Diagnostics
 from runner.engine.interrupt import pass_on, stop_on_signals
@@ -88,10 +88,13 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
         torch.set_num_threads(compute.threads)
         distributed.start(world, compute.device)
         dataset = batches.load(cfg.data, compute.device)
+        startup.mark("data")
         model = build_model(cfg, dataset)
         model = model.to(compute.device, memory_format=compute.memory_format)
         if cfg.trainer.compile:
             model.compile()  # in place: parameter names and checkpoints stay those of the model
+        else:
+            optim.eager.mark_not_compiled()
         train_model = distributed.wrap(model, compute.device, cfg.trainer.sync_bn) if world.active else model
         optimizer = parts.build_optimizer(cfg.optimizer, model.parameters())
         mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
@@ -103,6 +106,7 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
         val = batches.Batches(dataset.val, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         test = batches.Batches(dataset.test, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         schedule = parts.build_schedule(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
+        startup.mark("model")
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from e
     return Parts(compute, world, dataset, model, train_model, optimizer, schedule, train, val, test)
@@ -214,6 +218,8 @@ def train_in(run_dir: Path, cfg: DictConfig, hydra_cfg) -> float | None:
             checkpoint.export_weights(run_dir / "model.safetensors", parts.model)
     finally:
         metrics = run_dir_files.record(status, name, trainer, parts, cfg, choices, hydra_cfg.overrides.task)
+        if hydra_cfg.mode == RunMode.RUN and (phases := startup.phases()):
+            metrics["startup"] = phases  # a sweep's jobs share their process's start-up: not theirs to record
         trainer.logger.close()
         if world.main:
             run_dir_files.write_metrics(run_dir, metrics)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.data.batches import Batches
+from runner.engine import startup
 from runner.engine.distributed import World, broadcast_buffers
 
 
@@ -151,6 +152,7 @@ class Trainer:
         self.device = next(model.parameters()).device
         self.logger, self.progress, self.checkpoint, self.prune = logger, progress, checkpoint, prune
         self.meet_test = meet_test
+        self.eval_flip = cfg.get("eval_flip", False)
         self.diagnostics, self.histograms = diagnostics, cfg.histograms
         self.epoch = 0  # epochs finished
         self.batch = 0  # batches finished in the running epoch
@@ -266,6 +268,7 @@ class Trainer:
             self.schedule.after_step()
             self.step += 1
             self.batch = i + 1
+            startup.mark("first step")  # this process's first, once
             totals.add(loss.detach().float(), (logits.argmax(1) == y).sum(), len(y))
             self.progress.advance()
             if log_now:
@@ -293,7 +296,8 @@ class Trainer:
 
     @torch.inference_mode()
     def evaluate(self, batches: Batches) -> tuple[float | None, float | None]:
-        """Mean loss and accuracy over a split; (None, None) for an empty split."""
+        """Mean loss and accuracy over a split; (None, None) for an empty split. With `eval_flip`,
+        of the mean of the model's outputs for each image and its horizontal mirror image."""
         if len(batches.split) == 0:
             return None, None
         self.model.eval()
@@ -304,6 +308,8 @@ class Trainer:
         for x, y in batches.epoch():  # under DDP, this rank's share of the batches
             with self.autocast():
                 logits = self.model(x)
+                if self.eval_flip:  # the mean of the outputs for the image and its mirror image
+                    logits = (logits.float() + self.model(x.flip(3)).float()) / 2
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         n = len(batches.split)
