@@ -13,7 +13,7 @@ benchmarks/startup.py prints their medians over fresh processes:
     first step   the TensorBoard writer opened and the first training step
 
 What the phases avoid: torch._dynamo's import (optim.eager), decoding the data set's files again
-(runner.data.datasets's cache).
+(runner.data.cache).
 """
 
 import os
