@@ -27,10 +27,10 @@ def cache_dir() -> Path:
     return Path.home() / ".cache" / "ablate"
 
 
-def files_key(header: str, folder: Path, paths) -> str:
-    """sha256 of `header` (what else the decoding depends on) and every file's path relative to
-    `folder`, size and mtime."""
-    h = hashlib.sha256(f"{header}\n{folder}\n".encode())
+def files_key(version: str, folder: Path, detail, paths) -> str:
+    """sha256 of the decoding's `version`, `folder`, `detail` (what else the decoding depends on) and
+    every file's path relative to `folder`, size and mtime."""
+    h = hashlib.sha256(f"{version}\n{folder}\n{detail}\n".encode())
     for path in sorted(paths):
         stat = path.stat()
         h.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())

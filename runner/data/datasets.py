@@ -297,7 +297,7 @@ def read_files(dataset: str, root: str | None, download: bool, verify: bool) -> 
     folder = locate(dataset, root, download)
     every = CIFAR_FILES if dataset == "cifar10" else IDX_FILES
     paths = [_find(folder, name) for names in every.values() for name in names]
-    key = cache.files_key(f"{CACHE_VERSION} verify={verify}", folder, paths)
+    key = cache.files_key(CACHE_VERSION, folder, f"verify={verify}", paths)
     path = cache.cache_dir() / dataset / f"{key}.npz"
     cached = cache.read_cache(path)
     if cached is not None:

@@ -111,7 +111,7 @@ def list_images(root: str, folder: Path) -> tuple[list[str], dict[str, list[tupl
 
 def cache_key(folder: Path, size: tuple[int, int] | None, files: dict) -> str:
     """The cache key of the folder's images decoded at `size`: every image file's path, size and mtime."""
-    return files_key(f"{CACHE_VERSION}\n{size}", folder, (p for split in SPLITS for p, _ in files[split]))
+    return files_key(CACHE_VERSION, folder, size, (p for split in SPLITS for p, _ in files[split]))
 
 
 def cached_shape(path: Path) -> tuple[int, ...] | None:

@@ -20,6 +20,8 @@ import os
 import time
 from pathlib import Path
 
+from runner.engine import holder
+
 PHASES = ("python", "composition", "torch", "checks", "engine", "data", "model", "first step")
 
 _phases: dict[str, float] = {}
@@ -28,12 +30,12 @@ _last: list[float] = []  # perf_counter() at the end of the last phase
 
 def process_age() -> float:
     """Seconds since this process started (Linux's /proc, to 10 ms); 0 where that cannot be read."""
+    stat = holder.process_stat(os.getpid())
     try:
-        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
         uptime = float(Path("/proc/uptime").read_text().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
     except (OSError, ValueError, IndexError):
         return 0.0
+    return max(0.0, uptime - stat[1] / os.sysconf("SC_CLK_TCK")) if stat else 0.0
 
 
 def mark(phase: str) -> None:
