@@ -82,10 +82,13 @@ def test_a_job_requeued_by_scontrol_checkpoints_comes_back_and_ends_bitwise_equa
 
 def test_a_job_signalled_before_its_time_limit_checkpoints_comes_back_and_ends_bitwise_equal(tmp_path):
     """`--time=2` with USR2 30 s before it: SLURM signals 60-90 s after the job starts (it sends the
-    signal up to 30 s early). The job trains 125-200 s (100 epochs), longer than any first stretch,
-    so it is signalled, requeued and resumed at least once; each stretch trains 50 s or more, so 3
-    requeues at most, within the 5 allowed."""
-    long = [*RESUMABLE, "trainer.max_epochs=100"]
+    signal up to 30 s early). The job trains about 150 s, as many epochs as this machine trains in
+    that time (measured first), longer than any first stretch, so it is signalled, requeued and
+    resumed at least once; each stretch trains 50 s or more, so 3 requeues at most, within the 5 allowed."""
+    probe = run_cli(*RESUMABLE, "trainer.max_epochs=10", f"hydra.run.dir={tmp_path / 'probe'}")
+    assert probe.returncode == 0, probe.stderr
+    per_epoch = json.loads((tmp_path / "probe" / "metrics.json").read_text())["train_seconds"] / 10
+    long = [*RESUMABLE, f"trainer.max_epochs={max(60, round(150 / per_epoch))}"]
     reference = start_cli(*long, f"hydra.run.dir={tmp_path / 'reference'}")  # meanwhile, on the other core
     sweep_dir = tmp_path / "sweep"
     limits = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=5"]
