@@ -81,6 +81,33 @@ def test_idx_files_are_decoded_once_into_a_cache_outside_the_data_folder(tmp_pat
     assert "decoded cache" in load_arrays(cfg, torch.device("cpu")).source
 
 
+def test_statistics_and_fingerprints_of_cached_arrays_are_read_back_for_the_same_split(tmp_path, monkeypatch):
+    """batches.summarize: the second load of the same cached arrays, split the same way, reads the
+    record the first wrote, with the same values to the last bit; another split, a changed file or
+    a broken record are computed again."""
+    monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
+    write_mnist_like(tmp_path / "MNIST" / "raw", n_train=60, n_test=20)
+    base = ["data=mnist", f"data.root={tmp_path}", "data.verify=false", "data.download=false"]
+    first = batches.load(compose_cfg(*base).data, torch.device("cpu"))
+    (record,) = (tmp_path / "cache" / "summaries").glob("*.json")
+    x = first.train.images.double() / 255
+    assert torch.equal(first.mean, x.mean(dim=(0, 2, 3)).float())  # from the histogram, in float64
+    again = batches.load(compose_cfg(*base).data, torch.device("cpu"))
+    assert torch.equal(again.mean, first.mean) and torch.equal(again.std, first.std)
+    assert again.info == {**first.info, "source": again.info["source"]}  # the arrays' source: the decoded cache now
+    assert [p.stat().st_mtime_ns for p in record.parent.iterdir()] == [record.stat().st_mtime_ns]  # read, not written
+
+    record.write_text('{"mean": [0.5], "std": [0.5], "fingerprints": {"train": "x"}}')  # not of these splits
+    assert batches.load(compose_cfg(*base).data, torch.device("cpu")).info == again.info
+    other = batches.load(compose_cfg(*base, "data.split_seed=1").data, torch.device("cpu"))
+    assert other.info["fingerprints"]["val"] != first.info["fingerprints"]["val"]
+    assert len(list(record.parent.iterdir())) == 2
+    write_mnist_like(tmp_path / "MNIST" / "raw", n_train=60, n_test=20, seed=1)
+    changed = batches.load(compose_cfg(*base).data, torch.device("cpu"))
+    assert changed.info["fingerprints"]["test"] != first.info["fingerprints"]["test"]
+    assert changed.info["mean"] != first.info["mean"]
+
+
 def test_verify_rejects_files_that_are_not_the_known_data_set(tmp_path):
     write_mnist_like(tmp_path / "FashionMNIST" / "raw")
     cfg = compose_cfg("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false").data

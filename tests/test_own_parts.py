@@ -136,8 +136,9 @@ def test_an_image_folder_trains_from_a_decoded_cache_outside_the_folder(project,
     assert second.returncode == 0, second.stderr
     again = json.loads((tmp_path / "second" / "metrics.json").read_text())
     assert "decoded cache" in again["data"]["source"] and again["data"]["fingerprints"] == metrics["data"]["fingerprints"]
+    assert (again["data"]["mean"], again["test_loss"]) == (metrics["data"]["mean"], metrics["test_loss"])  # the split's summary read back
     assert sorted((p, p.stat().st_mtime_ns) for p in images.rglob("*")) == listing  # nothing written into the folder
-    assert os.listdir(cache) == ["image_folder"]
+    assert sorted(os.listdir(cache)) == ["image_folder", "summaries"]
     huge = run_user(project, *args, "data.image_size=100000", f"hydra.run.dir={tmp_path / 'huge'}")
     assert huge.returncode == 2 and huge.stderr.count("\n") == 1, huge.stderr
     assert huge.stderr.startswith(f"error: data.root={images}: 150 images of 3x100000x100000 need 4.5 TB decoded, more than")

@@ -102,7 +102,7 @@ def test_bad_input_gets_one_line_naming_key_value_and_what_is_allowed(tmp_path):
 )
 def test_help_says_what_hydras_own_help_says(args):
     """`run --help` lists the config groups with one copy of Hydra's config repository
-    (app.one_repository_for_help): the same text as Hydra's own help, which the task function gives
+    (hydra_shortcuts.one_repository_for_help): the same text as Hydra's own help, which the task function gives
     when called without `main`, as the same program (`python -m runner`)."""
     import subprocess
 
@@ -113,6 +113,51 @@ def test_help_says_what_hydras_own_help_says(args):
     assert own.returncode == ablates.returncode == 0, own.stderr + ablates.stderr
     assert ablates.stdout == own.stdout and len(own.stdout.splitlines()) > 20
     assert "separable" in own.stdout or "--config-dir" not in args  # the user's groups are listed too
+
+
+COMPOSED_BY = """
+import json, sys
+import hydra
+from hydra._internal.config_loader_impl import ConfigLoaderImpl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+from runner.cli import app, hydra_shortcuts
+
+compositions = []
+load_configuration = ConfigLoaderImpl.load_configuration
+def counted(self, *args, **kwargs):
+    compositions.append(1)
+    return load_configuration(self, *args, **kwargs)
+ConfigLoaderImpl.load_configuration = counted
+
+seen = []
+@hydra.main(config_path=str(app.CONFIGS), config_name="config", version_base="1.3")
+def job(cfg):
+    seen.append([OmegaConf.to_yaml(cfg), OmegaConf.to_yaml(HydraConfig.get()), len(compositions)])
+
+sys.argv = ["run", *sys.argv[1:]]
+job()  # Hydra's way
+compositions.clear()
+hydra_shortcuts.one_composition_per_run()
+job()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("overrides", [[], ["experiment=fmnist_speed", "seed=3"], ["hydra.mode=RUN", "model=residual"]])
+def test_one_composition_per_run_gives_the_config_hydra_composes_twice(tmp_path, overrides):
+    """A single run composes once (hydra_shortcuts.one_composition_per_run), and its job sees the
+    same config and the same Hydra config as with Hydra's two compositions, the run's callbacks
+    (the checks, the run directory held) included."""
+    import subprocess
+
+    argv = [*overrides, f"hydra.run.dir={tmp_path / 'run'}"]
+    result = subprocess.run([sys.executable, "-c", COMPOSED_BY, *argv], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert result.returncode == 0, result.stderr
+    (hydras, hydras_count), (shortcut, shortcut_count) = [(yamls, n) for *yamls, n in json.loads(result.stdout)]
+    assert (hydras_count, shortcut_count) == (2, 1)
+    assert shortcut == hydras
+    assert "mode: RUN" in shortcut[1] and (tmp_path / "run" / ".hydra" / "hydra.yaml").is_file()
 
 
 def test_help_and_cfg_job_do_not_import_torch():

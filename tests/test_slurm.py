@@ -82,22 +82,23 @@ def test_a_job_requeued_by_scontrol_checkpoints_comes_back_and_ends_bitwise_equa
 
 def test_a_job_signalled_before_its_time_limit_checkpoints_comes_back_and_ends_bitwise_equal(tmp_path):
     """`--time=2` with USR2 30 s before it: SLURM signals 60-90 s after the job starts (it sends the
-    signal up to 30 s early). The job trains about 150 s, as many epochs as this machine trains in
-    that time (measured first), longer than any first stretch, so it is signalled, requeued and
-    resumed at least once; each stretch trains 50 s or more, so 3 requeues at most, within the 5 allowed."""
+    signal up to 30 s early). The job trains about 180 s, as many epochs as this machine trains in
+    that time (measured first), so it is signalled, requeued and resumed at least once even if the
+    machine runs it 1.8x faster than it ran the probe (its speed drifts that much); each stretch
+    trains 45 s or more, so 8 requeues, the most allowed, cover a machine 2x slower."""
     probe = run_cli(*RESUMABLE, "trainer.max_epochs=10", f"hydra.run.dir={tmp_path / 'probe'}")
     assert probe.returncode == 0, probe.stderr
     per_epoch = json.loads((tmp_path / "probe" / "metrics.json").read_text())["train_seconds"] / 10
-    long = [*RESUMABLE, f"trainer.max_epochs={max(60, round(150 / per_epoch))}"]
+    long = [*RESUMABLE, f"trainer.max_epochs={max(60, round(180 / per_epoch))}"]
     reference = start_cli(*long, f"hydra.run.dir={tmp_path / 'reference'}")  # meanwhile, on the other core
     sweep_dir = tmp_path / "sweep"
-    limits = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=5"]
+    limits = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=8"]
     result = run_cli("-m", *CLUSTER, *limits, *long, f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=job")
     assert result.returncode == 0, result.stderr
     assert reference.wait(timeout=600) == 0
     (task,) = slurm_jobs(sweep_dir)
     record = job(task)
-    assert record["JobState"] == "COMPLETED" and 1 <= int(record["Restarts"]) <= 5, record
+    assert record["JobState"] == "COMPLETED" and 1 <= int(record["Restarts"]) <= 8, record
     log = "".join(p.read_text() for p in (sweep_dir / ".submitit" / task).glob("*_log.*"))
     assert "this job is timed-out" in log and "resuming from" in log  # submitit's word for the signal, then ablate's
     assert_bitwise_equal(outcome(sweep_dir / "job"), outcome(tmp_path / "reference"))

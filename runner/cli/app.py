@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner import tune
+from runner.cli import hydra_shortcuts
 from runner.config import hydra_errors, schema
 from runner.engine import distributed, failures, holder, startup
 
@@ -252,28 +253,6 @@ def config_dir(argv: list[str]) -> str | None:
     return None
 
 
-def one_repository_for_help() -> None:
-    """`run --help` lists the config groups through Hydra's config loader, which copies its whole
-    config repository for every question about a group (84 deep copies: most of the command's time).
-    A help text is about one config: here one copy answers them all. Where Hydra's loader is not
-    as this expects, it is left as it is."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra.core.object_type import ObjectType
-
-    repository_for = getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None)
-    if repository_for is None:
-        return
-    repositories = {}
-
-    def get_group_options(self, group_name, results_filter=ObjectType.CONFIG, config_name=None, overrides=None):
-        key = (id(self), config_name, tuple(overrides or ()))
-        if key not in repositories:
-            repositories[key] = repository_for(self, config_name, list(overrides or ()))[1]
-        return repositories[key].get_group_options(group_name, results_filter)
-
-    ConfigLoaderImpl.get_group_options = get_group_options
-
-
 def rank_argv(argv: list[str]) -> list[str]:
     """Under torchrun, ranks other than 0 leave Hydra's .hydra/ files to rank 0."""
     if distributed.world().main or any(a.startswith("hydra.output_subdir=") for a in argv):
@@ -288,7 +267,9 @@ OmegaConf.register_new_resolver("started", distributed.started, use_cache=True, 
 def main() -> None:
     startup.mark("python")
     if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
-        one_repository_for_help()
+        hydra_shortcuts.one_repository_for_help()
+    elif not {"-m", "--multirun"} & set(sys.argv[1:]):
+        hydra_shortcuts.one_composition_per_run()
     importable_cwd()
     sys.argv = rank_argv(name_jobs_by_swept_keys(sys.argv))
     hold_errors()

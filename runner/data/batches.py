@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from runner.config import targets
-from runner.data import torchvision_sets
+from runner.data import cache, torchvision_sets
 from runner.data.datasets import Arrays, stratified_split
 from runner.engine import parts
 
+SUMMARY_VERSION = "summary-1"  # part of a summary record's key: a change of what summarize computes makes new ones
 EVAL_BATCH_SIZE = 256  # the fastest of 128, 256 and 1000 for evaluation on a 2-core CPU
 
 
@@ -83,24 +84,25 @@ def load(cfg, device: torch.device) -> Data:
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)
     if cfg.train_size is not None and cfg.train_size < len(train_idx):
         train_idx = np.sort(np.random.default_rng(cfg.split_seed).permutation(train_idx)[: cfg.train_size])
-    splits = {
+    splits = {  # own, writable copies: indexing copies
         "train": (images[train_idx], labels[train_idx]),
         "val": (images[val_idx], labels[val_idx]),
-        "test": arrays.test,
+        "test": tuple(np.array(a) for a in arrays.test),
     }
-    mean, std = channel_stats(splits["train"][0])
+    summary = summarize(splits, arrays.key, (cfg.val_fraction, cfg.split_seed, cfg.train_size))
+    mean, std = np.array(summary["mean"]), np.array(summary["std"])
     info = {
         "name": cfg._target_,
         "source": arrays.source,
         "split_seed": cfg.split_seed,
         "sizes": {k: len(v[1]) for k, v in splits.items()},
-        "fingerprints": {k: _fingerprint(*v) for k, v in splits.items()},
+        "fingerprints": summary["fingerprints"],
         "mean": mean.round(6).tolist(),
         "std": std.round(6).tolist(),
     }
 
     def to_device(x: np.ndarray, y: np.ndarray) -> Split:
-        return Split(torch.from_numpy(np.array(x)).to(device), torch.from_numpy(np.array(y)).to(device))  # own, writable copies
+        return Split(torch.from_numpy(x).to(device), torch.from_numpy(y).to(device))
 
     return Data(
         **{k: to_device(*v) for k, v in splits.items()},
@@ -109,6 +111,34 @@ def load(cfg, device: torch.device) -> Data:
         num_classes=len(arrays.classes) if arrays.classes else int(labels.max()) + 1,
         info=info,
     )
+
+
+def summarize(splits: dict, arrays_key: str | None, split: tuple) -> dict:
+    """The training images' per-channel mean and std (full precision) and every split's fingerprint.
+    Where the arrays have a decoded cache's key, read back from a record in the cache the second
+    time the same arrays are split the same way (`split`): 0.13 s of a Fashion-MNIST run's start."""
+    path = None
+    if arrays_key:
+        key = hashlib.sha256(f"{SUMMARY_VERSION}\n{arrays_key}\n{split}".encode()).hexdigest()
+        path = cache.cache_dir() / "summaries" / f"{key}.json"
+        record = cache.read_record(path)
+        if record is not None and _fits(record, splits):
+            return record
+    mean, std = channel_stats(splits["train"][0])
+    record = {"mean": mean.tolist(), "std": std.tolist(), "fingerprints": {k: _fingerprint(*v) for k, v in splits.items()}}
+    if path is not None:
+        cache.write_record(path, record)
+    return record
+
+
+def _fits(record: dict, splits: dict) -> bool:
+    """Whether a summary record read back has summarize's form for these splits."""
+    channels = splits["train"][0].shape[1]
+    fingerprints, mean, std = record.get("fingerprints"), record.get("mean"), record.get("std")
+    return (
+        isinstance(fingerprints, dict) and fingerprints.keys() == splits.keys()
+        and isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == channels
+    )  # fmt: skip
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:

@@ -1,14 +1,17 @@
 """The decoded-data cache: a data set's splits as uint8 arrays in one .npz file, outside the data
-folder, so that a run after the first reads them back in a fraction of the decoding's time.
+folder, so that a run after the first reads them back in a fraction of the decoding's time; and
+small JSON records of what is computed from them (runner.data.batches.summarize).
 
 `<cache>/<kind>/<key>.npz`, where <cache> is $ABLATE_CACHE, else $XDG_CACHE_HOME/ablate, else
 ~/.cache/ablate, and the key names the files it came from (path, size and mtime of each, and how
 they were read): any change of the files makes a new one. A cache file that cannot be read is
 decoded again and rewritten; one that cannot be written is skipped, never an error. Used by
-runner.data.datasets (the IDX and CIFAR files) and runner.data.image_folder.
+runner.data.datasets (the IDX and CIFAR files) and runner.data.image_folder. The records are
+`<cache>/summaries/<key>.json`, keyed on the arrays' key and how they were split.
 """
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -48,6 +51,29 @@ def read_cache(path: Path):
         if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 or labels.shape != images.shape[:1]:
             return None
     return splits
+
+
+def read_record(path: Path) -> dict | None:
+    """The JSON object in `path`, or None where there is no readable one."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def write_record(path: Path, record: dict) -> None:
+    """`record` as JSON in `path`, atomically (a temporary file, then os.replace); a failure only skips it."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp", delete=False) as f:
+            tmp = f.name
+            json.dump(record, f)
+        os.replace(tmp, path)
+    except OSError:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def write_cache(path: Path, folder: Path, splits: dict) -> str:

@@ -104,6 +104,7 @@ class Arrays:
     test: tuple[np.ndarray, np.ndarray]
     source: str
     classes: list[str] | None = None  # the class names, label i is classes[i], where the source names them
+    key: str | None = None  # the decoded cache's key of these arrays (runner.data.cache), where they have one
 
 
 def _md5(data: bytes) -> str:
@@ -301,10 +302,10 @@ def read_files(dataset: str, root: str | None, download: bool, verify: bool) -> 
     path = cache.cache_dir() / dataset / f"{key}.npz"
     cached = cache.read_cache(path)
     if cached is not None:
-        return Arrays(*cached, source=f"{folder} (decoded cache {path})")
+        return Arrays(*cached, source=f"{folder} (decoded cache {path})", key=key)
     splits = decode_files(dataset, folder, verify)
     cached_as = cache.write_cache(path, folder.resolve(), splits)
-    return Arrays(splits["train"], splits["test"], source=f"{folder} ({cached_as})")
+    return Arrays(splits["train"], splits["test"], source=f"{folder} ({cached_as})", key=key)
 
 
 def decode_files(dataset: str, folder: Path, verify: bool) -> dict[str, tuple[np.ndarray, np.ndarray]]:

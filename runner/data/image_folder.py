@@ -35,19 +35,20 @@ def image_folder(root: str, image_size: int | list[int] | None = None, device=No
     size = parse_image_size(image_size)
     folder = Path(root).expanduser().resolve()
     classes, files = list_images(root, folder)
-    path = cache_dir() / "image_folder" / f"{cache_key(folder, size, files)}.npz"
+    key = cache_key(folder, size, files)
+    path = cache_dir() / "image_folder" / f"{key}.npz"
     n = sum(len(f) for f in files.values())
     cached = cached_shape(path)
     if cached is not None:
         check_memory(root, n, cached[1:], device)
         arrays = read_cache(path)
         if arrays is not None:
-            return Arrays(*arrays, source=f"{folder} (decoded cache {path})", classes=classes)
+            return Arrays(*arrays, source=f"{folder} (decoded cache {path})", classes=classes, key=key)
     shape = probe(root, files, size)
     check_memory(root, n, shape, device)
     splits = {split: decode(root, files[split], shape) for split in SPLITS}
     cached_as = write_cache(path, folder, splits)
-    return Arrays(splits["train"], splits["test"], source=f"{folder} ({cached_as})", classes=classes)
+    return Arrays(splits["train"], splits["test"], source=f"{folder} ({cached_as})", classes=classes, key=key)
 
 
 def parse_image_size(image_size) -> tuple[int, int] | None:

@@ -4,7 +4,7 @@
 benchmarks/startup.py prints their medians over fresh processes:
 
     python       the interpreter, Hydra's and ablate's imports, up to `run`'s main()
-    composition  Hydra composes the config (twice: for the run mode, then for the run)
+    composition  Hydra composes the config (once: runner.cli.hydra_shortcuts)
     torch        import torch
     checks       the config's values checked, the run directory held, Hydra's .hydra/ and log set up
     engine       ablate's training modules imported (TensorBoard's writer among them)
@@ -12,8 +12,10 @@ benchmarks/startup.py prints their medians over fresh processes:
     model        model, optimizer, schedule and batches built
     first step   the TensorBoard writer opened and the first training step
 
-What the phases avoid: torch._dynamo's import (optim.eager), decoding the data set's files again
-(runner.data.cache).
+What the phases avoid: a second composition (runner.cli.hydra_shortcuts), torch._dynamo's import
+(optim.eager), decoding the data set's files again and summarizing its splits again
+(runner.data.cache, runner.data.batches.summarize), compiling ablate's sources (`make` writes
+their bytecode).
 """
 
 import os
