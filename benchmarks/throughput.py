@@ -3,7 +3,8 @@
   minimal     a hand-written PyTorch loop: normalized tensors on the device, shuffled batches by
               index, forward, loss, backward, step; the same model, precision and layout as ablate
   runner      ablate's own Trainer.train_epoch, with its default logging (TensorBoard every 50
-              steps) and diagnostics, on uint8 data held on the device
+              steps) and diagnostics, on uint8 data held on the device (on a CUDA GPU, its step
+              captured in a CUDA graph as trainer.graphs decides: --graphs auto, true or false)
   dataloader  the usual path: the torchvision dataset class reading the real file format, with
               ToTensor and Normalize, through a DataLoader (the fastest of --workers; pinned
               memory on CUDA), fp32 in the default layout
@@ -46,7 +47,7 @@ from torchvision import transforms
 
 from runner.cli.console import TrainingProgress
 from runner.data import batches
-from runner.engine import device, parts
+from runner.engine import device, graphs, parts
 from runner.engine.diagnostics import Diagnostics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' fixtures: data files in real formats
@@ -152,10 +153,12 @@ def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device
     )
     empty = batches.Batches(batches.Split(images[:0], labels[:0]), 256, mean, std)
     schedule = parts.build_schedule(cfg.sched, opt, len(train), 1000)
+    captured = graphs.pick(cfg.trainer.graphs, dev, opt, cfg.trainer.compile, 1)  # as a run decides (trainer.graphs)
     trainer = Trainer(
         model, opt, schedule, train, empty, empty, cfg.trainer, compute.autocast_dtype,
         RunLogger(logdir), TrainingProgress(enabled=False),
         diagnostics=Diagnostics(model) if cfg.trainer.diagnostics else None,
+        graphed_step=graphs.GraphedStep(model, opt, compute.autocast_dtype, cfg.trainer.grad_clip) if captured else None,
     )  # fmt: skip
     epochs = iter(range(10**6))
 
@@ -289,7 +292,7 @@ def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
         else:
             images, labels = random_images(shape, args.images)
         for name in args.models:
-            cfg = compose_cfg(f"model={name}", f"data.batch_size={args.batch_size}")
+            cfg = compose_cfg(f"model={name}", f"data.batch_size={args.batch_size}", f"trainer.graphs={args.graphs}")
             loops = {
                 "minimal": minimal_loop(cfg, images, labels, compute, args.augment),
                 "runner": runner_loop(cfg, images, labels, compute, tmp / f"logs-{shape}-{name}", args.augment),
@@ -380,6 +383,7 @@ def main() -> None:
         "--batch-size", type=int, default=128, help="images per step (default 128, the configs' default)"
     )
     parser.add_argument("--augment", action="store_true", help="random crop and flip in every path")
+    parser.add_argument("--graphs", default="auto", choices=["auto", "true", "false"], help="the runner's trainer.graphs (default auto)")
     parser.add_argument(
         "--workers", nargs="+", type=int, default=[0, 2], help="DataLoader workers to try (default 0 2)"
     )

@@ -52,6 +52,15 @@ def test_each_precision_and_layout_can_be_forced(precision, layout):
     assert compute.memory_format == (torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
+def test_parallel_jobs_of_a_sweep_spread_over_the_gpus_and_share_them_beyond():
+    assert [device.gpu_for_job(j, 4) for j in range(10)] == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1]
+    assert {device.gpu_for_job(j, 1) for j in range(8)} == {0}  # 8 jobs on one GPU
+    assert device.gpu_for_job(5, 0) == 0
+    compute = device.pick(compose_cfg().trainer, parallel_jobs=4, job=3)
+    gpus = torch.cuda.device_count()
+    assert compute.device == (torch.device("cuda", 3 % gpus) if gpus else device.pick(compose_cfg().trainer).device)
+
+
 def test_threads_share_the_cores_among_parallel_jobs():
     cores = len(os.sched_getaffinity(0))
     assert device.pick_threads("auto", 1) == cores

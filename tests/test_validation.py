@@ -19,7 +19,7 @@ from runner.cli import app
 from runner.config import hydra_errors, schema
 
 TRAINER_KEYS = (
-    "max_epochs, device, precision, layout, threads, compile, deterministic, checkpoint_every_minutes, grad_clip, "
+    "max_epochs, device, precision, layout, threads, compile, graphs, deterministic, checkpoint_every_minutes, grad_clip, "
     "eval_flip, log_every_n_steps, diagnostics, histograms, sync_bn"
 )
 
@@ -63,6 +63,7 @@ BAD_INPUTS = [
     (["model.channels=16"], "model.channels=16 is not allowed; allowed: a non-empty list of positive integers"),
     (["seed=abc"], "seed='abc' is not allowed; allowed: an integer >= 0"),
     (["trainer.compile=maybe"], "trainer.compile='maybe' is not allowed; allowed: true or false"),
+    (["trainer.graphs=maybe"], "trainer.graphs='maybe' is not allowed; allowed: auto, true or false"),
     (["trainer.deterministic=maybe"], "trainer.deterministic='maybe' is not allowed; allowed: true or false"),
     (["trainer.sync_bn=yes_please"], "trainer.sync_bn='yes_please' is not allowed; allowed: true or false"),
     (["trainer.grad_clip=abc"], "trainer.grad_clip='abc' is not allowed; allowed: a number > 0 or null"),

@@ -81,13 +81,23 @@ def pick_threads(threads, parallel_jobs: int) -> int:
     return threads
 
 
-def pick(trainer_cfg, parallel_jobs: int = 1, world=None) -> Compute:
+def gpu_for_job(job: int, gpus: int) -> int:
+    """The GPU of a sweep's job `job` (Hydra's job number) when a launcher runs several jobs at once:
+    job j on GPU j mod `gpus`, so that the jobs running at once spread evenly over the GPUs, and
+    share them when there are more jobs than GPUs."""
+    return job % max(1, gpus)
+
+
+def pick(trainer_cfg, parallel_jobs: int = 1, world=None, job: int = 0) -> Compute:
     """The Compute that `trainer.device/precision/layout/threads` ask for, on this machine. Under
     DDP (`world`, runner.engine.distributed), the process of local rank r takes GPU r, and the processes
-    that share the CPU cores share them out."""
+    that share the CPU cores share them out. A sweep's job `job`, one of `parallel_jobs` that a
+    launcher runs at once, takes its GPU by gpu_for_job."""
     device = pick_device(trainer_cfg.device)
     if world is not None and device.type == "cuda" and world.local_size > 1:
         device = torch.device("cuda", world.local_rank)
+    elif device.type == "cuda" and parallel_jobs > 1:
+        device = torch.device("cuda", gpu_for_job(job, torch.cuda.device_count()))
     sharers = parallel_jobs * (world.core_sharers if world is not None else 1)
     return Compute(
         device=device,

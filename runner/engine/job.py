@@ -27,7 +27,7 @@ from runner.cli import console
 from runner.config import schema
 from runner.data import batches
 from runner.data.datasets import DataError
-from runner.engine import checkpoint, device, distributed, failures, holder, parts, startup
+from runner.engine import checkpoint, device, distributed, failures, graphs, holder, parts, startup
 from runner.engine import run_dir as run_dir_files
 from runner.engine.diagnostics import Diagnostics
 from runner.engine.interrupt import pass_on, stop_on_signals
@@ -52,6 +52,11 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
+def job_number(hydra_cfg) -> int:
+    """A sweep's job number (Hydra's hydra.job.num), 0 for a single run."""
+    return hydra_cfg.job.get("num", 0) if hydra_cfg.mode == RunMode.MULTIRUN else 0
+
+
 def parallel_jobs(hydra_cfg) -> int:
     """How many jobs the launcher runs at once: its n_jobs in a sweep (joblib's -1 is every core), else 1."""
     n = hydra_cfg.launcher.get("n_jobs") if hydra_cfg.mode == RunMode.MULTIRUN else None
@@ -74,18 +79,22 @@ class Parts:
     train: batches.Batches
     val: batches.Batches
     test: batches.Batches
+    graphs: bool = False  # the training step captured in a CUDA graph (runner.engine.graphs)
 
 
-def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
+def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Parts:
     """Data on the device, model, optimizer, schedule and batches; bad input raises SetupError.
-    `parallel_jobs` (the jobs a launcher runs at once) shares the CPU cores out under threads=auto.
+    `parallel_jobs` (the jobs a launcher runs at once) shares the CPU cores out under threads=auto,
+    and the GPUs among the jobs by their number `job`.
     Under torchrun, this process joins the run's process group and takes its part of the batches."""
     try:
         schema.validate(cfg)  # checked before Hydra wrote anything too, but a sweeper may choose values as it goes
         seed_everything(cfg.seed, cfg.trainer.deterministic)  # the same on every rank: the same initial weights
         world = distributed.world()
-        compute = device.pick(cfg.trainer, parallel_jobs, world)
+        compute = device.pick(cfg.trainer, parallel_jobs, world, job)
         torch.set_num_threads(compute.threads)
+        if compute.device.index is not None:
+            torch.cuda.set_device(compute.device)  # nothing of this job's on another GPU
         distributed.start(world, compute.device)
         dataset = batches.load(cfg.data, compute.device)
         startup.mark("data")
@@ -106,10 +115,11 @@ def build(cfg: DictConfig, parallel_jobs: int = 1) -> Parts:
         val = batches.Batches(dataset.val, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         test = batches.Batches(dataset.test, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         schedule = parts.build_schedule(cfg.sched, optimizer, len(train), cfg.trainer.max_epochs)
+        captured = graphs.pick(cfg.trainer.graphs, compute.device, optimizer, cfg.trainer.compile, world.size)
         startup.mark("model")
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from e
-    return Parts(compute, world, dataset, model, train_model, optimizer, schedule, train, val, test)
+    return Parts(compute, world, dataset, model, train_model, optimizer, schedule, train, val, test, captured)
 
 
 def build_model(cfg: DictConfig, dataset: batches.Data) -> torch.nn.Module:
@@ -176,7 +186,7 @@ def train_in(run_dir: Path, cfg: DictConfig, hydra_cfg) -> float | None:
     """The run in `run_dir`, which this process holds: build, resume or skip, train, write."""
     choices = hydra_cfg.runtime.choices
     console.use_rich_logging()
-    parts = build(cfg, parallel_jobs(hydra_cfg))
+    parts = build(cfg, parallel_jobs(hydra_cfg), job_number(hydra_cfg))
     compute, world = parts.compute, parts.world
     if world.active:
         agree_on_run_dir(run_dir)
@@ -249,6 +259,9 @@ def make_trainer(
         diagnostics=diagnostics, world=world, train_model=parts.train_model,
         prune=None if world.active else trial_pruner(),
         meet_test=not os.environ.get(PHASE_ENV, "").startswith("tune/"),  # a tuned sweep's trial: validation only
+        graphed_step=graphs.GraphedStep(
+            parts.model, parts.optimizer, parts.compute.autocast_dtype, cfg.trainer.grad_clip
+        ) if parts.graphs else None,
     )  # fmt: skip
 
 

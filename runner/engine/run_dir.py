@@ -38,6 +38,7 @@ def record(status: str, name: str, trainer, parts, cfg, choices, command: list[s
         "precision": parts.compute.precision,
         "layout": parts.compute.layout,
         "threads": parts.compute.threads,
+        "graphs": parts.graphs,
         "processes": parts.world.size,
         "data": parts.dataset.info,
         "history": result.history,

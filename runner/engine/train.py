@@ -136,11 +136,13 @@ class Trainer:
         train_model: torch.nn.Module | None = None,
         prune=None,
         meet_test: bool = True,
+        graphed_step=None,
     ):
         """`train_model`: the module the steps run through (`model` in DDP); `model` is evaluated and saved.
         `prune(epoch, val_acc)`, if given, is asked after each epoch whether to stop the run there (a
         hopeless trial of a tuned sweep): the run ends with status `pruned`, without the test set.
-        `meet_test=False` (a tuned sweep's trial) leaves the test set alone: only the final runs meet it."""
+        `meet_test=False` (a tuned sweep's trial) leaves the test set alone: only the final runs meet it.
+        `graphed_step` (runner.engine.graphs.GraphedStep), if given, takes the training steps."""
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.world = world or World()
         self.train_model = train_model or model
@@ -154,6 +156,7 @@ class Trainer:
         self.meet_test = meet_test
         self.eval_flip = cfg.get("eval_flip", False)
         self.diagnostics, self.histograms = diagnostics, cfg.histograms
+        self.graphed_step = graphed_step
         self.epoch = 0  # epochs finished
         self.batch = 0  # batches finished in the running epoch
         self.step = 0  # optimizer steps taken
@@ -255,21 +258,12 @@ class Trainer:
             log_now = (self.step + 1) % self.log_every == 0 or i == last  # and at the end of each epoch
             if self.diagnostics:
                 self.diagnostics.active = log_now
-            with self.autocast():
-                logits = self.train_model(x)
-                loss = F.cross_entropy(logits, y)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if log_now:
-                self.log_diagnostics(self.step + 1)
-            if self.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-            self.optimizer.step()
+            loss, hits = self.train_step(x, y, log_now)
             self.schedule.after_step()
             self.step += 1
             self.batch = i + 1
             startup.mark("first step")  # this process's first, once
-            totals.add(loss.detach().float(), (logits.argmax(1) == y).sum(), len(y))
+            totals.add(loss, hits, len(y))
             self.progress.advance()
             if log_now:
                 mean, acc = totals.read_window(self.world)  # the only host syncs between epochs
@@ -285,6 +279,26 @@ class Trainer:
                     return None
         self.batch, self.totals = 0, Totals(self.device)  # the next call starts the next epoch
         return totals.read_epoch(self.world)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, log_now: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward, loss, backward, clipping and the optimizer's step on one batch: the loss and the
+        number of correct predictions, on the device. A logging step reads the gradients between
+        backward and step (a graphed step runs eagerly for it where something reads them)."""
+        after_backward = (lambda: self.log_diagnostics(self.step + 1)) if log_now else None
+        if self.graphed_step is not None:
+            eager = log_now and bool(self.diagnostics or self.histograms)
+            return self.graphed_step(x, y, eager=eager, after_backward=after_backward)
+        with self.autocast():
+            logits = self.train_model(x)
+            loss = F.cross_entropy(logits, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if after_backward is not None:
+            after_backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return loss.detach().float(), (logits.argmax(1) == y).sum()
 
     def log_diagnostics(self, step: int) -> None:
         """Gradient norms and dead units (and histograms if asked), before the optimizer step."""
