@@ -20,7 +20,8 @@ What makes the step capturable:
 import contextlib
 
 import torch
-import torch.nn.functional as F
+
+from runner.engine.train import train_step
 
 WARMUP_STEPS = 3
 FUSED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)  # optimizers with a fused, capturable step
@@ -88,18 +89,8 @@ class GraphedStep:
         return self.outputs
 
     def _step(self, x, y, after_backward):
-        with self._autocast():
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if after_backward is not None:
-            after_backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        with self._fused_with_cells():
-            self.optimizer.step()
-        return loss.detach().float(), (logits.argmax(1) == y).sum()
+        autocast, stepping = self._autocast(), self._fused_with_cells()
+        return train_step(self.model, self.optimizer, x, y, autocast, self.grad_clip, after_backward, stepping)
 
     def _autocast(self):
         if self.autocast_dtype is None:

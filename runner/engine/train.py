@@ -117,6 +117,26 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
+def train_step(
+    model, optimizer, x, y, autocast, grad_clip: float | None, after_backward=None, stepping=None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step, no host sync: forward and loss in the `autocast` context, backward,
+    `after_backward()` if given, gradient clipping, the optimizer's step (in the `stepping` context
+    if given). The loss and the number of correct predictions, on the device."""
+    with autocast:
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if after_backward is not None:
+        after_backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    with stepping or contextlib.nullcontext():
+        optimizer.step()
+    return loss.detach().float(), (logits.argmax(1) == y).sum()
+
+
 class Trainer:
     def __init__(
         self,
@@ -288,17 +308,7 @@ class Trainer:
         if self.graphed_step is not None:
             eager = log_now and bool(self.diagnostics or self.histograms)
             return self.graphed_step(x, y, eager=eager, after_backward=after_backward)
-        with self.autocast():
-            logits = self.train_model(x)
-            loss = F.cross_entropy(logits, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if after_backward is not None:
-            after_backward()
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.optimizer.step()
-        return loss.detach().float(), (logits.argmax(1) == y).sum()
+        return train_step(self.train_model, self.optimizer, x, y, self.autocast(), self.grad_clip, after_backward)
 
     def log_diagnostics(self, step: int) -> None:
         """Gradient norms and dead units (and histograms if asked), before the optimizer step."""
