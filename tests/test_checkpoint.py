@@ -6,7 +6,9 @@ import os
 
 import pytest
 import torch
+from fixtures import compose_cfg
 from helpers import run_cli
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from runner.engine import checkpoint
@@ -60,3 +62,14 @@ def test_exported_weights_load_back_equal_also_from_a_channels_last_model(tmp_pa
     assert weights.keys() == model.state_dict().keys()
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
     assert [p.name for p in tmp_path.iterdir()] == ["model.safetensors"]  # no temporary file left
+
+
+def test_each_key_added_since_resumes_under_the_default_the_config_gives_it():
+    """checkpoint.ADDED_KEYS: a checkpoint without the key matches the config's default for it."""
+    config = OmegaConf.to_container(compose_cfg("model=plain"), resolve=True)
+    for key, before in checkpoint.ADDED_KEYS.items():
+        group, name = key.split(".")
+        older = {**config, group: {k: v for k, v in config[group].items() if k != name}}
+        assert checkpoint.first_difference(older, config) is None, key
+        other = {**config, group: {**config[group], name: "another"}}
+        assert checkpoint.first_difference(older, other) == (key, before[0], "another")

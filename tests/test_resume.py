@@ -6,6 +6,7 @@ import signal
 import subprocess
 
 import pytest
+import torch
 from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -76,3 +77,29 @@ def test_a_checkpoint_of_another_config_is_refused_and_left_as_it_is(tmp_path, q
     )
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
+
+
+def test_a_checkpoint_from_before_a_config_key_resumes_under_the_value_it_trained_with(tmp_path, uninterrupted):
+    """A checkpoint written before model.pool_position, trainer.eval_flip and trainer.graphs existed
+    (its config lacks them) resumes bitwise under their defaults, and is refused under another value."""
+    run_dir = tmp_path / "run"
+    process = start(run_dir)
+    wait_for_checkpoint_at_step(run_dir, 20)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=120)
+    last = run_dir / "checkpoints" / "last.pt"
+    state = torch.load(last, weights_only=True)
+    for group, key in (("model", "pool_position"), ("trainer", "eval_flip"), ("trainer", "graphs")):
+        del state["config"][group][key]
+    torch.save(state, last)
+    older = last.read_bytes()
+
+    other = run_cli(*RESUMABLE, "trainer.eval_flip=true", f"hydra.run.dir={run_dir}")
+    assert other.returncode == 2
+    assert "holds a checkpoint of another config (trainer.eval_flip=False there, True now)" in other.stderr
+    assert last.read_bytes() == older
+
+    again = run_cli(*RESUMABLE, f"hydra.run.dir={run_dir}")
+    assert again.returncode == 0, again.stderr
+    assert "resuming from" in again.stdout + again.stderr
+    assert_bitwise_equal(outcome(run_dir), uninterrupted)

@@ -56,11 +56,29 @@ def export_weights(path: Path, model: torch.nn.Module) -> None:
     os.replace(tmp, path)
 
 
+# Keys the config gained after checkpoints of its present shape were first written, each with the
+# values that train as ablate did before the key: a checkpoint without the key resumes under them
+# (the first is the one it trained with).
+ADDED_KEYS: dict[str, tuple] = {
+    "model.pool_position": ("after_block",),
+    "trainer.eval_flip": (False,),
+    "trainer.graphs": ("auto", False),  # auto trains as before on CPUs; on GPUs it captures the step
+}
+
+
 def first_difference(old, new, key: str = "") -> tuple[str, object, object] | None:
-    """The first key (dotted) where two config trees differ, with both values; None if equal."""
+    """The first key (dotted) where two config trees differ, with both values; None if equal. A key
+    of ADDED_KEYS that `old` lacks stands for the values it trained with before the key existed."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in sorted(set(old) | set(new), key=str):
-            found = first_difference(old.get(k, "<absent>"), new.get(k, "<absent>"), f"{key}.{k}" if key else str(k))
+            at = f"{key}.{k}" if key else str(k)
+            if k not in old and at in ADDED_KEYS:
+                before, now = ADDED_KEYS[at], new.get(k, "<absent>")
+                if any(type(b) is type(now) and b == now for b in before):  # False is not 0
+                    continue
+                found = (at, before[0], now)
+            else:
+                found = first_difference(old.get(k, "<absent>"), new.get(k, "<absent>"), at)
             if found:
                 return found
         return None
