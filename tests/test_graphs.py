@@ -66,7 +66,7 @@ def trainer(cfg, tmp_path, graphed: bool, capture: bool = False) -> Trainer:
 
 
 @pytest.mark.parametrize("optimizer", ["nesterov", "adam", "adamw"])
-def test_the_graphed_steps_update_follows_the_schedule_bitwise_and_resumes_bitwise(tmp_path, optimizer):
+def test_the_graphed_steps_update_follows_the_schedule_and_resumes_bitwise(tmp_path, optimizer):
     cfg = compose_cfg(*SMALL, f"optimizer={optimizer}", "trainer.max_epochs=2")
     plain = trainer(cfg, tmp_path, graphed=False)
     plain.fit()

@@ -96,7 +96,7 @@ def test_a_checkpoint_from_before_a_config_key_resumes_under_the_value_it_traine
 
     other = run_cli(*RESUMABLE, "trainer.eval_flip=true", f"hydra.run.dir={run_dir}")
     assert other.returncode == 2
-    assert "holds a checkpoint of another config (trainer.eval_flip=False there, True now)" in other.stderr
+    assert "holds a checkpoint of another config (trainer.eval_flip=false there, true now)" in other.stderr
     assert last.read_bytes() == older
 
     again = run_cli(*RESUMABLE, f"hydra.run.dir={run_dir}")

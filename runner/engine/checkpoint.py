@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from runner.config.rules import show
+
 
 def save(path: Path, state: dict) -> None:
     """Write `state` to `path` through a temporary file, fsync and rename."""
@@ -95,7 +97,7 @@ def load_matching(path: Path, config: dict) -> dict | None:
     if found:
         key, old, new = found
         raise ValueError(
-            f"{path} holds a checkpoint of another config ({key}={old!r} there, {new!r} now); "
+            f"{path} holds a checkpoint of another config ({key}={show(old)} there, {show(new)} now); "
             "allowed: the same config to resume it, or another hydra.run.dir / hydra.sweep.dir"
         )
     return state
