@@ -64,7 +64,7 @@ def export_weights(path: Path, model: torch.nn.Module) -> None:
 ADDED_KEYS: dict[str, tuple] = {
     "model.pool_position": ("after_block",),
     "trainer.eval_flip": (False,),
-    "trainer.graphs": ("auto", False),  # auto trains as before on CPUs; on GPUs it captures the step
+    "trainer.graphs": (False, "auto"),  # it trained without the graph; auto trains so on CPUs, on GPUs it captures
 }
 
 
