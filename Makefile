@@ -6,11 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv bytecode run test test-all bench tensorboard clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	@echo "Creating $(VENV) with torch, torchvision, hydra-core, tensorboard, rich, mlxtend (first time: about 2 minutes)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -qq --upgrade pip
-	$(BIN)/pip install -qq -e '.[test]' --config-settings editable_mode=compat  # the repository on the path: Hydra scans hydra_plugins/ there
+	$(BIN)/pip install -qq -e '.[test,timm]' -c constraints.txt --config-settings editable_mode=compat  # the repository on the path: Hydra scans hydra_plugins/ there; the exact versions of constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)

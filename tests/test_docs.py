@@ -76,11 +76,14 @@ EXERCISED_ELSEWHERE = {
     "report PATH [PATH ...] [--out DIR]": ("tests/test_report.py", "report_main("),
     "report PATH ...": ("tests/test_report.py", "report_main("),
     "run -m experiment=NAME": ("tests/test_validation.py", "def test_every_preset_and_every_job_of_its_sweep"),
+    "pip install /path/to/ablate": ("tests/test_install.py", '"install", "--no-index"'),  # the wheel of the checkout
 }
 
 # Commands the docs show that nothing runs, and why.
 NOT_RUN = {
     ".venv/bin/pip install optuna-dashboard": "installs from PyPI a viewer that ablate does not depend on",
+    'pip install "git+<url of this repository>"': "installs from a git server the wheel tests/test_install.py builds",
+    "pip install -e '.[timm]'": "installs timm from PyPI; the Makefile's .venv has it (.[test,timm])",
 }
 
 # An inline code span in these docs is run from this folder (the docs' own `cd`).
@@ -118,7 +121,7 @@ def first_word(text: str) -> str:
 
 TOOLS = ("report", "tensorboard", ".venv/bin/tensorboard")  # checked by their --help
 KNOWN = {*RUN, *TOOLS, "make", "cd", "torchrun", ".venv/bin/torchrun", ".venv/bin/python", ".venv/bin/pip",
-         ".venv/bin/optuna-dashboard"}  # fmt: skip
+         ".venv/bin/optuna-dashboard", "pip"}  # fmt: skip
 
 
 def fenced_commands(doc: Path) -> list[Command]:

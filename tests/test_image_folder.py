@@ -129,8 +129,11 @@ def test_missing_or_empty_folders_are_refused(tmp_path):
     with pytest.raises(DataError) as e:
         image_folder(str(tmp_path / "nowhere"))
     assert re.fullmatch(rf"data.root={tmp_path}/nowhere: no such folder; allowed: {LAYOUT}", one_line(e))
-    layout = "<root>/train/<class>/* and <root>/test/<class>/* (png, jpg, jpeg, bmp, gif, webp, tif, tiff)"
-    assert layout in str(e.value)
+    layouts = (
+        "<root>/train/<class>/* and <root>/test/<class>/* (or <root>/val/<class>/*), or in <root>/<class>/* alone "
+        "(png, jpg, jpeg, bmp, gif, webp, tif, tiff)"
+    )
+    assert layouts in str(e.value)
     root = tmp_path / "data"
     write_image_folder(root, classes=2, per_class_train=1, per_class_test=0)
     (root / "test" / "class_a" / "notes.txt").write_text("not an image")
@@ -252,3 +255,158 @@ def test_free_bytes_of_the_host_are_its_available_memory_and_fits_compares_with_
     available = mem_available()
     assert free_bytes(device) == pytest.approx(available, rel=0.2)  # other processes allocate meanwhile
     assert fits(available // 2, device) and not fits(2 * available, device)
+
+
+def as_class_folders(root: Path) -> Path:
+    """`root/train/<class>` moved up to `root/<class>` (test/ dropped): class folders alone."""
+    for folder in (root / "train").iterdir():
+        folder.rename(root / folder.name)
+    for split in ("train", "test"):
+        for path in sorted((root / split).rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        (root / split).rmdir()
+    return root
+
+
+def test_val_is_the_test_split_where_there_is_no_test_folder(tmp_path):
+    root = tmp_path / "data"
+    written = write_image_folder(root, classes=3, per_class_train=4, per_class_test=2)
+    (root / "test").rename(root / "val")
+    arrays = image_folder(str(root))
+    assert arrays.classes == written["classes"]
+    assert np.array_equal(arrays.train[0], written["train"][0]) and np.array_equal(arrays.test[0], written["test"][0])
+    assert np.array_equal(arrays.test[1], written["test"][1])
+
+
+def test_with_test_and_val_the_test_folder_is_the_test_split_and_val_is_not_read(tmp_path):
+    root = tmp_path / "data"
+    written = write_image_folder(root, classes=2, per_class_train=3, per_class_test=2)
+    other = write_image_folder(tmp_path / "other", classes=2, per_class_train=1, per_class_test=1, seed=1)
+    (tmp_path / "other" / "test").rename(root / "val")
+    arrays = image_folder(str(root))
+    assert np.array_equal(arrays.test[0], written["test"][0])
+    assert not np.array_equal(arrays.test[0][:2], other["test"][0])
+
+
+def test_class_folders_alone_give_a_stratified_test_split_drawn_with_split_seed(tmp_path, cache):
+    root = tmp_path / "data"
+    written = write_image_folder(root, classes=3, per_class_train=10, per_class_test=0)
+    as_class_folders(root)
+    arrays = image_folder(str(root), test_fraction=0.3, split_seed=5)
+    assert arrays.classes == written["classes"]
+    assert np.bincount(arrays.test[1]).tolist() == [3, 3, 3] and np.bincount(arrays.train[1]).tolist() == [7, 7, 7]
+    every = np.concatenate([arrays.train[0], arrays.test[0]])
+    assert sorted(map(bytes, every)) == sorted(map(bytes, written["train"][0]))  # each image once, in one split
+    for images, labels in (arrays.train, arrays.test):  # each image keeps its class
+        for image, label in zip(images, labels):
+            index = next(i for i, w in enumerate(written["train"][0]) if np.array_equal(w, image))
+            assert written["train"][1][index] == label
+    assert "test split drawn: data.test_fraction=0.3, data.split_seed=5" in arrays.source
+
+    again = image_folder(str(root), test_fraction=0.3, split_seed=5)  # from the cache: the same split
+    assert "decoded cache" in again.source and np.array_equal(again.test[0], arrays.test[0]) and again.key == arrays.key
+    other = image_folder(str(root), test_fraction=0.3, split_seed=6)  # the same cache, another draw
+    assert "decoded cache" in other.source and not np.array_equal(other.test[0], arrays.test[0])
+    assert other.key != arrays.key  # the split's summary record (runner.data.batches.summarize) is the draw's own
+    assert len(list((cache / "image_folder").glob("*.npz"))) == 1
+
+
+def test_the_test_split_of_class_folders_is_the_same_for_every_seed(tmp_path):
+    from fixtures import compose_cfg
+
+    from runner.data.batches import load
+
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=10, per_class_test=0, size=(8, 8))
+    as_class_folders(root)
+    cfgs = [compose_cfg("data=image_folder", f"data.root={root}", f"seed={seed}") for seed in (0, 1)]
+    infos = [load(cfg.data, "cpu").info for cfg in cfgs]
+    assert infos[0]["fingerprints"] == infos[1]["fingerprints"]
+    assert infos[0]["sizes"] == {"train": 14, "val": 2, "test": 4}
+
+
+def test_a_folder_in_none_of_the_layouts_is_refused_naming_the_layouts(tmp_path):
+    cases = {
+        "train/ but neither test/ nor val/": ["train/a/x.png"],
+        "test/, val/ but no train/": ["test/a/x.png", "val/a/x.png"],
+        "no folders": ["x.png"],
+    }
+    for found, files in cases.items():
+        root = tmp_path / found.replace("/", "").replace(" ", "_").replace(",", "")
+        for name in files:
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (8, 8)).save(root / name)
+        with pytest.raises(DataError) as e:
+            image_folder(str(root))
+        expected = rf"data.root={root} is not allowed: it holds {re.escape(found)}; allowed: {LAYOUT}"
+        assert re.fullmatch(expected, one_line(e))
+
+
+def test_class_folders_without_images_are_refused(tmp_path):
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "notes.txt").write_text("no image")
+    with pytest.raises(DataError) as e:
+        image_folder(str(root))
+    assert re.fullmatch(rf"data.root={root}: no image files in {root}/<class>/; allowed: {LAYOUT}", one_line(e))
+    Image.new("RGB", (8, 8)).save(root / "a" / "x.png")
+    (root / "b").mkdir()
+    with pytest.raises(DataError) as e:
+        image_folder(str(root))
+    assert re.fullmatch(rf"data.root={root}: the root's classes without image files: b; allowed: {LAYOUT}", one_line(e))
+
+
+def test_a_test_fraction_that_draws_no_test_image_is_refused(tmp_path):
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=2, per_class_test=0, size=(8, 8))
+    as_class_folders(root)
+    with pytest.raises(DataError) as e:
+        image_folder(str(root), test_fraction=0.1)
+    assert one_line(e) == (
+        f"data.test_fraction=0.1 is not allowed for data.root={root}: it draws no test image from its 4 images; "
+        "allowed: a larger data.test_fraction, or more images per class"
+    )
+
+
+def test_the_cache_key_names_the_layout(tmp_path, cache):
+    """The same files read as another layout are other arrays: the layout is part of the key."""
+    root = tmp_path / "data"
+    write_image_folder(root, classes=2, per_class_train=2, per_class_test=1, size=(8, 8))
+    scan = image_folder_module.list_images(str(root), root)
+    keys = {
+        layout: image_folder_module.cache_key(root, None, image_folder_module.Scan(layout, scan.classes, scan.files))
+        for layout in ("train/test", "train/val", image_folder_module.CLASS_FOLDERS)
+    }
+    assert len(set(keys.values())) == 3
+    first = image_folder(str(root))
+    (root / "test").rename(root / "val")  # the same images, now ImageNet's layout: decoded anew
+    second = image_folder(str(root))
+    assert "decoded cache" not in second.source and second.key != first.key
+    assert np.array_equal(second.test[0], first.test[0]) and len(list((cache / "image_folder").glob("*.npz"))) == 2
+
+
+@pytest.mark.parametrize("layout", ["train/test", "train/val", "classes"])
+def test_the_facts_of_a_folder_come_from_a_scan_without_decoding(tmp_path, monkeypatch, layout):
+    root = tmp_path / "data"
+    write_image_folder(root, classes=3, per_class_train=5, per_class_test=2, size=(12, 10), mode="L")
+    if layout == "train/val":
+        (root / "test").rename(root / "val")
+    elif layout == "classes":
+        as_class_folders(root)
+
+    def decode(*args):
+        raise AssertionError("decoded for the facts")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(image_folder_module, "decode", decode)
+        assert image_folder_module.folder_facts(str(root)) == (3, (1, 12, 10))
+        assert image_folder_module.folder_facts(str(root), [6, 4]) == (3, (1, 6, 4))
+    arrays = image_folder(str(root))  # decoded once; the facts read the cache's header from now on
+    assert arrays.train[0].shape[1:] == (1, 12, 10)
+
+    def probe(*args):
+        raise AssertionError("the files' headers opened again")
+
+    monkeypatch.setattr(image_folder_module, "_probe", probe)
+    image_folder_module._probed.clear()
+    assert image_folder_module.folder_facts(str(root)) == (3, (1, 12, 10))

@@ -54,7 +54,7 @@ BAD_INPUTS = [
     ),
     (
         ["model=nope"],
-        "model=nope is not known; allowed: bn, bn_after, deep_plain, deep_residual, plain, residual, skip",
+        "model=nope is not known; allowed: bn, bn_after, deep_plain, deep_residual, plain, residual, skip, timm, torchvision",
     ),
     # types, refused by validate
     (["optimizer.lr=abc"], "optimizer.lr='abc' is not allowed; allowed: a number > 0"),
@@ -73,7 +73,7 @@ BAD_INPUTS = [
     (["~data.batch_size"], "data.batch_size has no value; allowed: an integer >= 1"),
     (["+optimizer.momentun=0.9"], "optimizer.momentun=0.9 is not allowed; allowed: a key of optimizer (lr, momentum, weight_decay, impl)"),
     (["model._target_=nowhere.Net"], "model._target_=nowhere.Net cannot be imported (No module named 'nowhere'); allowed: a class or function on the Python path (a module in the current directory is)"),
-    (["model._target_=torch.nn.Linear"], "model._target_=torch.nn.Linear is not allowed: it does not take in_shape, num_classes, which ablate passes; allowed: a callable whose parameters include in_shape, num_classes"),
+    (["model._target_=torch.nn.Linear"], "model.channels=[32, 64] is not allowed; allowed: a key of model (in_features, out_features, bias, device, dtype)"),
     (["data=image_folder"], "data.root has no value; allowed: a value for runner.data.image_folder.image_folder's parameter root"),
     (["data=torchvision"], "data._target_ has no value; allowed: the dotted path of a class or function (data._target_=torchvision.datasets.KMNIST)"),
     (["data=image_folder", "data.root=x", "data.image_size=[1,2,3]"], "data.image_size=[1, 2, 3] is not allowed; allowed: an integer >= 1, [height, width] or null"),
@@ -145,7 +145,7 @@ BAD_INPUTS = [
     (["sched=plateau", "sched.factor=1"], "sched.factor=1 is not allowed; allowed: 0 < factor < 1"),
     (
         ["sched=plateau", "sched.interval=step"],
-        "sched.interval='step' is not allowed for sched=plateau; allowed: epoch",
+        "sched.interval='step' is not allowed for sched._target_=optim.plateau: it steps on the validation loss; allowed: epoch",
     ),
     (
         ["sched=constant", "sched.warmup_start_factor=0"],

@@ -38,3 +38,40 @@ class SeparableBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.activation(self.norm(self.pointwise(self.depthwise(x))))
+
+
+class SimpleDenseNet(nn.Module):
+    """A dense net as another project wrote it, copied unchanged: it names its sizes its own way
+    (`input_size`, `output_size`) and flattens with `view`. Its YAML (configs/model/dense.yaml) writes
+    the data's facts under those names: `input_size: ${data:flat_size}`, `output_size: ${data:num_classes}`."""
+
+    def __init__(
+        self,
+        input_size: int = 784,
+        lin1_size: int = 256,
+        lin2_size: int = 256,
+        lin3_size: int = 256,
+        output_size: int = 10,
+    ) -> None:
+        super().__init__()
+
+        self.model = nn.Sequential(
+            nn.Linear(input_size, lin1_size),
+            nn.BatchNorm1d(lin1_size),
+            nn.ReLU(),
+            nn.Linear(lin1_size, lin2_size),
+            nn.BatchNorm1d(lin2_size),
+            nn.ReLU(),
+            nn.Linear(lin2_size, lin3_size),
+            nn.BatchNorm1d(lin3_size),
+            nn.ReLU(),
+            nn.Linear(lin3_size, output_size),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch_size, channels, width, height = x.size()
+
+        # (batch, 1, width, height) -> (batch, 1*width*height)
+        x = x.view(batch_size, -1)
+
+        return self.model(x)

@@ -38,7 +38,6 @@ class TuneSweeper(Sweeper):
             raise HydraException(f"hydra.sweeper.pruner={pruner!r} is not known; allowed: {', '.join(PRUNERS)}")
         self.trials, self.seeds, self.sampler_seed = trials, seeds, sampler_seed  # params: read with the config
         self.pruner = pruner
-        self.job_index = 0
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -48,10 +47,22 @@ class TuneSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config
         )
 
-    def launch(self, jobs: list[list[str]]) -> list:
-        results = self.launcher.launch(jobs, initial_job_idx=self.job_index)
-        self.job_index += len(jobs)
-        return list(results)
+    def launch(self, jobs: list[list[str]], numbers: list[int]) -> list:
+        """Launches `jobs` as job numbers `numbers` (hydra.job.num), in runs of consecutive numbers
+        (Hydra numbers a launch's jobs one after the other from its first)."""
+        results, start = [], 0
+        for end in range(1, len(jobs) + 1):
+            if end == len(jobs) or numbers[end] != numbers[end - 1] + 1:
+                results += self.launcher.launch(jobs[start:end], initial_job_idx=numbers[start])
+                start = end
+        return results
+
+    def numbers(self, variant: int) -> tuple[int, int]:
+        """The job numbers of a variant's trial 0 and final run 0: the same whenever the sweep runs
+        again in its directory, so that a job that runs again is the job that failed there (its record
+        in failed/ is cleared, runner.engine.failures)."""
+        first = variant * (self.trials + self.seeds)
+        return first, first + self.trials
 
     def trial_job(self, space, variant: list[str], name: str, storage: str, trial) -> list[str]:
         """A trial's overrides: the variant, the trial's values, its directory, its phase and, with a
@@ -84,8 +95,9 @@ class TuneSweeper(Sweeper):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         tuning_seed = int(self.config.seed)
         returns = []
-        for variant in space.variants:
+        for index, variant in enumerate(space.variants):
             name = label(variant)
+            first_trial, first_final = self.numbers(index)
             study = optuna.create_study(
                 study_name=name, storage=storage, direction="maximize", load_if_exists=True,
                 pruner=make_pruner(self.pruner),
@@ -99,7 +111,8 @@ class TuneSweeper(Sweeper):
                     study.sampler = sampler(self.sampler_seed, len(study.trials), self.trials, space.params)
                     batch.append(study.ask(space.params))
                 jobs = [self.trial_job(space, variant, name, storage, t) for t in batch]
-                for trial, result in zip(batch, self.launch(jobs), strict=True):
+                results = self.launch(jobs, [first_trial + t.number for t in batch])
+                for trial, result in zip(batch, results, strict=True):
                     returns.append(result)
                     status = trial_status(sweep_dir / "tune" / name / f"trial-{trial.number}")
                     if status == "pruned":
@@ -118,5 +131,5 @@ class TuneSweeper(Sweeper):
                  quoted("hydra.sweep.subdir", f"final/{name}/seed={s}"), quoted(f"++hydra.job.env_set.{PHASE_ENV}", phase("final", best.number, space.params))]
                 for s in range(tuning_seed + 1, tuning_seed + 1 + self.seeds)
             ]  # fmt: skip
-            returns += self.launch(finals)
+            returns += self.launch(finals, list(range(first_final, first_final + len(finals))))
         return returns

@@ -84,8 +84,12 @@ def refresh(root: Path) -> int:
             path = run.dir / FILE
             if not path.exists() or path.read_bytes() != content:
                 tmp = run.dir / f".{FILE}.tmp"
-                tmp.write_bytes(content)
-                os.replace(tmp, path)
+                try:
+                    tmp.write_bytes(content)
+                    os.replace(tmp, path)
+                except OSError:
+                    tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
+                    raise
                 written += 1
         return written
 

@@ -50,7 +50,8 @@ def write_plots(variants: list, out: Path) -> list[Path]:
         ax.set_ylabel(title)
         ax.set_title(f"{title} per epoch (mean ± sample std over seeds)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:  # every run of every variant failed: an empty plot, and no legend to warn about
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
         plt.close(fig)

@@ -28,10 +28,11 @@ from omegaconf.errors import OmegaConfBaseException
 
 from runner import tune
 from runner.cli import hydra_shortcuts
-from runner.config import hydra_errors, schema
+from runner.config import builtin, hydra_errors, schema
+from runner.data import facts
 from runner.engine import distributed, failures, holder, startup
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = builtin.configs_dir()  # the checkout's configs/, or a wheel's copy (runner/config/builtin.py)
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
 FULL_ERROR = "HYDRA_FULL_ERROR"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # a name to compare, not imported
@@ -49,7 +50,7 @@ def task(cfg: DictConfig) -> float | None:
 
     try:
         return run_job(cfg)
-    except SetupError as e:
+    except SetupError as e:  # a single run's (a sweep's job records its own and returns: runner.engine.job.job_failed)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -262,6 +263,7 @@ def rank_argv(argv: list[str]) -> list[str]:
 
 OmegaConf.register_new_resolver("new_dir", new_dir, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("started", distributed.started, use_cache=True, replace=True)
+facts.register()  # ${data:num_classes} and the data's other facts, in a part's YAML (runner.data.facts)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from hydra.errors import MissingConfigException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from runner import GROUPS
-from runner.config.rules import ConfigError, allowed
+from runner.config.rules import allowed, raised_in
 from runner.config.schema import TOP_KEYS
 
 
@@ -15,8 +15,8 @@ def describe(error: Exception, overrides: list[str], keys_of=None) -> str:
     """One line for an error Hydra raises while composing: a bad override, an unknown key or option.
     `overrides` are the command line's, to quote the one at fault; `keys_of(group)`, if given, lists
     the keys the group's chosen callable accepts (an unknown key is refused with them)."""
-    if isinstance(error, ConfigError):
-        return str(error)
+    if (refusal := raised_in(error)) is not None:  # ablate's own, or a resolver's (`${data:...}`)
+        return str(refusal)
     if isinstance(error, OverrideParseException):
         reason = error.message.splitlines()[0]
         return f"{error.override} is not an override ({reason}); allowed: key=value, group=option, -m key=a,b"

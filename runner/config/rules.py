@@ -161,3 +161,15 @@ def check_value(key: str, value) -> None:
             raise refuse(key, value)
     elif value not in rule:
         raise refuse(key, value, verb="is not known")
+
+
+def raised_in(error: BaseException) -> ConfigError | None:
+    """The ConfigError behind `error`, if one is: a resolver's refusal (`${data:colour}`, data that
+    cannot be found) reaches the caller wrapped in OmegaConf's InterpolationResolutionError."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConfigError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__  # OmegaConf raises its own inside the except
+    return None

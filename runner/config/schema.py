@@ -14,10 +14,11 @@ targets (and so torch, and the user's modules).
 import os
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from runner import GROUPS
 from runner.config import targets
-from runner.config.rules import RULES, ConfigError, allowed, check_value, refuse, show
+from runner.config.rules import RULES, ConfigError, allowed, check_value, raised_in, refuse, show
 
 TOP_KEYS = (*GROUPS, "seed", "search_space")
 
@@ -35,9 +36,14 @@ def validate(cfg) -> None:
     check_value("seed", cfg["seed"])
     if not isinstance(cfg.get("search_space"), (DictConfig, type(None))):
         raise refuse("search_space", cfg["search_space"], "a mapping of keys to sweeps: {optimizer: {lr: 'interval(0.001,0.1)'}}")
-    for group in GROUPS:
-        check(group, cfg[group])
-    check_relations(cfg)
+    try:  # a part's `${data:...}` is resolved here, from the data config checked first (runner.data.facts)
+        for group in GROUPS:
+            check(group, cfg[group])
+        check_relations(cfg)
+    except OmegaConfBaseException as e:
+        if (refusal := raised_in(e)) is None:
+            raise
+        raise ConfigError(str(refusal)) from e  # a resolver's, which OmegaConf wraps
 
 
 def check(group: str, node) -> None:
@@ -60,10 +66,52 @@ def check(group: str, node) -> None:
             return True
         return False
 
+    if group == "data":
+        node = as_data_set_builds(node)
     targets.check_node(group, node, group, rule)
+    if group == "data":
+        check_constructor_chain(node)
     for key in targets.REQUIRED_OWN_KEYS.get(group, ()):
         if key not in node:
             raise ConfigError(f"{group}.{key} has no value; allowed: {allowed(f'{group}.{key}')}")
+
+
+def as_data_set_builds(node: DictConfig) -> DictConfig:
+    """The data node as ablate calls a torch Dataset class with it: with `split='train'` where ablate
+    passes the split as SVHN takes it (so that its signature is checked with it). What ablate passes
+    itself (`train`, or such a `split`) is refused in the YAML. A function's node as it is."""
+    target = targets.load("data._target_", node._target_)
+    if not targets.is_data_set_class(target):
+        return node
+    style = targets.split_style(target)
+    if style is not None and style in node:
+        passed = "train=True and train=False" if style == "train" else "split='train' and split='test'"
+        raise ConfigError(
+            f"data.{style}={show(node[style])} is not allowed for data._target_={node._target_}: ablate passes "
+            f"{passed}, one per split; allowed: no data.{style}"
+        )
+    if style != "split":
+        return node
+    built = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    built.split = "train"
+    return built
+
+
+def check_constructor_chain(node: DictConfig) -> None:
+    """A data set class whose `__init__` hands `**kwargs` on (EMNIST's to MNIST's) takes only the keys
+    its chain of constructors names, unless the chain ends in a `**kwargs`."""
+    target = targets.load("data._target_", node._target_)
+    if not targets.is_data_set_class(target):
+        return
+    names, open_ended = targets.chain_keys(target)
+    if open_ended:
+        return
+    own, style = targets.OWN_KEYS["data"], targets.split_style(target)
+    passed = [style] if style else []  # split='train' in the node as checked (as_data_set_builds)
+    accepted = [*own, *(n for n in names if n not in own and n not in targets.CONTEXT["data"] and n not in passed)]
+    for key in node:
+        if key not in targets.HYDRA_KEYS and key not in accepted and key not in passed:
+            raise refuse(f"data.{key}", node[key], f"a key of data ({', '.join(accepted)})")
 
 
 def keys_of(group: str, node: DictConfig) -> list[str]:
@@ -106,8 +154,11 @@ def check_relations(cfg) -> None:
             f"model.init=scaled is not allowed for activation._target_={cfg.activation._target_}: its gain is not "
             "known; allowed: model.init=torch, or a tanh, sigmoid, relu or leaky_relu activation"
         )
-    if targets.load("sched._target_", sched._target_) is optim.plateau and sched.get("interval", "epoch") != "epoch":
-        raise ConfigError(f"sched.interval={show(sched.interval)} is not allowed for sched=plateau; allowed: epoch")
+    if is_plateau(targets.load("sched._target_", sched._target_)) and sched.get("interval", "epoch") != "epoch":
+        raise ConfigError(
+            f"sched.interval={show(sched.interval)} is not allowed for sched._target_={sched._target_}: it steps on "
+            "the validation loss; allowed: epoch"
+        )
     size, batch = cfg.data.get("train_size"), cfg.data.batch_size
     if size is not None and batch > size:  # training batches are full: an epoch drops the last, partial one
         raise ConfigError(
@@ -119,3 +170,13 @@ def check_relations(cfg) -> None:
             f"data.batch_size={show(batch)} is not allowed with {ranks} processes (WORLD_SIZE={ranks}); "
             f"allowed: a multiple of {ranks}, so that each process takes an equal part of every batch"
         )
+
+
+def is_plateau(target) -> bool:
+    """Whether a schedule's `_target_` reduces on a plateau of the validation loss (ablate's or torch's class)."""
+    import inspect
+
+    import optim
+    from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    return target is optim.plateau or (inspect.isclass(target) and issubclass(target, ReduceLROnPlateau))

@@ -23,19 +23,29 @@ from runner.config.rules import ConfigError, show
 # What ablate passes to the callable of each group, by name, when its signature names them
 # (`params` to an optimizer and `optimizer` to a schedule: the first argument, whatever its name).
 CONTEXT: dict[str, tuple[str, ...]] = {
-    "data": ("split_seed", "device", "train", "split"),  # train or split: to a torch Dataset class, per split
+    "data": ("split_seed", "device", "train"),  # train: to a torch Dataset class, per split (see split_style)
     "model": ("in_shape", "num_classes", "activation"),
     "activation": (),
     "optimizer": ("params",),
-    "sched": ("optimizer", "interval", "steps_per_epoch", "max_epochs"),
+    # ablate's own names, then torch's: each counted in the schedule's own steps (runner.engine.parts)
+    "sched": ("optimizer", "interval", "steps_per_epoch", "max_epochs", "epochs", "total_steps", "total_iters"),
 }
-REQUIRED_CONTEXT = {"model": ("in_shape", "num_classes")}  # a model must take these
+# What ablate passes that a YAML may also say, under the same name: the YAML's value is then the one passed.
+FILLED: dict[str, tuple[str, ...]] = {
+    "model": ("in_shape", "num_classes"),
+    "sched": ("steps_per_epoch", "max_epochs", "epochs", "total_steps", "total_iters"),
+}
 FIRST_ARGUMENT = {"optimizer": "the parameters", "sched": "the optimizer"}
 OWN_KEYS: dict[str, tuple[str, ...]] = {  # ablate's keys: read by ablate, passed on only where the signature names them
-    "data": ("batch_size", "val_fraction", "train_size", "normalize", "split_seed", "augment"),
+    "data": (
+        "batch_size", "val_fraction", "train_size", "normalize", "split_seed", "augment",
+        "root", "download", "test_fraction",  # to the data set where its constructor names them (not FakeData)
+    ),  # fmt: skip
     "sched": ("interval",),
 }
-REQUIRED_OWN_KEYS = {"data": OWN_KEYS["data"]}  # sched.interval may be left out: epoch
+REQUIRED_OWN_KEYS = {  # every data YAML holds the batching keys; sched.interval may be left out: epoch
+    "data": ("batch_size", "val_fraction", "train_size", "normalize", "split_seed", "augment"),
+}
 HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
 ABLATE_PACKAGES = ("models", "optim", "runner")
 
@@ -58,21 +68,24 @@ def load(key: str, path) -> Callable:
 
 
 def locate(path: str):
-    """The object a dotted path names: the longest importable module, then its attributes (as
-    hydra.utils.get_object finds it, without the error it logs)."""
+    """The object a dotted path names, found as Hydra's instantiate finds it (without the error it
+    logs): the first name imported, then each next name an attribute of what came before, or where it
+    is none, a submodule imported. So `torchvision.models.googlenet` is the builder that the package's
+    attribute names, not the module of the same name."""
     names = path.split(".")
-    for i in range(len(names), 0, -1):
-        module_name = ".".join(names[:i])
+    obj = importlib.import_module(names[0])
+    for i, name in enumerate(names[1:], 2):
         try:
-            obj = importlib.import_module(module_name)
-        except ModuleNotFoundError as e:
-            if e.name is not None and module_name.startswith(e.name) and i > 1:
-                continue  # not a module: an attribute of a shorter one
-            raise
-        for name in names[i:]:
             obj = getattr(obj, name)
-        return obj
-    raise ImportError(f"no module named {names[0]!r}")
+        except AttributeError as missing:
+            module_name = ".".join(names[:i])
+            try:
+                obj = importlib.import_module(module_name)
+            except ModuleNotFoundError as e:
+                if e.name == module_name:
+                    raise missing from None  # neither an attribute nor a module: say the attribute is missing
+                raise
+    return obj
 
 
 def is_ablates(path: str) -> bool:
@@ -89,9 +102,15 @@ def parameters(target: Callable) -> list[inspect.Parameter]:
 
 
 def takes(target: Callable, name: str) -> bool:
-    """Whether calling `target` with the keyword `name` is allowed."""
+    """Whether calling `target` with the keyword `name` is allowed (a `**kwargs` takes any)."""
     params = parameters(target)
-    return any(p.name == name for p in params) or any(p.kind == p.VAR_KEYWORD for p in params)
+    return names(target, name) or any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def names(target: Callable, name: str) -> bool:
+    """Whether `target`'s signature names the parameter `name` (by keyword): where ablate passes what
+    it knows (CONTEXT), never into a `**kwargs`, which may hand it on to a class that does not take it."""
+    return any(p.name == name and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in parameters(target))
 
 
 def hints(target: Callable) -> dict[str, Any]:
@@ -114,21 +133,16 @@ def accepted_keys(group: str, target: Callable) -> list[str]:
 
 
 def check_node(key: str, node: DictConfig, group: str | None, rule: Callable[[str, Any], bool]) -> None:
-    """Check a node with `_target_`: its callable imports, it takes ablate's context (for a group's
-    top node), every key is one of its parameters, required parameters have values, values fit the
+    """Check a node with `_target_`: its callable imports, every key is one of its parameters (or of
+    what ablate passes and the YAML may say instead, FILLED), required parameters have values, values fit the
     annotations. `rule(full_key, value)` checks a value by ablate's rules and says whether it did."""
     path = node.get("_target_")
     target = load(f"{key}._target_", path)
     params = {p.name: p for p in parameters(target)}
     open_ended = any(p.kind == p.VAR_KEYWORD for p in params.values())
     if group is not None:
-        missing = [name for name in REQUIRED_CONTEXT.get(group, ()) if not takes(target, name)]
-        if missing:
-            raise ConfigError(
-                f"{key}._target_={path} is not allowed: it does not take {', '.join(missing)}, which ablate passes; "
-                f"allowed: a callable whose parameters include {', '.join(REQUIRED_CONTEXT[group])}"
-            )
         accepted = accepted_keys(group, target)
+        accepted += [name for name in FILLED.get(group, ()) if names(target, name) and name not in accepted]
     else:  # a nested part: the enclosing part calls it
         accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     annotations = hints(target)
@@ -227,3 +241,59 @@ def words(annotation) -> str:
         return f"a list of {words(args[0]).removeprefix('a ').removeprefix('an ')}s"
     named = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
     return named.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+# A data set class (torch's Dataset, as torchvision's are) is built by ablate per split: which
+# argument says the split is read down its constructor chain.
+
+
+def constructor_chain(cls: type) -> list[list[inspect.Parameter]]:
+    """The parameters (less `self`) of `cls.__init__`, then, while an `__init__` hands `**kwargs` on,
+    of its base classes' `__init__` down the MRO: what a keyword given to `cls` may reach (EMNIST's
+    `**kwargs` reach MNIST's `train` and `download`)."""
+    chain = []
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        params = parameters(init)[1:]
+        chain.append(params)
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return chain
+
+
+def passes(target: Callable, name: str) -> bool:
+    """Whether ablate gives `target` the keyword `name`: its signature names it, or, for a class whose
+    `__init__` hands `**kwargs` on, an `__init__` down its chain names it (never a `**kwargs` alone)."""
+    if not inspect.isclass(target):
+        return names(target, name)
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    chain = constructor_chain(target)
+    return names(target, name) or any(p.name == name and p.kind in keyword for ps in chain for p in ps)
+
+
+def chain_keys(cls: type) -> tuple[list[str], bool]:
+    """The keyword parameters a class takes down its constructor chain, and whether the chain ends
+    in a `**kwargs` (then it takes any)."""
+    chain = constructor_chain(cls) or [parameters(cls)]
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    found = [p.name for ps in chain for p in ps if p.kind in keyword]
+    return list(dict.fromkeys(found)), any(p.kind == p.VAR_KEYWORD for p in chain[-1])
+
+
+def split_style(cls: type) -> str | None:
+    """How ablate asks a data set class for a split: "train" (train=True/False, where its chain takes
+    `train`: a `split` of its own, as EMNIST's subset, is then the YAML's), "split" (split='train' or
+    'test', as SVHN takes), or None: built once, its test split drawn (data.test_fraction)."""
+    if passes(cls, "train"):
+        return "train"
+    return "split" if passes(cls, "split") else None
+
+
+def is_data_set_class(target: Callable) -> bool:
+    """Whether a data `_target_` is a torch Dataset class (built per split by ablate) rather than a
+    function that returns ablate's arrays."""
+    import torch.utils.data
+
+    return inspect.isclass(target) and issubclass(target, torch.utils.data.Dataset)

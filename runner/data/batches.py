@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.config import targets
-from runner.data import cache, torchvision_sets
+from runner.data import cache, facts, image_folder, torchvision_sets
 from runner.data.datasets import Arrays, stratified_split
 from runner.engine import parts
 
@@ -67,14 +67,40 @@ def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array(mean), np.array(std)
 
 
+# ablate's keys of data, given to the data set where its signature names them
+PASSED = ("root", "download", "test_fraction", "split_seed")
+
+
 def load_arrays(cfg, device: torch.device) -> Arrays:
-    """The data set `data._target_` names as uint8 arrays: ablate's own and a user's functions return
-    them; a torch Dataset class (torchvision's) is built for each split and decoded (runner.data.torchvision_sets)."""
+    """The data set `data._target_` names as uint8 arrays: those the `${data:...}` facts of this data
+    config loaded already in this process (runner.data.facts), else read now (read_arrays)."""
+    kept = facts.take_loaded(cfg, device)
+    if kept is None:
+        return read_arrays(cfg, device)
+    if device is not None and torch.device(device).type == "cuda":  # the host holds them already
+        n, shape = len(kept.train[1]) + len(kept.test[1]), kept.train[0].shape[1:]
+        image_folder.check_memory(cfg._target_, n, shape, device, key="data._target_")
+    return kept
+
+
+def read_arrays(cfg, device: torch.device | None) -> Arrays:
+    """The data set `data._target_` names, read: ablate's own and a user's functions return the arrays;
+    a torch Dataset class (torchvision's) is built and decoded (runner.data.torchvision_sets). Each gets
+    `device` and ablate's keys of data (PASSED) where its signature names them."""
     source = parts.without(cfg, targets.OWN_KEYS["data"])
+    context = {key: cfg[key] for key in PASSED if key in cfg}
     target = targets.locate(cfg._target_)
-    if isinstance(target, type) and issubclass(target, torch.utils.data.Dataset):
-        return torchvision_sets.decode(source, target, device)
-    return parts.call(source, split_seed=cfg.split_seed, device=device)
+    if targets.is_data_set_class(target):
+        return torchvision_sets.decode(source, target, device, context)
+    return parts.call(source, device=device, **context)
+
+
+def count_classes(arrays: Arrays) -> int:
+    """The number of classes: as many as the data set names, else the largest label of either split + 1."""
+    if arrays.classes:
+        return len(arrays.classes)
+    labels = [split[1] for split in (arrays.train, arrays.test) if len(split[1])]
+    return int(max(y.max() for y in labels)) + 1 if labels else 0
 
 
 def load(cfg, device: torch.device) -> Data:
@@ -96,6 +122,8 @@ def load(cfg, device: torch.device) -> Data:
         "source": arrays.source,
         "split_seed": cfg.split_seed,
         "sizes": {k: len(v[1]) for k, v in splits.items()},
+        "num_classes": count_classes(arrays),  # the facts `${data:...}` gives a YAML (runner.data.facts)
+        "in_shape": list(images.shape[1:]),
         "fingerprints": summary["fingerprints"],
         "mean": mean.round(6).tolist(),
         "std": std.round(6).tolist(),
@@ -108,7 +136,7 @@ def load(cfg, device: torch.device) -> Data:
         **{k: to_device(*v) for k, v in splits.items()},
         mean=torch.tensor(mean, dtype=torch.float32, device=device),
         std=torch.tensor(std, dtype=torch.float32, device=device),
-        num_classes=len(arrays.classes) if arrays.classes else int(labels.max()) + 1,
+        num_classes=info["num_classes"],
         info=info,
     )
 

@@ -270,6 +270,31 @@ def stratified_split(labels: np.ndarray, test_fraction: float, seed: int) -> tup
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
+def split_off_test(
+    images: np.ndarray, labels: np.ndarray, test_fraction: float, split_seed: int, what: str
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train, test) of a data set that has no test split of its own: `test_fraction` of every class
+    drawn into test with `split_seed` (stratified, as mnist_5k's; the same for every seed). A draw
+    that leaves test empty is refused: a run could not be scored."""
+    train, test = stratified_split(labels, test_fraction, split_seed) if len(labels) else ([], [])
+    if len(test) == 0:
+        raise DataError(
+            f"data.test_fraction={test_fraction:g} is not allowed for {what}: it draws no test image from its "
+            f"{len(labels)} images; allowed: a larger data.test_fraction, or more images per class"
+        )
+    return (images[train], labels[train]), (images[test], labels[test])
+
+
+# What each function below returns, known without reading a file: (channels, height, width) and the
+# number of classes (the `${data:...}` resolver, runner.data.facts, reads them here).
+FACTS = {
+    "mnist_5k": ((1, 28, 28), 10),
+    "mnist": ((1, 28, 28), 10),
+    "fashion_mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10),
+}
+
+
 def mnist_5k(test_fraction: float = 0.2, split_seed: int = 0) -> Arrays:
     """The 5,000 digits with a stratified test split of `test_fraction`, drawn with `split_seed`."""
     images, labels = read_mnist_5k()

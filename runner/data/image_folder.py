@@ -1,54 +1,103 @@
-"""Image files in torchvision's ImageFolder layout, `root/train/<class>/*` and `root/test/<class>/*`,
-decoded once with PIL into uint8 arrays (N, C, H, W) and kept decoded in a cache outside the folder.
+"""Image files as they come, decoded once with PIL into uint8 arrays (N, C, H, W) and kept decoded in
+a cache outside the folder. Three layouts of `data.root`:
 
-Classes are the sorted folder names of train/ (torchvision's convention: label i is the i-th name);
-test/ may hold some of them, no others. One channel when every image is grey, else three (RGB, alpha
-dropped). Before decoding anything, the decoded size is compared with the memory the training device
-has free. The cache, `<cache>/image_folder/<key>.npz`, is keyed on the folder's resolved path, the
-image size and every image file's path, size and mtime, so that any change of the files makes a new
-one; ablate never writes into the data folder.
+- `root/train/<class>/*` and `root/test/<class>/*` (torchvision's ImageFolder layout, split in two);
+- `root/train/<class>/*` and `root/val/<class>/*` (ImageNet's): when there is no test/, val/ is taken
+  as the test split (ablate's validation split is held out of train, as for every data set); with
+  test/ there, val/ is not read;
+- `root/<class>/*` alone: one set, whose test split ablate draws, `data.test_fraction` of every class
+  with `data.split_seed` (stratified: the same for every seed).
+
+Classes are the sorted names of the class folders (of train/, or of root; torchvision's convention:
+label i is the i-th name; hidden folders, `.name`, are skipped); a test split may hold some of them,
+no others. One channel when every image is grey, else three (RGB, alpha dropped). Before decoding
+anything, the decoded size is compared with the memory the training device has free. The cache,
+`<cache>/image_folder/<key>.npz`, is keyed on the folder's resolved path, the layout, the image size
+and every image file's path, size and mtime, so that any change of the files makes a new one (class
+folders alone: all images cached as one set, the test split drawn after reading); ablate never
+writes into the data folder.
 """
 
+import hashlib
 import math
 import os
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from runner.data.cache import SPLITS, cache_dir, files_key, read_cache, write_cache
-from runner.data.datasets import Arrays, DataError
+from runner.data.datasets import Arrays, DataError, split_off_test
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 GREY_MODES = {"L", "1", "I", "I;16", "I;16L", "I;16B", "I;16N", "LA"}
 CACHE_VERSION = "image_folder-1"  # part of the cache key: a change of the decoding makes new cache files
+CLASS_FOLDERS = "<class>"  # the layout of class folders alone, as Scan.layout names it
 LAYOUT = (
-    "a folder with images in <root>/train/<class>/* and <root>/test/<class>/* "
-    f"({', '.join(e[1:] for e in EXTENSIONS)})"
+    "a folder with images in <root>/train/<class>/* and <root>/test/<class>/* (or <root>/val/<class>/*), "
+    f"or in <root>/<class>/* alone ({', '.join(e[1:] for e in EXTENSIONS)})"
 )
 
 
-def image_folder(root: str, image_size: int | list[int] | None = None, device=None) -> Arrays:
+@dataclass(frozen=True)
+class Scan:
+    """What a listing of the folder found: its layout ("train/test", "train/val" or CLASS_FOLDERS),
+    the classes, and each split's (image file, label) pairs (class folders alone: all in "train")."""
+
+    layout: str
+    classes: list[str]
+    files: dict[str, list[tuple[Path, int]]]
+
+
+def image_folder(
+    root: str, image_size: int | list[int] | None = None, device=None, test_fraction: float = 0.2, split_seed: int = 0
+) -> Arrays:
     """The folder's train and test images as uint8 arrays (N, C, H, W) and int64 labels, at their own
     size (image_size null: they must all agree), s x s (an integer) or h x w ([h, w]); decoded from
-    the files, or read from the decoded cache when the files have not changed since."""
+    the files, or read from the decoded cache when the files have not changed since. Class folders
+    alone: `test_fraction` of every class drawn into test with `split_seed`."""
     size = parse_image_size(image_size)
     folder = Path(root).expanduser().resolve()
-    classes, files = list_images(root, folder)
-    key = cache_key(folder, size, files)
+    scan = list_images(root, folder)
+    key = cache_key(folder, size, scan)
+    train, test, source = decoded(root, folder, scan, size, key, device)
+    if scan.layout != CLASS_FOLDERS:
+        return Arrays(train, test, source=source, classes=scan.classes, key=key)
+    train, test = split_off_test(*train, test_fraction, split_seed, f"data.root={root}")
+    drawn = hashlib.sha256(f"{key}\ntest_fraction={test_fraction}\nsplit_seed={split_seed}".encode()).hexdigest()
+    source += f"; test split drawn: data.test_fraction={test_fraction:g}, data.split_seed={split_seed}"
+    return Arrays(train, test, source=source, classes=scan.classes, key=drawn)
+
+
+def decoded(root: str, folder: Path, scan: Scan, size, key: str, device) -> tuple[tuple, tuple, str]:
+    """(train, test, where they came from): read from the decoded cache, else decoded and cached."""
     path = cache_dir() / "image_folder" / f"{key}.npz"
-    n = sum(len(f) for f in files.values())
+    n = sum(len(f) for f in scan.files.values())
     cached = cached_shape(path)
     if cached is not None:
         check_memory(root, n, cached[1:], device)
         arrays = read_cache(path)
         if arrays is not None:
-            return Arrays(*arrays, source=f"{folder} (decoded cache {path})", classes=classes, key=key)
-    shape = probe(root, files, size)
+            return *arrays, f"{folder} (decoded cache {path})"
+    shape = probe(root, scan.files, size, key)
     check_memory(root, n, shape, device)
-    splits = {split: decode(root, files[split], shape) for split in SPLITS}
+    splits = {split: decode(root, scan.files[split], shape) for split in SPLITS}
     cached_as = write_cache(path, folder, splits)
-    return Arrays(splits["train"], splits["test"], source=f"{folder} ({cached_as})", classes=classes, key=key)
+    return splits["train"], splits["test"], f"{folder} ({cached_as})"
+
+
+def folder_facts(root: str, image_size=None) -> tuple[int, tuple[int, int, int]]:
+    """The number of classes and (C, H, W) of the images as they will be decoded, from a scan of the
+    folder: the class folders, and the shape in the decoded cache's header, else the files' headers
+    (and data.image_size). Nothing is decoded (runner.data.facts: `${data:...}`)."""
+    size = parse_image_size(image_size)
+    folder = Path(root).expanduser().resolve()
+    scan = list_images(root, folder)
+    key = cache_key(folder, size, scan)
+    cached = cached_shape(cache_dir() / "image_folder" / f"{key}.npz")
+    shape = tuple(int(v) for v in cached[1:]) if cached is not None else probe(root, scan.files, size, key)
+    return len(scan.classes), shape
 
 
 def parse_image_size(image_size) -> tuple[int, int] | None:
@@ -84,35 +133,72 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def list_images(root: str, folder: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
-    """The classes (train/'s sorted folder names) and each split's (image file, label) pairs."""
+def _subfolders(folder: Path) -> list[str]:
+    """The sorted names of the folders in `folder`, hidden ones (.name) left out."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
+def find_layout(root: str, folder: Path) -> tuple[str, ...]:
+    """The split folders of the layout `folder` holds: ("train", "test"), ("train", "val"), or () for
+    class folders alone; one line naming data.root and the layouts allowed when it is none of these."""
     if not folder.is_dir():
         raise DataError(f"data.root={root}: {'not a' if folder.exists() else 'no such'} folder; allowed: {LAYOUT}")
-    found = {}
-    for split in SPLITS:
-        split_dir = folder / split
-        names = sorted(e.name for e in os.scandir(split_dir) if e.is_dir()) if split_dir.is_dir() else []
-        found[split] = {name: _images_under(split_dir / name) for name in names}
-        if not any(found[split].values()):
-            raise DataError(f"data.root={root}: no image files in {split_dir}/<class>/; allowed: {LAYOUT}")
+    folders = _subfolders(folder)
+    if "train" in folders:
+        for test in ("test", "val"):
+            if test in folders:
+                return "train", test
+        found = "train/ but neither test/ nor val/"
+    elif {"test", "val"} & set(folders):
+        found = f"{'/, '.join(sorted({'test', 'val'} & set(folders)))}/ but no train/"
+    elif folders:
+        return ()
+    else:
+        found = "no folders"
+    raise DataError(f"data.root={root} is not allowed: it holds {found}; allowed: {LAYOUT}")
+
+
+def _class_files(root: str, folder: Path, where: str) -> dict[str, list[Path]]:
+    """Each class folder of `folder` and its image files; none at all is refused."""
+    found = {name: _images_under(folder / name) for name in _subfolders(folder)} if folder.is_dir() else {}
+    if not any(found.values()):
+        raise DataError(f"data.root={root}: no image files in {where}<class>/; allowed: {LAYOUT}")
+    return found
+
+
+def list_images(root: str, folder: Path) -> Scan:
+    """The layout, the classes (the sorted class folders of train/, or of the root) and each split's
+    (image file, label) pairs."""
+    split_folders = find_layout(root, folder)
+    if split_folders:
+        pairs = zip(SPLITS, split_folders)
+        found = {split: _class_files(root, folder / name, f"{folder / name}/") for split, name in pairs}
+    else:
+        found = {"train": _class_files(root, folder, f"{folder}/"), "test": {}}
+    train_name = f"{split_folders[0]}/" if split_folders else "the root's"
     classes = list(found["train"])
     empty = [name for name, paths in found["train"].items() if not paths]
     if empty:
-        raise DataError(f"data.root={root}: train/ classes without image files: {_names(empty)}; allowed: {LAYOUT}")
+        raise DataError(
+            f"data.root={root}: {train_name} classes without image files: {_names(empty)}; allowed: {LAYOUT}"
+        )
     extra = [name for name in found["test"] if name not in found["train"]]
     if extra:
+        test_name = split_folders[1]
         raise DataError(
-            f"data.root={root}: test/ has classes that train/ lacks: {_names(extra)}; "
-            f"allowed: test classes among train's ({_names(classes)})"
+            f"data.root={root}: {test_name}/ has classes that train/ lacks: {_names(extra)}; "
+            f"allowed: {test_name} classes among train's ({_names(classes)})"
         )
     index = {name: i for i, name in enumerate(classes)}
     files = {split: [(p, index[name]) for name, paths in found[split].items() for p in paths] for split in SPLITS}
-    return classes, files
+    return Scan("/".join(split_folders) or CLASS_FOLDERS, classes, files)
 
 
-def cache_key(folder: Path, size: tuple[int, int] | None, files: dict) -> str:
-    """The cache key of the folder's images decoded at `size`: every image file's path, size and mtime."""
-    return files_key(CACHE_VERSION, folder, size, (p for split in SPLITS for p, _ in files[split]))
+def cache_key(folder: Path, size: tuple[int, int] | None, scan: Scan) -> str:
+    """The cache key of the folder's images decoded at `size`: the layout (a folder read as another
+    layout makes other arrays), every image file's path, size and mtime."""
+    paths = (p for split in SPLITS for p, _ in scan.files[split])
+    return files_key(CACHE_VERSION, folder, f"{scan.layout} {size}", paths)
 
 
 def cached_shape(path: Path) -> tuple[int, ...] | None:
@@ -150,8 +236,22 @@ def _open(root: str, path: Path):
         raise _unreadable(root, path, e) from None
 
 
-def probe(root: str, files: dict, size: tuple[int, int] | None) -> tuple[int, int, int]:
-    """(C, H, W) of the decoded images, from the files' headers (PIL opens lazily) and `size`."""
+_probed: dict[str, tuple[int, int, int]] = {}  # cache key: (C, H, W), once per process (the facts, then the run)
+
+
+def probe(root: str, files: dict, size: tuple[int, int] | None, key: str | None = None) -> tuple[int, int, int]:
+    """(C, H, W) of the decoded images, from the files' headers (PIL opens lazily) and `size`;
+    remembered under the cache `key` (it names every file's size and mtime), so that the `${data:...}`
+    facts and the run that follows open the headers once."""
+    if key is not None and key in _probed:
+        return _probed[key]
+    shape = _probe(root, files, size)
+    if key is not None:
+        _probed[key] = shape
+    return shape
+
+
+def _probe(root: str, files: dict, size: tuple[int, int] | None) -> tuple[int, int, int]:
     sizes, grey = set(), True
     for path, _ in (pair for split in SPLITS for pair in files[split]):
         with _open(root, path) as im:
@@ -202,15 +302,16 @@ def fits(n_bytes: int, device=None) -> bool:
     return n_bytes <= free_bytes(device)
 
 
-def check_memory(root: str, n: int, shape, device=None) -> None:
+def check_memory(root: str, n: int, shape, device=None, key: str = "data.root") -> None:
     """Refuse, before decoding, `n` images of `shape` (C, H, W) that do not fit in the host's memory
-    (where they are decoded) or the training device's."""
+    (where they are decoded) or the training device's; the refusal names `key`=`root` (a data set
+    class without a root: data._target_)."""
     n_bytes = n * math.prod(shape)
     for where in ("cpu", "cuda") if _device_type(device) == "cuda" else ("cpu",):
         free = free_bytes(device if where == "cuda" else None)
         if n_bytes > free:
             raise DataError(
-                f"data.root={root}: {n:,} images of {'x'.join(map(str, shape))} need {human_bytes(n_bytes)} "
+                f"{key}={root}: {n:,} images of {'x'.join(map(str, shape))} need {human_bytes(n_bytes)} "
                 f"decoded, more than the {human_bytes(free)} free on {where}; allowed: a smaller data.image_size, "
                 "or a folder that fits"
             )

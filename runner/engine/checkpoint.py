@@ -9,17 +9,21 @@ from pathlib import Path
 import torch
 
 from runner.config.rules import show
+from runner.engine import disk
 
 
 def save(path: Path, state: dict) -> None:
-    """Write `state` to `path` through a temporary file, fsync and rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `state` to `path` through a temporary file, fsync and rename: the checkpoint before
+    stays whole until the new one is. A write that fails (a full disk) is WriteError, the partial
+    file removed (runner.engine.disk)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with disk.writing(path, tmp):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -46,16 +50,18 @@ def load(path: Path, device: torch.device | str = "cpu") -> dict:
 
 
 def export_weights(path: Path, model: torch.nn.Module) -> None:
-    """The model's state (parameters and buffers) as a safetensors file, written atomically."""
+    """The model's state (parameters and buffers) as a safetensors file, written atomically; a
+    write that fails is WriteError, as in `save`."""
     from safetensors.torch import save_file
 
     state = model.state_dict()
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}  # no views, no NHWC
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"format": "pt"})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with disk.writing(path, tmp):
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 # Keys the config gained after checkpoints of its present shape were first written, each with the

@@ -8,9 +8,12 @@ holds its run directory while it runs (runner.engine.holder): one writer per dir
 torchrun, every rank runs this; rank 0 alone holds and writes.
 """
 
+import dataclasses
+import functools
 import logging
 import os
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
@@ -24,10 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 import optim
 from runner import run_name
 from runner.cli import console
-from runner.config import schema
+from runner.config import schema, targets
 from runner.data import batches
 from runner.data.datasets import DataError
-from runner.engine import checkpoint, device, distributed, failures, graphs, holder, parts, startup
+from runner.engine import checkpoint, device, disk, distributed, failures, graphs, holder, parts, preflight, startup
 from runner.engine import run_dir as run_dir_files
 from runner.engine.diagnostics import Diagnostics
 from runner.engine.interrupt import pass_on, stop_on_signals
@@ -98,8 +101,11 @@ def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Parts:
         distributed.start(world, compute.device)
         dataset = batches.load(cfg.data, compute.device)
         startup.mark("data")
-        model = build_model(cfg, dataset)
-        model = model.to(compute.device, memory_format=compute.memory_format)
+        model = build_model(cfg, dataset).to(compute.device)
+        images, labels = dataset.train.images, dataset.train.labels
+        layout = preflight.first_step(model, images, labels, dataset.num_classes, cfg, compute.layout)
+        compute = dataclasses.replace(compute, layout=layout)  # contiguous where the model fails in channels_last
+        model = model.to(memory_format=compute.memory_format)
         if cfg.trainer.compile:
             model.compile()  # in place: parameter names and checkpoints stay those of the model
         else:
@@ -123,32 +129,96 @@ def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Parts:
 
 
 def build_model(cfg: DictConfig, dataset: batches.Data) -> torch.nn.Module:
-    """The model for the data's shape and classes; what cannot be built (pooling more often than the
-    image allows, a user's model that raises) is refused in one line."""
+    """The model for the data's shape and classes; a constructor that raises (pooling more often than
+    the image allows, a user's model) is refused in one line naming `model` and where it raised."""
     try:
         return parts.build_model(cfg.model, cfg.activation, dataset.in_shape, dataset.num_classes)
+    except parts.PartError:
+        raise
     except Exception as e:
+        if preflight.in_activation(e, cfg):
+            raise parts.blamed("activation", cfg.activation, "fails in the model", e) from e
         shape = "x".join(map(str, dataset.in_shape))
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        mend = "fewer pooled layers for small images" if targets.is_ablates(cfg.model._target_) else "the values its constructor takes"
         raise SetupError(
             f"model._target_={cfg.model._target_} cannot be built for {shape} images and {dataset.num_classes} classes "
-            f"({reason}); allowed: keys that fit the data (fewer pooled layers for small images)"
+            f"({type(e).__name__}: {parts.reason(e)}, at {preflight.where(e)}); allowed: {mend}"
         ) from e
 
 
 def run_job(cfg: DictConfig) -> float | None:
     """One run, from its config to its run directory, which it holds meanwhile (runner.engine.holder);
     the objective for sweepers. A job of a sweep whose run directory another process holds is left
-    alone: None."""
+    alone, and one that raises is recorded as failed (`job_failed`): None, and the sweep goes on. A
+    file that cannot be written (a full disk) stops the run, or the sweep, with WRITE_EXIT (`cannot_write`)."""
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     if not hold_run_dir(run_dir, hydra_cfg):
         return None
     try:
         return train_in(run_dir, cfg, hydra_cfg)
+    except disk.WriteError as e:
+        cannot_write(e, run_dir, hydra_cfg)
+    except Exception as e:
+        if not records_failures(hydra_cfg):
+            raise  # a single run: SetupError is one line and exit 2 (runner.cli.app), the rest Hydra's traceback
+        return job_failed(e, run_dir, cfg, hydra_cfg)
     finally:
         if distributed.world().main:
             holder.release(run_dir)
+
+
+def records_failures(hydra_cfg) -> bool:
+    """Whether a job that raises is recorded here and the sweep goes on: in a sweep, except under
+    hydra/launcher=slurm, whose launcher records it, naming the SLURM job and its log."""
+    return hydra_cfg.mode == RunMode.MULTIRUN and hydra_cfg.launcher.get("_target_") != failures.SLURM_LAUNCHER
+
+
+def job_failed(error: Exception, run_dir: Path, cfg: DictConfig, hydra_cfg) -> None:
+    """A job of a sweep that raised, while it was built or as it trained: one error line naming the
+    job, the error and the line of the user's code that raised it (runner.engine.failures.describe),
+    kept in <sweep dir>/failed/ for the sweep's end; the traceback in the job's run.log; metrics.json
+    says failed and why. None: the sweep goes on, and a tuned sweep tells the trial's study it failed."""
+    if not distributed.world().main:
+        return None
+    said = failures.describe(error, one_line=isinstance(error, SetupError))
+    line = f"job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}): {said}"
+    console.log.error(line)
+    log_traceback(error)
+    try:
+        run_dir_files.mark_failed(run_dir, line, cfg, hydra_cfg.runtime.choices, hydra_cfg.overrides.task)
+        failures.record(Path(hydra_cfg.sweep.dir), hydra_cfg.job.num, line)
+    except disk.WriteError as e:
+        cannot_write(e, run_dir, hydra_cfg)
+    run_dir_files.show_in_hparams(run_dir_files.hparams_root(hydra_cfg, run_dir))
+    return None
+
+
+def log_traceback(error: BaseException) -> None:
+    """The error's traceback, in the job's log file (run.log) only: the terminal has its one line."""
+    record = console.log.makeRecord(
+        console.log.name, logging.ERROR, __file__, 0, "the traceback of the error above:", None,
+        (type(error), error, error.__traceback__),
+    )  # fmt: skip
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
+def cannot_write(error: disk.WriteError, run_dir: Path, hydra_cfg) -> NoReturn:
+    """A file of the run that cannot be written (a full disk) ends the run, and a sweep (its next jobs
+    would fail alike), with WRITE_EXIT: one line naming the file, the free space, what is kept and how
+    to go on. What was written before is whole (runner.engine.disk), so the same command resumes."""
+    last = run_dir / "checkpoints" / "last.pt"
+    kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
+    mend = "free space" if error.errno in disk.NO_SPACE else "make it writable"
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        where = f"hydra.sweep.dir={hydra_cfg.sweep.dir}"
+    else:
+        where = f"hydra.run.dir={run_dir}"
+    if distributed.world().main:
+        print(f"error: {error}; {kept}: {mend} and run the same command with {where} to resume", file=sys.stderr)
+    raise SystemExit(disk.WRITE_EXIT)
 
 
 def hold_run_dir(run_dir: Path, hydra_cfg) -> bool:
@@ -173,6 +243,21 @@ def hold_run_dir(run_dir: Path, hydra_cfg) -> bool:
     return False
 
 
+def quiet_run_log() -> None:
+    """A line that cannot be written to run.log (a full disk) is dropped without logging's traceback on
+    the terminal: the next write of the run's own files says what failed, in one line (`cannot_write`)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and not getattr(handler, "drops_os_errors", False):
+            handler.handleError = functools.partial(drop_os_error, handler.handleError)
+            handler.drops_os_errors = True
+
+
+def drop_os_error(report, record: logging.LogRecord) -> None:
+    """logging's handleError, called while the handler's error is handled: an OSError is dropped."""
+    if not isinstance(sys.exc_info()[1], OSError):
+        report(record)
+
+
 def leave_run_log() -> None:
     """Hydra's log file of this job (run.log in the run directory) is closed; the log goes to the terminal only."""
     root = logging.getLogger()
@@ -186,6 +271,7 @@ def train_in(run_dir: Path, cfg: DictConfig, hydra_cfg) -> float | None:
     """The run in `run_dir`, which this process holds: build, resume or skip, train, write."""
     choices = hydra_cfg.runtime.choices
     console.use_rich_logging()
+    quiet_run_log()
     parts = build(cfg, parallel_jobs(hydra_cfg), job_number(hydra_cfg))
     compute, world = parts.compute, parts.world
     if world.active:
@@ -220,25 +306,45 @@ def train_in(run_dir: Path, cfg: DictConfig, hydra_cfg) -> float | None:
     hparams_root = run_dir_files.hparams_root(hydra_cfg, run_dir)
     if world.main:
         run_dir_files.show_in_hparams(hparams_root)  # as running
-    status = "failed"
+    status, failure = "failed", None
     try:
         with stop_on_signals(trainer.request_stop):
-            status = trainer.fit().status
-        if status == "completed" and world.main:
+            ended = trainer.fit().status
+        if ended == "completed" and world.main:
             checkpoint.export_weights(run_dir / "model.safetensors", parts.model)
+        status = ended  # a completed run whose weights could not be written is not: run again, it writes them
+    except BaseException as e:
+        failure = e
+        raise
     finally:
+        trainer.progress.stop()
         metrics = run_dir_files.record(status, name, trainer, parts, cfg, choices, hydra_cfg.overrides.task)
+        if isinstance(failure, Exception):
+            metrics["error"] = failures.describe(failure, one_line=isinstance(failure, disk.WriteError))
         if hydra_cfg.mode == RunMode.RUN and (phases := startup.phases()):
             metrics["startup"] = phases  # a sweep's jobs share their process's start-up: not theirs to record
-        trainer.logger.close()
-        if world.main:
-            run_dir_files.write_metrics(run_dir, metrics)
-            run_dir_files.show_in_hparams(hparams_root)
+        close_and_record(trainer, metrics, run_dir, hparams_root, failure)
     if status == "interrupted":
         stop(trainer, name, run_dir, hydra_cfg, world)
     if world.main:
         console.print_summary(metrics, str(run_dir), logdir)
     return finish(metrics, name, run_dir, hydra_cfg)
+
+
+def close_and_record(trainer: Trainer, metrics: dict, run_dir: Path, hparams_root: Path, failure) -> None:
+    """Closes the TensorBoard file, writes metrics.json and the HPARAMS records (rank 0). Where the run
+    fails already (`failure`), a write that fails too (the same full disk) is left unsaid: the first
+    error is the one told."""
+    try:
+        try:
+            trainer.logger.close()
+        finally:
+            if trainer.world.main:
+                run_dir_files.write_metrics(run_dir, metrics)
+                run_dir_files.show_in_hparams(hparams_root)
+    except disk.WriteError:
+        if failure is None:
+            raise
 
 
 def make_trainer(

@@ -9,8 +9,10 @@ RunLogger that writes; the others get one with `enabled=False`.
 import json
 import os
 import re
+import threading
 from pathlib import Path
 
+from runner.engine import disk
 from runner.engine.diagnostics import DEAD_UNITS, GRAD_NORM
 
 
@@ -41,43 +43,73 @@ def charts(dead_unit_layers: list[str] | None) -> dict:
 
 
 def write_json(path: Path, obj) -> None:
-    """Write `obj` as JSON atomically: a reader sees the old file or the new one, never half."""
+    """Write `obj` as JSON atomically: a reader sees the old file or the new one, never half. A
+    write that fails (a full disk) is WriteError, the partial file removed (runner.engine.disk)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with disk.writing(path, tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 class RunLogger:
-    """TensorBoard writer for one run directory."""
+    """TensorBoard writer for one run directory. TensorBoard's writer appends to its event file from
+    a thread of its own, which keeps a write's error until the next call: that error (a full disk)
+    comes out of `scalars`, `histograms` or `close` as WriteError naming the file, and the thread's
+    own traceback is not printed (`quiet_writer_thread`)."""
 
     def __init__(self, run_dir: Path, enabled: bool = True, purge_step: int | None = None, layout: dict | None = None):
         """`purge_step`: a resumed run's step; TensorBoard drops what earlier files logged from there on.
         `layout`: the CUSTOM SCALARS charts (`charts`)."""
         self.writer = None
+        self.path = Path(run_dir)
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
-            if layout:
-                self.writer.add_custom_scalars(layout)
+            quiet_writer_thread()
+            with disk.writing(self.path):
+                self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+                event_writer = getattr(self.writer.file_writer, "event_writer", None)
+                self.path = Path(getattr(event_writer, "_file_name", run_dir))  # the event file, to name it
+                if layout:
+                    self.writer.add_custom_scalars(layout)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer:
-            for tag, value in values.items():
-                self.writer.add_scalar(tag, value, step)
+            with disk.writing(self.path):
+                for tag, value in values.items():
+                    self.writer.add_scalar(tag, value, step)
 
     def histograms(self, model, step: int) -> None:
         """Weight and gradient histograms of every parameter."""
         if self.writer:
-            for name, p in model.named_parameters():
-                self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
-                if p.grad is not None:
-                    self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
+            with disk.writing(self.path):
+                for name, p in model.named_parameters():
+                    self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), step)
+                    if p.grad is not None:
+                        self.writer.add_histogram(f"grads/{name}", p.grad.detach().float().cpu(), step)
 
     def close(self) -> None:
         if self.writer:
-            self.writer.close()
+            writer, self.writer = self.writer, None  # closed once, also when closing fails
+            with disk.writing(self.path):
+                writer.close()
+
+
+def quiet_writer_thread() -> None:
+    """An OSError in TensorBoard's writer thread is not printed as the thread's traceback: the writer
+    raises it again at its next call, where RunLogger turns it into one line (WriteError)."""
+    if getattr(threading.excepthook, "ablate_quiet", False):
+        return
+    previous = threading.excepthook
+
+    def hook(args) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    hook.ablate_quiet = True
+    threading.excepthook = hook

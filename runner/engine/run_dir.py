@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 import models
-from runner import GROUPS
+from runner import GROUPS, run_name
 from runner.analysis import hparams
 from runner.engine.log import write_json
 from runner.tune import job_tuning
@@ -52,6 +52,48 @@ def record(status: str, name: str, trainer, parts, cfg, choices, command: list[s
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
     write_json(run_dir / "metrics.json", metrics)
+
+
+ENDED = ("completed", "diverged", "pruned")  # a run that has nothing left to do in its directory
+
+
+def mark_failed(run_dir: Path, error: str, cfg, choices, command: list[str]) -> None:
+    """metrics.json of a job that raised says `failed` and `error`; a job that raised before it
+    trained (while it was built) gets a record of what it was to run, which the summary, HPARAMS and a
+    tuned sweep read like any other. A record of a run that ended there before is kept."""
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        metrics = None
+    if metrics is not None and metrics.get("status") in ENDED:
+        return
+    metrics = metrics or not_built(cfg, choices, command)
+    metrics.update(status="failed", error=error)
+    write_metrics(run_dir, metrics)
+
+
+def not_built(cfg, choices, command: list[str]) -> dict:
+    """The record of a run that never trained: the keys of `record`, its outcome empty."""
+    metrics = {
+        "status": "failed",
+        "name": run_name(choices),
+        "test_acc": None,
+        "test_loss": None,
+        "best_val_acc": None,
+        "epochs": 0,
+        "steps": 0,
+        "train_seconds": 0.0,
+        "num_params": None,
+        "seed": cfg.seed,
+        "choices": {g: choices.get(g) for g in GROUPS},
+        "history": [],
+        "versions": {"python": platform.python_version(), "torch": torch.__version__},
+        "command": " ".join(["run", *command]),
+    }
+    if tuning := job_tuning(cfg, metrics["choices"]):
+        metrics["tune"] = tuning
+    return metrics
 
 
 def show_in_hparams(root: Path) -> None:

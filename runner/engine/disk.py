@@ -1,0 +1,110 @@
+"""A write of a run's files that fails (a full disk, a quota, a read-only file system): WriteError,
+one line naming the file, why and the free space where it goes, with the partial file removed.
+
+Every file a run writes as it trains (checkpoints/last.pt, model.safetensors, metrics.json, the
+TensorBoard event files) is written through a temporary file or appended to, so what was written
+before stays whole: the last good checkpoint is kept and the same command resumes from it once
+there is space again (runner.engine.job says so and exits with WRITE_EXIT).
+"""
+
+import errno
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+WRITE_EXIT = 74  # a run (or sweep) stopped because a file could not be written; sysexits' EX_IOERR
+
+
+class WriteError(OSError):
+    """A file of the run could not be written; its message is the one line to print, its errno the
+    system's (ENOSPC for a full disk)."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # what freeing space mends
+
+
+@contextmanager
+def writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """Writes `path` (through `tmp`, if given): an OSError meanwhile, also one that a library wraps
+    (torch.save raises RuntimeError over it, safetensors its own error), becomes WriteError, and
+    the partial `tmp` is removed."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except Exception as e:
+        cause = os_error_in(e)
+        if cause is None:
+            raise
+        error = failed_write(path, cause)  # the free space as the write found it, before the cleanup
+        if tmp is not None:
+            remove(tmp)
+        raise error from e
+
+
+def failed_write(path: Path, error: OSError) -> WriteError:
+    """`cannot write <path> (No space left on device; 12 KB free on /mnt)`."""
+    reason = error.strerror or str(error)
+    failed = WriteError(f"cannot write {path} ({reason}; {free_space(path)})")
+    failed.errno = error.errno  # ENOSPC, EDQUOT: space to free; others: something else to mend
+    return failed
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError behind `error`: itself, the one it was raised from or while handling, or for a
+    library that reports the system's error only in its message, one rebuilt from `(os error N)`."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    found = re.search(r"\(os error (\d+)\)", str(error))
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code))
+    return None
+
+
+def free_space(path: Path) -> str:
+    """`12 KB free on /mnt`: what the file system that holds `path` has left, and where it is mounted."""
+    place = existing(Path(path))
+    try:
+        free = human(shutil.disk_usage(place).free)
+    except OSError:
+        free = "unknown space"
+    return f"{free} free on {mount_point(place)}"
+
+
+def existing(path: Path) -> Path:
+    """`path` or its nearest folder that exists."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def mount_point(path: Path) -> Path:
+    path = Path(os.path.realpath(path))
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def human(size: int) -> str:
+    """Bytes as df -h counts them (1 KB = 1024 bytes): 12 KB, 3.4 MB, 120 GB."""
+    units = ("bytes", "KB", "MB", "GB", "TB")
+    value, unit = float(size), 0
+    while value >= 1024 and unit < len(units) - 1:
+        value, unit = value / 1024, unit + 1
+    return f"{value:.1f} {units[unit]}" if 0 < unit and value < 10 else f"{value:.0f} {units[unit]}"
+
+
+def remove(path: Path) -> None:
+    """Removes a partial file; one that cannot be removed is left (the next write replaces it)."""
+    try:
+        Path(path).unlink(missing_ok=True)
+    except OSError:
+        pass
