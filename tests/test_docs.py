@@ -77,6 +77,7 @@ EXERCISED_ELSEWHERE = {
     "report PATH ...": ("tests/test_report.py", "report_main("),
     "run -m experiment=NAME": ("tests/test_validation.py", "def test_every_preset_and_every_job_of_its_sweep"),
     "pip install /path/to/ablate": ("tests/test_install.py", '"install", "--no-index"'),  # the wheel of the checkout
+    ".venv/bin/python scripts/torchvision_models.py": ("tests/test_third_party.py", '"torchvision_models.py"'),
 }
 
 # Commands the docs show that nothing runs, and why.

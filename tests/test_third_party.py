@@ -226,3 +226,17 @@ def test_the_documented_yamls_of_a_copied_module_fake_data_and_one_cycle_train_t
     assert metrics["status"] == "completed" and metrics["layout"] == "contiguous"
     assert metrics["num_params"] == (3 * 32 * 32 + 1) * 64 + 2 * (65 * 64) + 3 * 2 * 64 + 65 * 10
     assert metrics["choices"]["sched"] == "onecycle" and metrics["choices"]["data"] == "fake"
+
+
+@pytest.mark.slow
+def test_the_walk_over_torchvisions_builders_says_which_train_and_why_the_others_do_not(tmp_path):
+    """scripts/torchvision_models.py, as the docs run it over every builder, here over two."""
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "torchvision_models.py"), "resnet18", "alexnet", "--out", str(tmp_path / "walk")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
+    assert lines["resnet18"].split()[1] == "completed"
+    assert lines["alexnet"].split()[1] == "failed" and "fails on 3x32x32 images" in lines["alexnet"]
+    assert result.stdout.splitlines()[-1] == "1 of 2 torchvision classification builders train as they are on 3x32x32 images"

@@ -10,6 +10,7 @@ innermost frame of its traceback outside ablate's packages, the installed packag
 standard library, else outside the latter two.
 """
 
+import importlib.util
 import sys
 import sysconfig
 import traceback
@@ -22,7 +23,9 @@ FOLDER = "failed"
 SLURM_LAUNCHER = "hydra_plugins.ablate_slurm.slurm_launcher.SlurmLauncher"  # records its jobs' failures itself
 ROOT = Path(__file__).resolve().parents[2]
 ABLATE = tuple(ROOT / name for name in ("runner", "models", "optim", "hydra_plugins"))
-LIBRARIES = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib", "purelib", "platlib")})
+STDLIB = ("stdlib", "platstdlib")
+LIBRARIES = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in (*STDLIB, "purelib", "platlib")})
+TORCH = Path(importlib.util.find_spec("torch").origin).resolve().parent  # found, not imported: torch's own frames
 
 exit_code = 0  # set by announce(): what `run -m` exits with
 
@@ -72,23 +75,34 @@ def describe(error: BaseException, one_line: bool = False) -> str:
 
 
 def location(error: BaseException, users_only: bool = False) -> str | None:
-    """`<file>:<line>` of the innermost frame in the user's code of `error`'s traceback, or of the
-    errors it was raised from; else (unless `users_only`) of its innermost frame outside the installed
-    packages and the standard library (ablate's own), else its innermost. Relative to the current
-    directory where inside it."""
+    """`<file>:<line>` where `error` was raised, from its traceback and those of the errors it was
+    raised from: the innermost frame in the user's code; else (unless `users_only`) the innermost
+    outside torch and Python's standard library (the line of torchvision's, timm's or ablate's code
+    that called the failing operation), else the innermost. Relative to the current directory where
+    inside it."""
     frames = []
     seen: BaseException | None = error
     while seen is not None:
         frames = frames + traceback.extract_tb(seen.__traceback__)  # a cause's frames are inner ones
         seen = seen.__cause__
-    ours = [f for f in frames if not in_library(f.filename)]
-    users = [f for f in ours if not in_ablate(f.filename)]
-    chosen = users or ([] if users_only else ours or frames)
+    users = [f for f in frames if not in_library(f.filename) and not in_ablate(f.filename)]
+    callers = [f for f in frames if not in_torch_or_stdlib(f.filename)]
+    chosen = users or ([] if users_only else callers or frames)
     if not chosen:
         return None
     path = Path(chosen[-1].filename).resolve()
     shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
     return f"{shown}:{chosen[-1].lineno}"
+
+
+def in_torch_or_stdlib(filename: str) -> bool:
+    """A file of torch or of Python's standard library (or Python's own, <frozen ...>)."""
+    if filename.startswith("<"):
+        return True
+    path = Path(filename).resolve()
+    installed = any(part in ("site-packages", "dist-packages") for part in path.parts)  # a venv's platstdlib holds them
+    stdlib = any(path.is_relative_to(Path(sysconfig.get_paths()[k]).resolve()) for k in STDLIB) and not installed
+    return path.is_relative_to(TORCH) or stdlib
 
 
 def in_library(filename: str) -> bool:

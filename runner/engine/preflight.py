@@ -15,16 +15,15 @@ gradients are as before it, so a run is bitwise the same with or without this ch
 
 import inspect
 import traceback
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from runner.config.targets import locate
+from runner.config import targets
+from runner.engine import failures
 from runner.engine.parts import PartError, blamed, reason
 
 PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
-TORCH = Path(torch.__file__).resolve().parent
 SIZE_KEYS = ("image_size", "img_size", "input_size")  # where a model with a fixed input size takes it
 
 
@@ -32,7 +31,9 @@ class OutputError(PartError):
     """The model ran, but what it returns is not the logits the run needs."""
 
 
-def first_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg, layout: str) -> str:
+def first_step(
+    model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg, layout: str
+) -> str:
     """Run one forward and backward pass of `model` on `images` (uint8, a few training images) in the
     layout `layout` (contiguous | channels_last) and check its output; the layout the run uses:
     contiguous where channels_last fails and `cfg.trainer.layout` is auto. Raises PartError."""
@@ -42,18 +43,15 @@ def first_step(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tenso
         failure = attempt(model, x, y, num_classes, torch.channels_last, cfg)
         if failure is None:
             return layout
-        if attempt(model, x, y, num_classes, torch.contiguous_format, cfg) is None:
-            if cfg.trainer.layout == "auto":
-                return "contiguous"
-            raise PartError(
-                f"trainer.layout=channels_last is not allowed for model._target_={cfg.model._target_}: its step fails "
-                f"in channels_last ({type(failure).__name__}: {reason(failure)}); allowed: auto or contiguous"
-            )
-    else:
-        failure = attempt(model, x, y, num_classes, torch.contiguous_format, cfg)
-        if failure is None:
-            return layout
-    raise at_fault(failure, model, cfg, tuple(images.shape[1:]))
+    plain = attempt(model, x, y, num_classes, torch.contiguous_format, cfg)
+    if plain is not None:  # the model's own failure, whatever the layout
+        raise at_fault(plain, model, cfg, tuple(images.shape[1:]))
+    if layout == "channels_last" and cfg.trainer.layout != "auto":
+        raise PartError(
+            f"trainer.layout=channels_last is not allowed for model._target_={cfg.model._target_}: its step fails "
+            f"in channels_last ({type(failure).__name__}: {reason(failure)}); allowed: auto or contiguous"
+        )
+    return "contiguous"
 
 
 def attempt(model, x, y, num_classes: int, memory_format, cfg) -> Exception | None:
@@ -115,10 +113,10 @@ def at_fault(error: Exception, model, cfg, in_shape: tuple) -> PartError:
         return blamed("activation", cfg.activation, "fails in the model", error)
     shape = "x".join(map(str, in_shape))
     mend = ""
-    size_keys = [k for k in SIZE_KEYS if k in init_parameters(model)]
+    takes = init_parameters(model)
+    size_keys = [k for k in SIZE_KEYS if k in takes]
     if size_keys:
-        h, w = in_shape[1:]
-        mend = f"; or model.{size_keys[0]}={h if h == w else f'[{h},{w}]'} for these images"
+        mend = f"; or model.{size_keys[0]}={size_value(takes[size_keys[0]], *in_shape[1:])} for these images"
     return PartError(
         f"model._target_={cfg.model._target_} fails on {shape} images ({type(error).__name__}: {reason(error)}, "
         f"at {where(error)}); allowed: a model that takes (batch, {', '.join(map(str, in_shape))}) input{mend}"
@@ -128,32 +126,27 @@ def at_fault(error: Exception, model, cfg, in_shape: tuple) -> PartError:
 def in_activation(error: BaseException, cfg) -> bool:
     """Whether `error` was raised inside the activation: a frame of its traceback is a method of an
     instance of the activation's class (a model may run it while it is built, as ablate's do)."""
-    cls = locate(cfg.activation._target_)
+    cls = targets.locate(cfg.activation._target_)
     if not inspect.isclass(cls):
         return False
     return any(isinstance(frame.f_locals.get("self"), cls) for frame, _ in traceback.walk_tb(error.__traceback__))
 
 
-def init_parameters(model) -> set[str]:
-    """The parameter names of the model's class's constructor (and its bases' where it takes **kwargs)."""
-    found: set[str] = set()
-    for cls in type(model).__mro__:
-        if cls is torch.nn.Module or "__init__" not in vars(cls):
-            continue
-        params = inspect.signature(cls.__init__).parameters.values()
-        found |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    return found
+def init_parameters(model) -> dict[str, inspect.Parameter]:
+    """The keyword parameters of the model's class's constructor, and of its bases' where it hands
+    them `**kwargs` (runner.config.targets.constructor_chain)."""
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    chain = targets.constructor_chain(type(model))
+    return {p.name: p for params in reversed(chain) for p in params if p.kind in keyword}
+
+
+def size_value(param: inspect.Parameter, height: int, width: int) -> str:
+    """The data's image size as a model's size parameter takes it: `[h,w]` where it is a pair, else `h` for a square."""
+    pair = isinstance(param.default, (tuple, list)) or str(param.annotation).lower().startswith(("tuple", "typing.tuple"))
+    return f"[{height},{width}]" if pair or height != width else str(height)
 
 
 def where(error: BaseException) -> str:
-    """The file and line where `error` was raised: its innermost frame outside torch's own code (the
-    model's line that called the failing operation), relative to the current directory where inside it."""
-    frames = traceback.extract_tb(error.__traceback__)
-    outside = [f for f in frames if not Path(f.filename).resolve().is_relative_to(TORCH)]
-    frame = (outside or frames or [None])[-1]
-    if frame is None:
-        return "unknown"
-    path = Path(frame.filename).resolve()
-    return f"{path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}:{frame.lineno}"
+    """Where `error` was raised: the user's line, else the line of the model's own code (torchvision's,
+    timm's, ablate's) that called the failing operation (runner.engine.failures.location)."""
+    return failures.location(error) or "an unknown line"
