@@ -65,7 +65,7 @@ def project(tmp_path) -> Path:
 def run_user(project: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in cli_env().items() if k != "PYTHONPATH"}
     return subprocess.run(
-        [str(RUN), "--config-dir", "configs", *args], cwd=project, env=env, capture_output=True, text=True, timeout=600,
+        [str(RUN), "--config-dir", "configs", *args], cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
 
 

@@ -138,7 +138,6 @@ def check_plain(group: str, node: DictConfig) -> None:
 
 def check_relations(cfg) -> None:
     """The rules between keys of ablate's own parts, and between the data and the processes."""
-    import optim
     from models.activations import has_known_gain
 
     model, sched = cfg.model, cfg.sched
@@ -176,7 +175,8 @@ def is_plateau(target) -> bool:
     """Whether a schedule's `_target_` reduces on a plateau of the validation loss (ablate's or torch's class)."""
     import inspect
 
-    import optim
     from torch.optim.lr_scheduler import ReduceLROnPlateau
+
+    import optim
 
     return target is optim.plateau or (inspect.isclass(target) and issubclass(target, ReduceLROnPlateau))

@@ -93,15 +93,11 @@ def check_output(out, batch: int, num_classes: int, model, cfg) -> None:
             f"allowed: a model that returns the logits{mend}"
         )
     if tuple(out.shape) != (batch, num_classes):
-        shape = ", ".join(map(str, out.shape))
-        width = f"{out.shape[-1]} outputs" if out.ndim == 2 and out.shape[0] == batch else f"shape ({shape})"
-        mend = (
-            f"; give it the data's class count, e.g. model.num_classes=${{data:num_classes}}"
-            if out.ndim == 2 and out.shape[0] == batch
-            else ""
-        )
+        logits = out.ndim == 2 and out.shape[0] == batch  # of another width
+        what = f"{out.shape[-1]} outputs" if logits else f"shape ({', '.join(map(str, out.shape))})"
+        mend = "; give it the data's class count, e.g. model.num_classes=${data:num_classes}" if logits else ""
         raise OutputError(
-            f"model._target_={target} returns {width} for a batch of {batch}, the data has {num_classes} classes; "
+            f"model._target_={target} returns {what} for a batch of {batch}, the data has {num_classes} classes; "
             f"allowed: a model whose output is (batch, {num_classes}){mend}"
         )
 
