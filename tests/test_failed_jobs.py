@@ -162,6 +162,20 @@ def test_a_tuned_sweep_tells_a_failed_trial_to_optuna_and_lists_a_failed_final_r
     assert "| 1 completed, 1 failed |" in row and row.endswith("| 1 failed |")  # trials, then the final runs
 
 
+@pytest.mark.slow
+def test_a_tuned_variant_whose_every_trial_failed_is_a_row_of_the_summary(project):
+    sweep = project / "sweep"
+    result = run_user(
+        project, "-m", "hydra/sweeper=tune", "model=tiny", "model.breaks=init,never",
+        "optimizer.lr=tag(log,interval(0.01,0.1))", "hydra.sweeper.trials=1", "hydra.sweeper.seeds=1", *SMALL,
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == failures.FAILED_EXIT, result.stderr
+    rows = {line.split(" | ")[0].strip("| *"): line for line in (sweep / "summary.md").read_text().splitlines() if "model.breaks=" in line}
+    assert rows["model.breaks=init"].endswith("| - | 1 failed | 0 | - | - | - | - | - | - | - | no run (no trial completed) |")
+    assert rows["model.breaks=never"].endswith("| 1 completed |")
+
+
 def test_a_single_run_refused_at_build_time_is_still_one_line_and_exit_2(project):
     result = run_user(project, "model=tiny", "model.breaks=init", *SMALL, f"hydra.run.dir={project / 'run'}")
     assert result.returncode == 2

@@ -137,11 +137,11 @@ def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
             p = f"p={c.p_holm:.2g}, " if c.p_holm is not None else ""
             delta = "best" if v.label == best else f"{gap:+.4f}, {p}{c.verdict}"
         seconds = v.stat("train_seconds")[0]
-        params = v.runs[0].metrics.get("num_params")
+        params = v.runs[0].metrics.get("num_params") if v.runs else None
         rows.append([
             v.label, str(len(v.completed())), _pm(*v.stat("test_acc")), ci, delta, _pm(*v.stat("best_val_acc")),
             _pm(*v.stat("final_train_loss")), "-" if seconds is None else f"{seconds:.1f}",
-            "-" if params is None else f"{params:,}", v.statuses(),
+            "-" if params is None else f"{params:,}", v.statuses() or "no run (no trial completed)",
         ])
     return header, rows
 
@@ -181,6 +181,15 @@ def studies(sweep_dir: Path, found: list[Variant]) -> dict:
     return {v.label: optuna.load_study(study_name=v.label, storage=storage) for v in found}
 
 
+def study_names(sweep_dir: Path) -> list[str]:
+    """The variants of a tuned sweep, one study each in its study.db, in the order they were tuned."""
+    import optuna
+
+    from runner.tune import STUDY_FILE
+
+    return optuna.get_all_study_names(f"sqlite:///{(sweep_dir / STUDY_FILE).resolve()}")
+
+
 ENDED = {"complete": "completed", "fail": "failed"}  # Optuna's trial states, as the runs' statuses say it
 
 
@@ -208,13 +217,14 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
     """summary.csv, summary.md and plots/ in `out` for the runs under `paths`; prints the table.
     `tuned`: the sweep directory of a tuned sweep, whose final runs `paths` are."""
     runs = find_runs(paths)
-    if not runs:
+    if not runs and tuned is None:
         print(f"report: no run directory (with metrics.json) under {', '.join(map(str, paths))}", file=sys.stderr)
         return None
     out.mkdir(parents=True, exist_ok=True)
     keys, found = variants(runs)
     if tuned is not None:  # labelled by what the command varied, not by the values each variant chose
         found = [Variant(name, [r for r in runs if r.path.parent.name == name]) for name in dict.fromkeys(r.path.parent.name for r in runs)]
+        found += [Variant(name) for name in study_names(tuned) if name not in {v.label for v in found}]  # no final runs
     write_csv(out / "summary.csv", keys, runs)
     header, rows = variant_rows(found)
     tuned_studies = studies(tuned, found) if tuned is not None else {}
