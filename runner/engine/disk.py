@@ -39,18 +39,27 @@ def writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
         cause = os_error_in(e)
         if cause is None:
             raise
-        error = failed_write(path, cause)  # the free space as the write found it, before the cleanup
+        written = size_of(tmp) if tmp is not None else 0
         if tmp is not None:
             remove(tmp)
-        raise error from e
+        raise failed_write(path, cause, written) from e  # the free space once the partial file is gone
 
 
-def failed_write(path: Path, error: OSError) -> WriteError:
-    """`cannot write <path> (No space left on device; 12 KB free on /mnt)`."""
+def failed_write(path: Path, error: OSError, written: int = 0) -> WriteError:
+    """`cannot write <path> (No space left on device after 1.5 MB of it; 1.6 MB free on /mnt)`: how
+    much of the file was written before it failed tells how much more space it needs."""
     reason = error.strerror or str(error)
-    failed = WriteError(f"cannot write {path} ({reason}; {free_space(path)})")
+    after = f" after {human(written)} of it" if written else ""
+    failed = WriteError(f"cannot write {path} ({reason}{after}; {free_space(path)})")
     failed.errno = error.errno  # ENOSPC, EDQUOT: space to free; others: something else to mend
     return failed
+
+
+def size_of(path: Path) -> int:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return 0
 
 
 def os_error_in(error: BaseException) -> OSError | None:
