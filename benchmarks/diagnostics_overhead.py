@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from runner.engine import parts
 from runner.engine.diagnostics import Diagnostics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' fixtures: data files in real formats
-from fixtures import compose_cfg  # noqa: E402
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent / "tests")
+)  # the tests' fixtures: data files in real formats
+from fixtures import compose_cfg
 
 
 def steps_per_second(model, optimizer, batches, log_every: int, diagnostics: Diagnostics | None) -> float:
@@ -54,7 +56,10 @@ def main() -> None:
     plain_model = parts.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
     diag_model = parts.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
     diagnostics = Diagnostics(diag_model)
-    plain_opt, diag_opt = parts.build_optimizer(cfg.optimizer, plain_model.parameters()), parts.build_optimizer(cfg.optimizer, diag_model.parameters())
+    plain_opt, diag_opt = (
+        parts.build_optimizer(cfg.optimizer, plain_model.parameters()),
+        parts.build_optimizer(cfg.optimizer, diag_model.parameters()),
+    )
     steps_per_second(plain_model, plain_opt, batches[:10], args.log_every, None)  # warm-up
     steps_per_second(diag_model, diag_opt, batches[:10], args.log_every, diagnostics)
     off, on = [], []

@@ -37,6 +37,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -50,8 +51,10 @@ from runner.data import batches
 from runner.engine import device, graphs, parts
 from runner.engine.diagnostics import Diagnostics
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' fixtures: data files in real formats
-from fixtures import compose_cfg, write_cifar_like, write_image_folder, write_mnist_like  # noqa: E402
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent.parent / "tests")
+)  # the tests' fixtures: data files in real formats
+from fixtures import compose_cfg, write_cifar_like, write_image_folder, write_mnist_like
 
 from runner.data.image_folder import image_folder
 from runner.engine.log import RunLogger
@@ -64,7 +67,7 @@ MODELS = ("plain", "bn", "residual")
 class CifarFiles(torchvision.datasets.CIFAR10):
     """torchvision's CIFAR10 on the files written here: their checksums are not the real ones."""
 
-    meta = {**torchvision.datasets.CIFAR10.meta, "md5": None}
+    meta: ClassVar[dict] = {**torchvision.datasets.CIFAR10.meta, "md5": None}
 
     def _check_integrity(self) -> bool:
         return True
@@ -383,7 +386,9 @@ def main() -> None:
         "--batch-size", type=int, default=128, help="images per step (default 128, the configs' default)"
     )
     parser.add_argument("--augment", action="store_true", help="random crop and flip in every path")
-    parser.add_argument("--graphs", default="auto", choices=["auto", "true", "false"], help="the runner's trainer.graphs (default auto)")
+    parser.add_argument(
+        "--graphs", default="auto", choices=["auto", "true", "false"], help="the runner's trainer.graphs (default auto)"
+    )
     parser.add_argument(
         "--workers", nargs="+", type=int, default=[0, 2], help="DataLoader workers to try (default 0 2)"
     )

@@ -7,7 +7,17 @@ from models.activations import LeakyReLU
 from models.blocks import Bottleneck, ConcatSkip, ConvBlock
 from models.networks import ConvNet, PlainNet, ResidualNet, SkipNet
 
-__all__ = ["Bottleneck", "ConcatSkip", "ConvBlock", "ConvNet", "LeakyReLU", "PlainNet", "ResidualNet", "SkipNet", "num_params"]
+__all__ = [
+    "Bottleneck",
+    "ConcatSkip",
+    "ConvBlock",
+    "ConvNet",
+    "LeakyReLU",
+    "PlainNet",
+    "ResidualNet",
+    "SkipNet",
+    "num_params",
+]
 
 
 def num_params(model: torch.nn.Module) -> int:

@@ -29,4 +29,3 @@ def gain(activation: nn.Module) -> float | None:
         if isinstance(activation, kind):
             return nn.init.calculate_gain(name)
     return None
-

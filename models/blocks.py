@@ -75,7 +75,9 @@ class Bottleneck(nn.Module):
         )
         self.shortcut = nn.Identity()
         if in_channels != out_channels:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+            )
         self.activation = activation()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,9 @@ class PlainNet(ConvNet):
             else:
                 layers += [block(in_channels, width, activation=activation), *stage_pool]
             in_channels = width
-        super().__init__(nn.Sequential(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init)
+        super().__init__(
+            nn.Sequential(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init
+        )
 
 
 class SkipNet(ConvNet):
@@ -151,7 +153,9 @@ class SkipNet(ConvNet):
             layers += [ConcatSkip(block(in_channels, width, activation=activation))]
             layers += pooling(pool) if i in ends else []
             in_channels += width
-        super().__init__(nn.Sequential(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init)
+        super().__init__(
+            nn.Sequential(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init
+        )
 
 
 class ResidualNet(ConvNet):
@@ -183,4 +187,6 @@ class ResidualNet(ConvNet):
                 layers += [block(in_channels, width, activation=activation)]
                 in_channels = width
             layers += pooling(pool) if i in ends else []
-        super().__init__(nn.Sequential(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init)
+        super().__init__(
+            nn.Sequential(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init
+        )

@@ -69,7 +69,11 @@ def constant(
     """The learning rate stays at optimizer.lr (after the optional warmup)."""
     ticks = Ticks(interval, steps_per_epoch, max_epochs)
     return warmed_up(
-        optimizer, ticks.total, ticks(warmup, 0), warmup_start_factor, lambda _: lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+        optimizer,
+        ticks.total,
+        ticks(warmup, 0),
+        warmup_start_factor,
+        lambda _: lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
     )
 
 

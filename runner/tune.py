@@ -104,9 +104,7 @@ def checked_jobs(overrides: list[Override]) -> list[list[str]]:
     """Configs to check before a tuned sweep starts: each variant, with each searched key at each
     end of its range (or each of its choices), so that no trial can draw a value the check refuses."""
     space = split(overrides)
-    ends = {
-        key: list(d.choices) if hasattr(d, "choices") else [d.low, d.high] for key, d in space.params.items()
-    }
+    ends = {key: list(d.choices) if hasattr(d, "choices") else [d.low, d.high] for key, d in space.params.items()}
     jobs = []
     for variant in space.variants:
         jobs.append([*space.fixed, *variant])
@@ -242,6 +240,6 @@ def objective(result) -> float | None:
     """A trial's score: its best validation accuracy, None if the job failed or has none."""
     try:
         value = result.return_value
-    except Exception:  # the job raised: the launcher keeps the error in the JobReturn
+    except Exception:  # noqa: BLE001 the job raised: the launcher keeps the error in the JobReturn
         return None
     return float(value) if value is not None else None

@@ -38,13 +38,23 @@ def outcome(sweep: Path, name: str) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("names", nargs="*", help="builders to try (default: every classification builder)")
     parser.add_argument("--out", type=Path, default=Path("outputs/torchvision_models"), help="the sweep directory")
     args = parser.parse_args(argv)
     names = args.names or builders()
     targets = ",".join(f"torchvision.models.{name}" for name in names)
-    command = [sys.executable, "-m", "runner", "-m", *OVERRIDES, f"model._target_={targets}", f"hydra.sweep.dir={args.out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "runner",
+        "-m",
+        *OVERRIDES,
+        f"model._target_={targets}",
+        f"hydra.sweep.dir={args.out}",
+    ]
     subprocess.run(command, check=False)  # exits 1 when some builder is refused: read each one's outcome
     trained = 0
     for name in names:

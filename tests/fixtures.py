@@ -5,6 +5,7 @@ import gzip
 import pickle
 import struct
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from hydra import compose, initialize_config_dir
@@ -49,7 +50,7 @@ class _Python2Pickler(pickle._Pickler):
     """Pickles bytes as Python 2 `str` (the BINSTRING opcodes), as in the real CIFAR-10 batch files,
     which Python 3 reads as bytes with encoding="bytes" and as text with encoding="latin1"."""
 
-    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch: ClassVar[dict] = dict(pickle._Pickler.dispatch)
 
     def save_python2_str(self, obj: bytes) -> None:
         if len(obj) < 256:

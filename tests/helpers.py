@@ -35,7 +35,13 @@ def run_cli(
 ) -> subprocess.CompletedProcess:
     """`run *args` in a subprocess, not on a terminal (under torchrun with nproc processes if nproc > 0)."""
     return subprocess.run(
-        command(args, nproc), cwd=cwd or ROOT, env=cli_env(env), capture_output=True, text=True, timeout=timeout
+        command(args, nproc),
+        cwd=cwd or ROOT,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 

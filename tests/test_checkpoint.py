@@ -54,7 +54,9 @@ def test_a_damaged_checkpoint_gets_one_line_naming_the_file(tmp_path):
 
 
 def test_exported_weights_load_back_equal_also_from_a_channels_last_model(tmp_path):
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(288, 4))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(), torch.nn.Linear(288, 4)
+    )
     model = model.to(memory_format=torch.channels_last)  # NHWC weights are not contiguous
     path = tmp_path / "model.safetensors"
     checkpoint.export_weights(path, model)

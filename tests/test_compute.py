@@ -17,7 +17,12 @@ def cpu_flags() -> set[str]:
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.exists():
         pytest.skip("no /proc/cpuinfo to read the CPU's flags from")
-    return {flag for line in cpuinfo.read_text().splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    return {
+        flag
+        for line in cpuinfo.read_text().splitlines()
+        if line.startswith("flags")
+        for flag in line.split(":", 1)[1].split()
+    }
 
 
 def test_auto_picks_bf16_exactly_where_the_cpu_has_native_bf16_and_channels_last_on_any_cpu():
@@ -87,7 +92,11 @@ def test_channels_last_and_bf16_compute_the_same_function(name):
 def test_a_channels_last_run_trains_and_records_how_it_computed(tmp_path, quick):
     run_dir = tmp_path / "run"
     result = run_cli(
-        *quick, "trainer.layout=channels_last", "trainer.threads=1", "trainer.precision=fp32", f"hydra.run.dir={run_dir}"
+        *quick,
+        "trainer.layout=channels_last",
+        "trainer.threads=1",
+        "trainer.precision=fp32",
+        f"hydra.run.dir={run_dir}",
     )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())

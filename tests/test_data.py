@@ -38,7 +38,7 @@ def test_train_size_caps_the_training_split_and_normalization_uses_its_statistic
     x = d.train.images.float() / 255
     assert torch.allclose(d.mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
     epochs = batches.Batches(d.train, 100, d.mean, d.std)
-    (xb, _), = list(epochs.epoch())
+    ((xb, _),) = list(epochs.epoch())
     assert abs(xb.mean().item()) < 1e-4 and abs(xb.std().item() - 1) < 1e-2
 
 
@@ -253,7 +253,9 @@ def test_fashion_mnist_comes_from_the_debian_copy_and_passes_its_checksums(tmp_p
 
 
 def _split(n: int) -> batches.Split:
-    return batches.Split(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n))
+    return batches.Split(
+        torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n)
+    )
 
 
 def test_an_epoch_is_a_seeded_permutation_in_full_batches():

@@ -181,8 +181,8 @@ def test_a_users_model_yaml_takes_the_facts_of_mnist_5k_and_of_an_image_folder(p
     "args, line",
     [
         (["model.num_classes=${data:colour}"],
-         "${data:colour} is not known; allowed: ${data:num_classes}, ${data:channels}, ${data:height}, "
-         "${data:width}, ${data:flat_size}, ${data:in_shape}"),
+         ("${data:colour} is not known; allowed: ${data:num_classes}, ${data:channels}, ${data:height}, "
+          "${data:width}, ${data:flat_size}, ${data:in_shape}")),
         (["data=image_folder", "data.root=nowhere"], "data.root=nowhere: no such folder; allowed: "),
     ],
 )  # fmt: skip

@@ -28,7 +28,10 @@ def tmpfs(tmp_path) -> Path:
     mount.mkdir()
     try:
         mounted = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mount)], capture_output=True, text=True, check=False
+            ["mount", "-t", "tmpfs", "-o", f"size={SIZE}", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+            check=False,
         )
     except OSError as e:  # no mount command
         pytest.skip(f"mount -t tmpfs is not available here: {e}")
@@ -73,7 +76,9 @@ def test_each_file_a_run_writes_fails_in_one_line_with_no_partial_file_and_the_o
     logger.close()  # once more: closed already
     (events,) = (tmpfs / "tb").iterdir()
     assert {p.relative_to(tmpfs) for p in tmpfs.rglob("*") if p.is_file()} == {
-        Path("ballast"), Path("checkpoints/last.pt"), events.relative_to(tmpfs)
+        Path("ballast"),
+        Path("checkpoints/last.pt"),
+        events.relative_to(tmpfs),
     }  # no partial file
     assert "Traceback" not in capfd.readouterr().err  # not the writer thread's either
 

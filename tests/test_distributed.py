@@ -41,7 +41,16 @@ def split(n: int = 40) -> Split:
 
 def test_each_rank_takes_its_part_of_every_training_batch_with_the_same_augmentation():
     data = split()
-    kwargs = dict(batch_size=8, mean=None, std=None, shuffle=True, augment=True, drop_last=True, seed=3, pad=2)
+    kwargs = {
+        "batch_size": 8,
+        "mean": None,
+        "std": None,
+        "shuffle": True,
+        "augment": True,
+        "drop_last": True,
+        "seed": 3,
+        "pad": 2,
+    }
     whole = Batches(data, **kwargs)
     parts = [Batches(data, **kwargs, rank=rank, ranks=2) for rank in (0, 1)]
     for start in (0, 3):  # a resumed epoch too
@@ -113,7 +122,9 @@ def test_two_processes_train_one_run_that_rank_0_alone_writes(runs):
     (run_dir,) = (base / "cwd" / "outputs" / "runs").iterdir()  # one directory, whatever second each rank started in
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["processes"] == 2 and metrics["steps"] == 112
-    assert len(list(run_dir.glob("events.out.tfevents.[0-9]*"))) == 1  # one writer of scalars (the HPARAMS record: .hparams)
+    assert (
+        len(list(run_dir.glob("events.out.tfevents.[0-9]*"))) == 1
+    )  # one writer of scalars (the HPARAMS record: .hparams)
     assert (run_dir / ".hydra" / "config.yaml").exists() and (run_dir / "model.safetensors").exists()
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt"]
     output = ddp.stdout + ddp.stderr
@@ -208,4 +219,3 @@ def test_a_run_directory_each_rank_names_differently_is_refused(tmp_path):
     assert "is not allowed on rank 1: rank 0 has" in result.stderr
     assert "${started:...} in place of ${now:...}" in result.stderr
     assert not list(tmp_path.glob("run_*/metrics.json"))
-

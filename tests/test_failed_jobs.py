@@ -100,7 +100,9 @@ def assert_two_jobs_failed_and_one_completed(result: subprocess.CompletedProcess
     assert "Traceback" in log and 'raise ValueError("no evaluation today")' in log  # the terminal: one line
     assert "Traceback" not in result.stderr
     assert summary_runs(sweep) == {
-        "model.breaks=never": "1 completed", "model.breaks=eval": "1 failed", "model.breaks=init": "1 failed"
+        "model.breaks=never": "1 completed",
+        "model.breaks=eval": "1 failed",
+        "model.breaks=init": "1 failed",
     }
     with open(sweep / "summary.csv") as f:
         assert sorted(row["status"] for row in csv.DictReader(f)) == ["completed", "failed", "failed"]
@@ -171,8 +173,14 @@ def test_a_tuned_variant_whose_every_trial_failed_is_a_row_of_the_summary(projec
         f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == failures.FAILED_EXIT, result.stderr
-    rows = {line.split(" | ")[0].strip("| *"): line for line in (sweep / "summary.md").read_text().splitlines() if "model.breaks=" in line}
-    assert rows["model.breaks=init"].endswith("| - | 1 failed | 0 | - | - | - | - | - | - | - | no run (no trial completed) |")
+    rows = {
+        line.split(" | ")[0].strip("| *"): line
+        for line in (sweep / "summary.md").read_text().splitlines()
+        if "model.breaks=" in line
+    }
+    assert rows["model.breaks=init"].endswith(
+        "| - | 1 failed | 0 | - | - | - | - | - | - | - | no run (no trial completed) |"
+    )
     assert rows["model.breaks=never"].endswith("| 1 completed |")
 
 

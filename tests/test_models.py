@@ -91,8 +91,7 @@ def test_activation_matches_its_formula(overrides, expected):
 
 
 def test_every_activation_in_the_model_is_the_configured_one():
-    model = build("model=plain", "model.channels=[2,2]", "model.hidden=[4]", "activation=sigmoid",
-                  "model.pool=null")
+    model = build("model=plain", "model.channels=[2,2]", "model.hidden=[4]", "activation=sigmoid", "model.pool=null")
     assert len(modules_of(model, nn.Sigmoid)) == 3
     assert not modules_of(model, nn.ReLU)
 
@@ -105,9 +104,13 @@ BN_NET = ("model=bn", "model.channels=[4]", "model.pool=null", "model.hidden=[5]
 def test_bn_sits_after_conv_and_before_activation_by_default():
     model = build(*BN_NET)
     assert leaf_types(model) == [
-        nn.Conv2d, nn.BatchNorm2d, nn.ReLU,  # conv block
+        nn.Conv2d,
+        nn.BatchNorm2d,
+        nn.ReLU,  # conv block
         nn.Flatten,
-        nn.Linear, nn.BatchNorm1d, nn.ReLU,  # hidden FC layer
+        nn.Linear,
+        nn.BatchNorm1d,
+        nn.ReLU,  # hidden FC layer
         nn.Linear,
     ]
 
@@ -115,9 +118,13 @@ def test_bn_sits_after_conv_and_before_activation_by_default():
 def test_bn_position_after_puts_bn_after_the_activation():
     model = build(*BN_NET, "model.bn_position=after")
     assert leaf_types(model) == [
-        nn.Conv2d, nn.ReLU, nn.BatchNorm2d,
+        nn.Conv2d,
+        nn.ReLU,
+        nn.BatchNorm2d,
         nn.Flatten,
-        nn.Linear, nn.ReLU, nn.BatchNorm1d,
+        nn.Linear,
+        nn.ReLU,
+        nn.BatchNorm1d,
         nn.Linear,
     ]
 
@@ -178,8 +185,7 @@ def test_conv_block_bn_output_is_normalized_per_channel():
 
 def test_concat_skip_output_is_input_then_new_channels():
     in_shape = (2, 6, 6)
-    model = build("model=skip", "model.channels=[3,4]", "model.pool=null", "model.hidden=[]",
-                  in_shape=in_shape)
+    model = build("model=skip", "model.channels=[3,4]", "model.pool=null", "model.hidden=[]", in_shape=in_shape)
     blocks = modules_of(model, ConcatSkip)
     assert len(blocks) == 2
     h = torch.randn(2, *in_shape)
@@ -193,8 +199,7 @@ def test_concat_skip_output_is_input_then_new_channels():
 
 def test_concat_skip_next_layer_takes_both_and_head_sees_all_channels():
     in_shape = (2, 6, 6)
-    model = build("model=skip", "model.channels=[3,4]", "model.pool=null", "model.hidden=[]",
-                  in_shape=in_shape)
+    model = build("model=skip", "model.channels=[3,4]", "model.pool=null", "model.hidden=[]", in_shape=in_shape)
     convs = modules_of(model, nn.Conv2d)
     assert [c.in_channels for c in convs] == [2, 2 + 3]
     (linear,) = modules_of(model, nn.Linear)
@@ -206,8 +211,14 @@ def test_concat_skip_next_layer_takes_both_and_head_sees_all_channels():
 
 
 def test_1x1_conv_changes_channels_without_looking_at_neighbours():
-    model = build("model=plain", "model.channels=[5]", "model.kernel_size=1", "model.pool=null",
-                  "model.hidden=[]", in_shape=(3, 6, 6))
+    model = build(
+        "model=plain",
+        "model.channels=[5]",
+        "model.kernel_size=1",
+        "model.pool=null",
+        "model.hidden=[]",
+        in_shape=(3, 6, 6),
+    )
     (conv,) = modules_of(model, nn.Conv2d)
     assert conv.kernel_size == (1, 1) and conv.padding == (0, 0)
 
@@ -242,7 +253,14 @@ def test_bottleneck_subnetwork_shrinks_to_c_over_r_and_expands_to_c_prime():
         (2, 12, (1, 1)),
     ]
     assert [type(m) for m in block.subnetwork] == [
-        nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.Conv2d, nn.BatchNorm2d,
+        nn.Conv2d,
+        nn.BatchNorm2d,
+        nn.ReLU,
+        nn.Conv2d,
+        nn.BatchNorm2d,
+        nn.ReLU,
+        nn.Conv2d,
+        nn.BatchNorm2d,
     ]
 
 
@@ -278,8 +296,9 @@ def test_bottleneck_forward_is_act_of_subnetwork_plus_shortcut(c_in, c_out):
 
 
 def test_residual_model_with_overridden_ratio_builds_and_classifies():
-    model = build("model=residual", "model.channels=[8,12]", "model.blocks=1", "model.bottleneck_ratio=2",
-                  "model.hidden=[6]")
+    model = build(
+        "model=residual", "model.channels=[8,12]", "model.blocks=1", "model.bottleneck_ratio=2", "model.hidden=[6]"
+    )
     blocks = modules_of(model, Bottleneck)
     assert len(blocks) == 2
     assert [b.subnetwork[0].out_channels for b in blocks] == [8 // 2, 8 // 2]
@@ -313,19 +332,25 @@ def test_pool_after_conv_pools_before_bn_and_the_activation_of_the_stage_end():
     block = model.features[1].eval()  # conv -> pool -> BN -> ReLU, by hand
     h = block[0](torch.randn(5, 4, 8, 8))
     assert model(x).shape == (5, NUM_CLASSES)
-    expected = F.relu(F.batch_norm(F.max_pool2d(h, 2), block[2].running_mean, block[2].running_var, block[2].weight, block[2].bias))
+    expected = F.relu(
+        F.batch_norm(F.max_pool2d(h, 2), block[2].running_mean, block[2].running_var, block[2].weight, block[2].bias)
+    )
     assert torch.allclose(block[3](block[2](block[1](h))), expected)
 
 
 def test_pool_after_conv_needs_ablates_conv_block():
     block = "model.block={_target_:models.blocks.ConvBlock,_partial_:true,kernel_size:3}"
-    with pytest.raises(ValueError, match=r"model.pool_position=after_conv needs ablate's conv block \(model.block=null\)"):
+    with pytest.raises(
+        ValueError, match=r"model.pool_position=after_conv needs ablate's conv block \(model.block=null\)"
+    ):
         build("model=bn", "model.pool_position=after_conv", block)
 
 
 @pytest.mark.parametrize("activation, gain", [("sigmoid", 1.0), ("tanh", 5 / 3), ("relu", 2**0.5)])
 def test_scaled_init_draws_weights_with_the_activations_gain(activation, gain):
-    model = build("model=plain", "model.channels=[64]", "model.init=scaled", f"activation={activation}", in_shape=(3, 6, 6))
+    model = build(
+        "model=plain", "model.channels=[64]", "model.init=scaled", f"activation={activation}", in_shape=(3, 6, 6)
+    )
     conv = model.features[0][0]
     fan_in = 3 * 3 * 3
     assert abs(conv.weight.std().item() - gain / fan_in**0.5) < 0.08 * gain / fan_in**0.5

@@ -183,8 +183,9 @@ def test_adam_default_config_first_step_moves_each_weight_by_about_eta():
     opt = parts.build_optimizer(cfg.optimizer, [p])
     step_with(opt, p, torch.tensor([0.5, -4.0, 0.0], dtype=torch.float64))
     eta = cfg.optimizer.lr
-    torch.testing.assert_close(p.data, torch.tensor([1.0 - eta, 2.0 + eta, 3.0], dtype=torch.float64),
-                               rtol=0, atol=1e-7)
+    torch.testing.assert_close(
+        p.data, torch.tensor([1.0 - eta, 2.0 + eta, 3.0], dtype=torch.float64), rtol=0, atol=1e-7
+    )
 
 
 # --- Schedules ----------------------------------------------------------------------------------
@@ -230,8 +231,14 @@ def test_cosine_by_steps_ignores_epoch_ends():
 
 def test_cosine_by_epochs_counts_epochs():
     eta_0, eta_min, steps_per_epoch, epochs = 0.5, 0.05, 4, 4
-    opt, schedule = scheduled("sched=cosine", "sched.interval=epoch", f"sched.eta_min={eta_min}",
-                              lr=eta_0, steps_per_epoch=steps_per_epoch, epochs=epochs)
+    opt, schedule = scheduled(
+        "sched=cosine",
+        "sched.interval=epoch",
+        f"sched.eta_min={eta_min}",
+        lr=eta_0,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+    )
     for epoch in range(1, epochs + 1):
         for _ in range(steps_per_epoch):
             schedule.after_step()
@@ -254,8 +261,15 @@ def test_cosine_t_max_override_counts_epochs():
 @pytest.mark.parametrize("interval", ["step", "epoch"])
 def test_cosine_restarts_returns_to_eta_0_after_t_0_epochs(interval):
     eta_0, eta_min, steps_per_epoch = 1.0, 0.1, 3
-    opt, schedule = scheduled("sched=cosine_restarts", "sched.t_0=2", f"sched.eta_min={eta_min}",
-                              f"sched.interval={interval}", lr=eta_0, steps_per_epoch=steps_per_epoch, epochs=6)
+    opt, schedule = scheduled(
+        "sched=cosine_restarts",
+        "sched.t_0=2",
+        f"sched.eta_min={eta_min}",
+        f"sched.interval={interval}",
+        lr=eta_0,
+        steps_per_epoch=steps_per_epoch,
+        epochs=6,
+    )
     ticks_per_epoch = steps_per_epoch if interval == "step" else 1
     t_0 = 2 * ticks_per_epoch
 
@@ -285,8 +299,7 @@ def test_constant_schedule_keeps_the_rate():
 
 
 def test_step_schedule_multiplies_by_gamma_every_step_size_epochs():
-    opt, schedule = scheduled("sched=step", "sched.step_size=2", "sched.gamma=0.5", lr=0.8,
-                              steps_per_epoch=4, epochs=6)
+    opt, schedule = scheduled("sched=step", "sched.step_size=2", "sched.gamma=0.5", lr=0.8, steps_per_epoch=4, epochs=6)
     lrs = []
     for _ in range(6):
         for _ in range(4):

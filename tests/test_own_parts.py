@@ -62,11 +62,17 @@ def test_a_sweep_of_a_users_model_optimizer_schedule_and_activation_beside_a_bui
         events = EventAccumulator(str(sweep / job))
         events.Reload()
         hparams = session_hparams(events)
-        assert hparams["model"] == job.split("=")[1] and hparams["activation"] == "gelu" and hparams["optimizer"] == "rmsprop"
+        assert (
+            hparams["model"] == job.split("=")[1]
+            and hparams["activation"] == "gelu"
+            and hparams["optimizer"] == "rmsprop"
+        )
         lr = [e.value for e in events.Scalars("lr")]
         assert lr[0] == pytest.approx(0.001)  # ExponentialLR steps per epoch (interval: epoch): one epoch, one rate
     summary = (sweep / "summary.md").read_text()
-    rows = [line.split(" | ")[0].strip("|* ") for line in summary.splitlines() if line.startswith("| ") and "model=" in line]
+    rows = [
+        line.split(" | ")[0].strip("|* ") for line in summary.splitlines() if line.startswith("| ") and "model=" in line
+    ]
     assert rows == ["model=plain", "model=my_net"]  # best first
 
 
@@ -135,11 +141,18 @@ def test_an_image_folder_trains_from_a_decoded_cache_outside_the_folder(project,
     second = run_user(project, *args, f"hydra.run.dir={tmp_path / 'second'}", env={"ABLATE_CACHE": str(cache)})
     assert second.returncode == 0, second.stderr
     again = json.loads((tmp_path / "second" / "metrics.json").read_text())
-    assert "decoded cache" in again["data"]["source"] and again["data"]["fingerprints"] == metrics["data"]["fingerprints"]
-    assert (again["data"]["mean"], again["test_loss"]) == (metrics["data"]["mean"], metrics["test_loss"])  # the split's summary read back
+    assert (
+        "decoded cache" in again["data"]["source"] and again["data"]["fingerprints"] == metrics["data"]["fingerprints"]
+    )
+    assert (again["data"]["mean"], again["test_loss"]) == (
+        metrics["data"]["mean"],
+        metrics["test_loss"],
+    )  # the split's summary read back
     assert sorted((p, p.stat().st_mtime_ns) for p in images.rglob("*")) == listing  # nothing written into the folder
     assert sorted(os.listdir(cache)) == ["image_folder", "summaries"]
     huge = run_user(project, *args, "data.image_size=100000", f"hydra.run.dir={tmp_path / 'huge'}")
     assert huge.returncode == 2 and huge.stderr.count("\n") == 1, huge.stderr
-    assert huge.stderr.startswith(f"error: data.root={images}: 150 images of 3x100000x100000 need 4.5 TB decoded, more than")
+    assert huge.stderr.startswith(
+        f"error: data.root={images}: 150 images of 3x100000x100000 need 4.5 TB decoded, more than"
+    )
     assert not (tmp_path / "huge" / "metrics.json").exists()

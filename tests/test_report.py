@@ -21,7 +21,14 @@ def test_jobs_are_named_by_the_swept_keys_only():
     assert named[2] == "hydra.job.config.override_dirname.exclude_keys=[trainer.max_epochs]" and named[3:] == argv[2:]
     assert name_jobs_by_swept_keys(["run", "model=bn"]) == ["run", "model=bn"]  # a single run is left alone
     preset = name_jobs_by_swept_keys(["run", "-m", "experiment=quick", "--cfg", "job"])  # the preset sweeps
-    assert preset == ["run", "-m", "hydra.job.config.override_dirname.exclude_keys=[experiment]", "experiment=quick", "--cfg", "job"]
+    assert preset == [
+        "run",
+        "-m",
+        "hydra.job.config.override_dirname.exclude_keys=[experiment]",
+        "experiment=quick",
+        "--cfg",
+        "job",
+    ]
 
 
 def test_report_compares_runs_from_separate_commands_by_what_differs(tmp_path, quick):
@@ -29,14 +36,20 @@ def test_report_compares_runs_from_separate_commands_by_what_differs(tmp_path, q
     single = run_cli(*quick, "optimizer=momentum", f"hydra.run.dir={tmp_path / 'single'}")
     assert sweep.returncode == 0 and single.returncode == 0, sweep.stderr + single.stderr
     seed_0 = tmp_path / "sweep" / "seed=0"
-    assert report_main([str(seed_0), str(tmp_path / "sweep"), str(tmp_path / "single"), "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        report_main([str(seed_0), str(tmp_path / "sweep"), str(tmp_path / "single"), "--out", str(tmp_path / "cmp")])
+        == 0
+    )
     with open(tmp_path / "cmp" / "summary.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 3  # seed=0 is named twice, counted once
     assert sorted(r["optimizer"] for r in rows) == ["adam", "adam", "momentum"] and "model" not in rows[0]
     summary = (tmp_path / "cmp" / "summary.md").read_text()
     adam = [json.loads((tmp_path / "sweep" / f"seed={s}" / "metrics.json").read_text())["test_acc"] for s in (0, 1)]
-    assert f"optimizer=adam** | 2 | {sum(adam) / 2:.4f} ± " in summary or f"optimizer=adam | 2 | {sum(adam) / 2:.4f} ± " in summary
+    assert (
+        f"optimizer=adam** | 2 | {sum(adam) / 2:.4f} ± " in summary
+        or f"optimizer=adam | 2 | {sum(adam) / 2:.4f} ± " in summary
+    )
     assert "optimizer=momentum" in summary and "n=1, noise unknown" in summary  # one side has one seed
     assert "Welch" in summary and "Holm" in summary and " – " in summary  # the stated test, a 95% interval
     assert (tmp_path / "cmp" / "plots" / "val_acc.png").is_file()
@@ -62,7 +75,10 @@ def test_plots_use_the_sample_std_of_the_summary_and_say_when_the_accuracy_axis_
     from runner.analysis.plots import _curves, accuracy_range
     from runner.analysis.report import Run, Variant
 
-    runs = [Run(tmp_path / f"seed={s}", {"status": "completed", "history": [{"val_acc": a}]}, {}) for s, a in ((0, 0.8), (1, 0.9))]
+    runs = [
+        Run(tmp_path / f"seed={s}", {"status": "completed", "history": [{"val_acc": a}]}, {})
+        for s, a in ((0, 0.8), (1, 0.9))
+    ]
     epochs, mean, std = _curves(Variant("v", runs), "val_acc")
     assert list(epochs) == [1] and mean[0] == pytest.approx(0.85)
     assert std[0] == pytest.approx(statistics.stdev([0.8, 0.9]))  # ddof 1, as summary.md (0.0707, not 0.05)

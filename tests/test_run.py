@@ -38,8 +38,12 @@ def test_one_epoch_learns_and_fills_the_run_directory(tmp_path, quick):
     assert metrics["status"] == "completed" and metrics["epochs"] == 1
     assert metrics["test_acc"] > 0.5  # chance is 0.1
     assert metrics["choices"] == {
-        "data": "mnist_5k", "model": "plain", "activation": "relu",
-        "optimizer": "adam", "sched": "cosine", "trainer": "default",
+        "data": "mnist_5k",
+        "model": "plain",
+        "activation": "relu",
+        "optimizer": "adam",
+        "sched": "cosine",
+        "trainer": "default",
     }
     assert metrics["seed"] == 0 and metrics["data"]["sizes"] == {"train": 3600, "val": 400, "test": 1000}
     assert list(metrics["startup"]) == list(startup.PHASES)  # seconds from the command to the first step, per phase
@@ -71,17 +75,24 @@ def test_the_same_command_reproduces_every_number(tmp_path, quick):
         result = run_cli(*quick, "seed=7", f"hydra.run.dir={tmp_path / name}")
         assert result.returncode == 0, result.stderr
         metrics = json.loads((tmp_path / name / "metrics.json").read_text())
-        histories.append([{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]] + [metrics["test_acc"]])
+        histories.append(
+            [{k: v for k, v in e.items() if k != "seconds"} for e in metrics["history"]] + [metrics["test_acc"]]
+        )
     assert histories[0] == histories[1]
     other_seed = run_cli(*quick, "seed=8", f"hydra.run.dir={tmp_path / 'other'}")
     assert other_seed.returncode == 0, other_seed.stderr
-    assert json.loads((tmp_path / "other" / "metrics.json").read_text())["history"][0]["train_loss"] != histories[0][0]["train_loss"]
+    assert (
+        json.loads((tmp_path / "other" / "metrics.json").read_text())["history"][0]["train_loss"]
+        != histories[0][0]["train_loss"]
+    )
 
 
 def test_default_run_directory_names_what_was_chosen(tmp_path, quick):
     result = run_cli(*quick, "model=bn", "optimizer=adam", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert [p.name for p in (tmp_path / "outputs").iterdir() if not p.name.startswith(".")] == ["runs"]  # no sweep directory
+    assert [p.name for p in (tmp_path / "outputs").iterdir() if not p.name.startswith(".")] == [
+        "runs"
+    ]  # no sweep directory
     (run_dir,) = (tmp_path / "outputs" / "runs").iterdir()
     assert run_dir.name.endswith("_bn-relu-adam-cosine")
     assert (run_dir / "metrics.json").is_file()
@@ -152,7 +163,9 @@ def test_one_composition_per_run_gives_the_config_hydra_composes_twice(tmp_path,
     import subprocess
 
     argv = [*overrides, f"hydra.run.dir={tmp_path / 'run'}"]
-    result = subprocess.run([sys.executable, "-c", COMPOSED_BY, *argv], capture_output=True, text=True, cwd=ROOT, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", COMPOSED_BY, *argv], capture_output=True, text=True, cwd=ROOT, check=False
+    )
     assert result.returncode == 0, result.stderr
     (hydras, hydras_count), (shortcut, shortcut_count) = [(yamls, n) for *yamls, n in json.loads(result.stdout)]
     assert (hydras_count, shortcut_count) == (2, 1)
@@ -170,20 +183,26 @@ def test_help_and_cfg_job_do_not_import_torch():
     )
     import subprocess
 
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "_target_: models.ResidualNet" in result.stdout and "bottleneck_ratio: 4" in result.stdout
     help_text = run_cli("--help")
     assert help_text.returncode == 0
     (models_line,) = [line for line in help_text.stdout.splitlines() if line.startswith("model: ")]
-    assert {"plain", "bn", "residual", "skip"} <= set(models_line[len("model: "):].split(", "))
+    assert {"plain", "bn", "residual", "skip"} <= set(models_line[len("model: ") :].split(", "))
 
 
 @pytest.mark.skipif(not FASHION_SYSTEM.exists(), reason="apt-get install dataset-fashion-mnist (CI installs it)")
 def test_residual_leaky_relu_example_on_fashion_mnist(tmp_path, quick):
     result = run_cli(
-        *quick, "model=residual", "activation=leaky_relu", "activation.alpha=0.2", "data=fashion_mnist",
-        "data.train_size=2000", "trainer.precision=bf16", f"hydra.run.dir={tmp_path / 'run'}",
+        *quick,
+        "model=residual",
+        "activation=leaky_relu",
+        "activation.alpha=0.2",
+        "data=fashion_mnist",
+        "data.train_size=2000",
+        "trainer.precision=bf16",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -208,8 +227,12 @@ def test_eval_flip_scores_the_mean_output_for_each_image_and_its_mirror_image(tm
         plain, mirrored = model(x), model(x.flip(3))
     mean = (plain + mirrored) / 2
     assert metrics["test_acc"] == pytest.approx((mean.argmax(1) == data.test.labels).float().mean().item(), abs=1e-3)
-    assert metrics["test_loss"] == pytest.approx(torch.nn.functional.cross_entropy(mean, data.test.labels).item(), rel=1e-4)
-    assert metrics["test_loss"] != pytest.approx(torch.nn.functional.cross_entropy(plain, data.test.labels).item(), rel=1e-4)
+    assert metrics["test_loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(mean, data.test.labels).item(), rel=1e-4
+    )
+    assert metrics["test_loss"] != pytest.approx(
+        torch.nn.functional.cross_entropy(plain, data.test.labels).item(), rel=1e-4
+    )
 
 
 def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_path, quick):
@@ -225,7 +248,10 @@ def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_pat
     with open(sweep / "summary.csv") as f:
         rows = {row["optimizer.lr"]: row for row in csv.DictReader(f)}
     assert rows["1e+30"]["status"] == "diverged" and rows["1e+30"]["test_acc"] == ""
-    assert float(rows["0.05"]["test_acc"]) == json.loads((sweep / "optimizer.lr=0.05" / "metrics.json").read_text())["test_acc"]
+    assert (
+        float(rows["0.05"]["test_acc"])
+        == json.loads((sweep / "optimizer.lr=0.05" / "metrics.json").read_text())["test_acc"]
+    )
     summary = (sweep / "summary.md").read_text()
     assert "| **optimizer.lr=0.05** | 1 |" in summary and "best" in summary
     assert "| optimizer.lr=1e+30 | 0 | - |" in summary and "1 diverged" in summary
@@ -260,8 +286,13 @@ def test_a_diverged_single_run_exits_3_with_a_clear_message_and_is_not_rerun(tmp
 def test_sweep_over_every_model_and_activation(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
-        "-m", "model=plain,bn,residual,skip", "activation=tanh,sigmoid,relu,leaky_relu",
-        "trainer.max_epochs=1", "data.train_size=256", "model.channels=[8,16]", "model.hidden=[16]",
+        "-m",
+        "model=plain,bn,residual,skip",
+        "activation=tanh,sigmoid,relu,leaky_relu",
+        "trainer.max_epochs=1",
+        "data.train_size=256",
+        "model.channels=[8,16]",
+        "model.hidden=[16]",
         f"hydra.sweep.dir={sweep}",
     )
     assert result.returncode == 0, result.stderr

@@ -25,7 +25,9 @@ def start_sweep(sweep_dir) -> subprocess.Popen:
 def snapshot(run_dir) -> dict:
     """Bytes and modification times of what a finished run wrote (not Hydra's .hydra/ or run.log)."""
     files = [run_dir / "metrics.json", run_dir / "model.safetensors", run_dir / "checkpoints" / "last.pt"]
-    files += sorted(run_dir.glob("events.out.tfevents.[0-9]*"))  # the scalars (HPARAMS records follow every run: not these)
+    files += sorted(
+        run_dir.glob("events.out.tfevents.[0-9]*")
+    )  # the scalars (HPARAMS records follow every run: not these)
     return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
 
 

@@ -149,10 +149,18 @@ def test_scalars_lead_with_loss_accuracy_and_lr_and_custom_scalars_draw_one_tag_
 
     layout = tensorboard("data/plugin/custom_scalars/layout")
     charts = {c["title"]: [chart["title"] for chart in c["chart"]] for c in layout["category"]}
-    assert charts["loss, accuracy and learning rate"] == ["train loss", "val loss", "train accuracy", "val accuracy", "learning rate"]
+    assert charts["loss, accuracy and learning rate"] == [
+        "train loss",
+        "val loss",
+        "train accuracy",
+        "val accuracy",
+        "learning rate",
+    ]
     assert charts["vanishing gradients"] == ["first layer / last layer gradient norm"]
     dead = next(v for k, v in charts.items() if k.startswith("dead units"))
-    assert sorted(dead) == sorted(t.removeprefix("probe/dead_units/") for t in tags if "dead_units" in t)  # one chart a layer
+    assert sorted(dead) == sorted(
+        t.removeprefix("probe/dead_units/") for t in tags if "dead_units" in t
+    )  # one chart a layer
     for category in layout["category"]:
         for chart in category["chart"]:
             (tag,) = chart["multiline"]["tag"]  # one tag per chart: each run one line in its own colour

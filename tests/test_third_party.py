@@ -65,7 +65,11 @@ def test_a_model_whose_output_is_not_the_class_count_is_refused_naming_both_widt
 def test_a_constructor_that_raises_is_blamed_on_the_model_with_its_line(own_parts):
     message = refusal("model=my_net", "model.width=-1")
     assert message.startswith("model._target_=my_parts.TinyNet cannot be built for 1x28x28 images and 10 classes (")
-    line = next(i for i, text in enumerate((EXAMPLE / "my_parts.py").read_text().splitlines(), 1) if "nn.Conv2d(in_shape[0]" in text)
+    line = next(
+        i
+        for i, text in enumerate((EXAMPLE / "my_parts.py").read_text().splitlines(), 1)
+        if "nn.Conv2d(in_shape[0]" in text
+    )
     assert f"my_parts.py:{line})" in message
 
 
@@ -79,12 +83,16 @@ def test_a_torchvision_model_with_a_fixed_image_size_is_refused_naming_the_key_t
     message = refusal(*cifar, "model=torchvision", "model._target_=torchvision.models.vit_b_16")
     assert message.startswith("model._target_=torchvision.models.vit_b_16 fails on 3x32x32 images (AssertionError: ")
     assert message.endswith("; or model.image_size=32 for these images")
-    parts = job.build(user_cfg(*cifar, "model=torchvision", "model._target_=torchvision.models.vit_b_16", "+model.image_size=32"))
+    parts = job.build(
+        user_cfg(*cifar, "model=torchvision", "model._target_=torchvision.models.vit_b_16", "+model.image_size=32")
+    )
     assert parts.model.image_size == 32
 
 
 def test_a_tuple_output_is_refused_naming_the_key_that_mends_it(cifar):
-    message = refusal(*cifar, "model=torchvision", "model._target_=torchvision.models.googlenet", "+model.init_weights=false")
+    message = refusal(
+        *cifar, "model=torchvision", "model._target_=torchvision.models.googlenet", "+model.init_weights=false"
+    )
     assert message == (
         "model._target_=torchvision.models.googlenet returns a GoogLeNetOutputs, not a tensor of logits (2, 10); "
         "allowed: a model that returns the logits (model.aux_logits=false)"
@@ -96,7 +104,10 @@ def test_layout_auto_takes_contiguous_for_a_model_that_fails_in_channels_last(ow
     parts = job.build(user_cfg(*cifar, "model=dense", "trainer.layout=auto", "trainer.device=cpu"))
     assert parts.compute.layout == "contiguous"
     assert parts.train.memory_format == torch.contiguous_format
-    assert job.build(user_cfg(*cifar, "model=bn", "trainer.layout=auto", "trainer.device=cpu")).compute.layout == "channels_last"
+    assert (
+        job.build(user_cfg(*cifar, "model=bn", "trainer.layout=auto", "trainer.device=cpu")).compute.layout
+        == "channels_last"
+    )
     message = refusal(*cifar, "model=dense", "trainer.layout=channels_last")
     assert message.startswith(
         "trainer.layout=channels_last is not allowed for model._target_=my_parts.SimpleDenseNet: its step fails in "
@@ -171,9 +182,13 @@ def test_a_sweep_of_torch_schedulers_as_their_yamls_say_them(tmp_path, cifar):
     total = len(curves["onecycle"])  # the steps of both epochs: logged after each
     assert total >= 6
     assert max(curves["onecycle"]) == pytest.approx(0.1, rel=0.05)
-    assert min(curves["onecycle"]) == pytest.approx(0.1 / 25 / 1e4)  # max_lr / div_factor / final_div_factor, at the end
+    assert min(curves["onecycle"]) == pytest.approx(
+        0.1 / 25 / 1e4
+    )  # max_lr / div_factor / final_div_factor, at the end
     assert max(curves["cyclic"]) == pytest.approx(0.1) and min(curves["cyclic"]) == pytest.approx(0.001)
-    assert curves["poly"][0] == pytest.approx(0.1 * (1 - 1 / total)) and curves["poly"][-1] == 0  # over the whole training
+    assert (
+        curves["poly"][0] == pytest.approx(0.1 * (1 - 1 / total)) and curves["poly"][-1] == 0
+    )  # over the whole training
     assert curves["linear"][0] == pytest.approx(0.05) and curves["linear"][-1] == pytest.approx(0.075)
     assert curves["steplr"][0] == pytest.approx(0.1) and curves["steplr"][-1] == pytest.approx(0.05)
     assert curves["reduce"][0] == pytest.approx(0.1)
@@ -239,4 +254,7 @@ def test_the_walk_over_torchvisions_builders_says_which_train_and_why_the_others
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
     assert lines["resnet18"].split()[1] == "completed"
     assert lines["alexnet"].split()[1] == "failed" and "fails on 3x32x32 images" in lines["alexnet"]
-    assert result.stdout.splitlines()[-1] == "1 of 2 torchvision classification builders train as they are on 3x32x32 images"
+    assert (
+        result.stdout.splitlines()[-1]
+        == "1 of 2 torchvision classification builders train as they are on 3x32x32 images"
+    )

@@ -75,7 +75,9 @@ def test_missing_files_are_refused_in_one_line_naming_the_class_and_the_root(tmp
     result = run_cli("data=torchvision", "data._target_=torchvision.datasets.KMNIST", f"data.root={tmp_path}",
                      f"hydra.run.dir={tmp_path / 'run'}")  # fmt: skip
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"error: data._target_=torchvision.datasets.mnist.KMNIST with data.root={tmp_path}: ")
+    assert result.stderr.startswith(
+        f"error: data._target_=torchvision.datasets.mnist.KMNIST with data.root={tmp_path}: "
+    )
     assert "data.download=true" in result.stderr
 
 
@@ -236,9 +238,9 @@ def test_a_users_class_without_root_train_or_split_trains_from_the_command_line(
     "overrides, line",
     [
         (["data._target_=torchvision.datasets.FakeData", "+data.colour=1"],
-         "data.colour=1 is not allowed; allowed: a key of data (batch_size, val_fraction, train_size, normalize, "
-         "split_seed, augment, root, download, test_fraction, size, image_size, num_classes, transform, "
-         "target_transform, random_offset)"),
+         ("data.colour=1 is not allowed; allowed: a key of data (batch_size, val_fraction, train_size, normalize, "
+          "split_seed, augment, root, download, test_fraction, size, image_size, num_classes, transform, "
+          "target_transform, random_offset)")),
         (["data._target_=torchvision.datasets.FakeData", "+data.size=many"],
          "data.size='many' is not allowed; allowed: an integer"),
         (["data._target_=torchvision.datasets.FakeData", "data.test_fraction=1"],

@@ -33,7 +33,6 @@ def test_comma_lists_are_variants_and_sweep_functions_the_search_space():
     assert pool.choices == ("max", "avg")
 
 
-
 def test_the_first_trials_cover_each_key_evenly_one_point_in_each_nth_of_its_range():
     import math
 
@@ -51,6 +50,7 @@ def test_the_first_trials_cover_each_key_evenly_one_point_in_each_nth_of_its_ran
     assert sorted(int(4 * (p["optimizer.momentum"] - 0.8) / 0.19) for p in points) == [0, 1, 2, 3]
     assert sorted(p["model.pool"] for p in points) == ["avg", "avg", "max", "max"]
 
+
 def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seeds(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(
@@ -65,14 +65,21 @@ def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seed
         assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
         for trial in study.trials:
             metrics = json.loads((sweep / "tune" / name / f"trial-{trial.number}" / "metrics.json").read_text())
-            assert metrics["tune"] == {"phase": "tune", "trial": trial.number, "params": trial.params} and metrics["seed"] == 0
+            assert (
+                metrics["tune"] == {"phase": "tune", "trial": trial.number, "params": trial.params}
+                and metrics["seed"] == 0
+            )
             assert metrics["best_val_acc"] == pytest.approx(trial.value)  # scored on validation
             assert metrics["test_acc"] is None  # only the final runs meet the test set
             assert f"optimizer.lr={trial.params['optimizer.lr']}" in metrics["command"]
         for seed in (1, 2):  # fresh seeds, never the tuning seed
             final = json.loads((sweep / "final" / name / f"seed={seed}" / "metrics.json").read_text())
             assert final["status"] == "completed" and final["seed"] == seed
-            assert final["tune"] == {"phase": "final", "trial": study.best_trial.number, "params": study.best_trial.params}
+            assert final["tune"] == {
+                "phase": "final",
+                "trial": study.best_trial.number,
+                "params": study.best_trial.params,
+            }
             assert f"optimizer.lr={study.best_trial.params['optimizer.lr']}" in final["command"]
     summary = (sweep / "summary.md").read_text()
     rows = [line for line in summary.splitlines() if line.startswith("| ") and "optimizer=" in line]
@@ -92,7 +99,10 @@ def preset_overrides(*overrides: str) -> list[str]:
 
 
 def test_a_preset_declares_its_search_space_and_the_command_line_pins_or_replaces_it():
-    assert preset_overrides() == ["optimizer.lr=tag(log, interval(0.0001, 0.5))", "optimizer=sgd,momentum,nesterov,adam"]
+    assert preset_overrides() == [
+        "optimizer.lr=tag(log, interval(0.0001, 0.5))",
+        "optimizer=sgd,momentum,nesterov,adam",
+    ]
     assert preset_overrides("optimizer.lr=0.01", "optimizer=sgd,adam") == ["optimizer.lr=0.01", "optimizer=sgd,adam"]
     assert preset_overrides("optimizer.lr=interval(0.01,0.1)")[-1] == "optimizer.lr=interval(0.01,0.1)"
 
@@ -109,9 +119,10 @@ def test_run_m_experiment_optimizers_with_the_tune_sweeper_tunes_each_optimizer_
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{sweep / 'study.db'}")
         (lr,) = {t.distributions["optimizer.lr"] for t in study.trials}
         assert (lr.low, lr.high, lr.log, len(study.trials)) == (0.0001, 0.5, True, 2)
-        assert [p.name for p in (sweep / "final" / name).iterdir()] == ["seed=1"]  # the preset's seed list is not a variant
+        assert [p.name for p in (sweep / "final" / name).iterdir()] == [
+            "seed=1"
+        ]  # the preset's seed list is not a variant
     assert "seed=" not in (sweep / "summary.md").read_text().split("| variant |")[1]
-
 
 
 def test_a_trial_that_diverges_is_told_as_scored_0_and_counted_as_diverged(tmp_path):
@@ -148,7 +159,9 @@ def test_the_sensitivity_plots_draw_every_tuned_key_of_real_studies_pruned_trial
     }
     studies = {}
     for name in ("optimizer=sgd", "optimizer=adam"):
-        study = optuna.create_study(study_name=name, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+        study = optuna.create_study(
+            study_name=name, direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0)
+        )
         for n in range(4):
             trial = study.ask(space)
             trial.report(0.1 * n, step=1)
@@ -192,7 +205,9 @@ def test_a_stopped_tuned_sweep_continues_to_the_same_totals_and_its_stopped_tria
     wait_for_checkpoint_at_step(stopped, 20)  # of 2 x 56 steps
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
-    assert process.returncode != 0 and json.loads((stopped / "metrics.json").read_text())["status"] == "interrupted", output
+    assert process.returncode != 0 and json.loads((stopped / "metrics.json").read_text())["status"] == "interrupted", (
+        output
+    )
     again = run_cli(*args, f"hydra.sweep.dir={sweep}")
     assert again.returncode == 0, again.stderr
     assert "resuming from" in again.stdout + again.stderr
@@ -220,8 +235,14 @@ def test_a_stopped_tuned_sweep_continues_to_the_same_totals_and_its_stopped_tria
                 "and its final runs with fresh seeds after it; allowed: seed=N, hydra.sweeper.seeds=N"
             ),
         ),
-        (["optimizer=sgd,nope", "optimizer.lr=interval(0.001,0.1)"], "optimizer=nope is not known; allowed: adam, adamw, momentum, nesterov, sgd"),
-        (["optimizer=sgd,adam", "optimizer.lr=interval(0,0.5)"], "optimizer.lr=0 is not allowed; allowed: a number > 0"),
+        (
+            ["optimizer=sgd,nope", "optimizer.lr=interval(0.001,0.1)"],
+            "optimizer=nope is not known; allowed: adam, adamw, momentum, nesterov, sgd",
+        ),
+        (
+            ["optimizer=sgd,adam", "optimizer.lr=interval(0,0.5)"],
+            "optimizer.lr=0 is not allowed; allowed: a number > 0",
+        ),
         (["model.pool=choice(max,min)"], "model.pool='min' is not known; allowed: max, avg, null"),
         (
             ["optimizer.lr=interval(0.001,0.1)", "data.val_fraction=0"],

@@ -71,12 +71,30 @@ BAD_INPUTS = [
     (["optimizer=adam", "optimizer.betas=abc"], "optimizer.betas='abc' is not allowed; allowed: two numbers in [0, 1)"),
     (["~optimizer.lr"], "optimizer.lr has no value; allowed: a value for optim.momentum's parameter lr"),
     (["~data.batch_size"], "data.batch_size has no value; allowed: an integer >= 1"),
-    (["+optimizer.momentun=0.9"], "optimizer.momentun=0.9 is not allowed; allowed: a key of optimizer (lr, momentum, weight_decay, impl)"),
-    (["model._target_=nowhere.Net"], "model._target_=nowhere.Net cannot be imported (No module named 'nowhere'); allowed: a class or function on the Python path (a module in the current directory is)"),
-    (["model._target_=torch.nn.Linear"], "model.channels=[32, 64] is not allowed; allowed: a key of model (in_features, out_features, bias, device, dtype)"),
-    (["data=image_folder"], "data.root has no value; allowed: a value for runner.data.image_folder.image_folder's parameter root"),
-    (["data=torchvision"], "data._target_ has no value; allowed: the dotted path of a class or function (data._target_=torchvision.datasets.KMNIST)"),
-    (["data=image_folder", "data.root=x", "data.image_size=[1,2,3]"], "data.image_size=[1, 2, 3] is not allowed; allowed: an integer >= 1, [height, width] or null"),
+    (
+        ["+optimizer.momentun=0.9"],
+        "optimizer.momentun=0.9 is not allowed; allowed: a key of optimizer (lr, momentum, weight_decay, impl)",
+    ),
+    (
+        ["model._target_=nowhere.Net"],
+        "model._target_=nowhere.Net cannot be imported (No module named 'nowhere'); allowed: a class or function on the Python path (a module in the current directory is)",
+    ),
+    (
+        ["model._target_=torch.nn.Linear"],
+        "model.channels=[32, 64] is not allowed; allowed: a key of model (in_features, out_features, bias, device, dtype)",
+    ),
+    (
+        ["data=image_folder"],
+        "data.root has no value; allowed: a value for runner.data.image_folder.image_folder's parameter root",
+    ),
+    (
+        ["data=torchvision"],
+        "data._target_ has no value; allowed: the dotted path of a class or function (data._target_=torchvision.datasets.KMNIST)",
+    ),
+    (
+        ["data=image_folder", "data.root=x", "data.image_size=[1,2,3]"],
+        "data.image_size=[1, 2, 3] is not allowed; allowed: an integer >= 1, [height, width] or null",
+    ),
     (
         ["model.init=scaled", "activation._target_=torch.nn.GELU"],
         (
@@ -89,7 +107,10 @@ BAD_INPUTS = [
     (["optimizer.lr=0"], "optimizer.lr=0 is not allowed; allowed: a number > 0"),
     (["optimizer=momentum", "optimizer.momentum=1"], "optimizer.momentum=1 is not allowed; allowed: 0 < momentum < 1"),
     (["optimizer=nesterov", "optimizer.momentum=0"], "optimizer.momentum=0 is not allowed; allowed: 0 < momentum < 1"),
-    (["optimizer=nesterov", "optimizer.momentum=1.5"], "optimizer.momentum=1.5 is not allowed; allowed: 0 < momentum < 1"),
+    (
+        ["optimizer=nesterov", "optimizer.momentum=1.5"],
+        "optimizer.momentum=1.5 is not allowed; allowed: 0 < momentum < 1",
+    ),
     (["optimizer=momentum", "optimizer.momentum=0"], "optimizer.momentum=0 is not allowed; allowed: 0 < momentum < 1"),
     (
         ["optimizer=adam", "optimizer.betas=[0.9,1.0]"],
@@ -157,7 +178,10 @@ BAD_INPUTS = [
     ([USERS_PART, "+activation.count=true"], "activation.count=true is not allowed; allowed: an integer"),
     ([USERS_PART, "+activation.rate=fast"], "activation.rate='fast' is not allowed; allowed: a number"),
     ([USERS_PART, "+activation.mode=c"], "activation.mode='c' is not known; allowed: a, b"),
-    ([USERS_PART, "+activation.sizes=[1,x]"], "activation.sizes=[1, 'x'] is not allowed; allowed: a list of integers or null"),
+    (
+        [USERS_PART, "+activation.sizes=[1,x]"],
+        "activation.sizes=[1, 'x'] is not allowed; allowed: a list of integers or null",
+    ),
     ([USERS_PART, "+activation.flag=yes"], "activation.flag='yes' is not allowed; allowed: true or false"),
     ([USERS_PART, "+activation.name=3"], "activation.name=3 is not allowed; allowed: a string"),
     (
@@ -198,7 +222,10 @@ def options(group: str) -> list[str]:
     ids=lambda o: o[0],
 )
 def test_every_option_composes_and_validates(overrides):
-    needs = {"data=image_folder": ["data.root=any_folder"], "data=torchvision": ["data._target_=torchvision.datasets.KMNIST"]}
+    needs = {
+        "data=image_folder": ["data.root=any_folder"],
+        "data=torchvision": ["data._target_=torchvision.datasets.KMNIST"],
+    }
     schema.validate(compose_cfg(*overrides, *needs.get(overrides[0], [])))
 
 
@@ -251,7 +278,9 @@ def test_importing_the_schema_does_not_import_torch():
 
 # rows of BAD_INPUTS that `run` itself is given: refused while composing (a group's key, the trainer's key)
 # and by validate (a type, a value)
-@pytest.mark.parametrize("override", ["model.widht=3", "trainer.nonexistent=1", "optimizer.lr=abc", "data.batch_size=0"])
+@pytest.mark.parametrize(
+    "override", ["model.widht=3", "trainer.nonexistent=1", "optimizer.lr=abc", "data.batch_size=0"]
+)
 def test_run_refuses_bad_input_with_one_line_exit_2_and_writes_nothing(tmp_path, override):
     run_dir = tmp_path / "run"
     result = run_cli(override, f"hydra.run.dir={run_dir}")
@@ -295,5 +324,14 @@ def test_a_bad_sweep_leaves_a_sweep_directory_that_holds_runs_untouched(tmp_path
 
 
 def test_values_that_fit_a_users_callable_pass():
-    values = {"count": 2, "rate": 1, "mode": "b", "sizes": "[3,4]", "flag": "true", "name": "y", "dropout": 0.5, "anything": "[1]"}
+    values = {
+        "count": 2,
+        "rate": 1,
+        "mode": "b",
+        "sizes": "[3,4]",
+        "flag": "true",
+        "name": "y",
+        "dropout": 0.5,
+        "anything": "[1]",
+    }
     schema.validate(compose_cfg(USERS_PART, *(f"+activation.{key}={value}" for key, value in values.items())))

@@ -280,7 +280,9 @@ def plugin_summary(kind: str, message):
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
     content = plugin_data_pb2.HParamsPluginData(version=metadata.PLUGIN_DATA_VERSION, **{kind: message})
-    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString(deterministic=True))
+    plugin = SummaryMetadata.PluginData(
+        plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString(deterministic=True)
+    )
     return Summary(value=[Summary.Value(tag=f"_hparams_/{kind}", metadata=SummaryMetadata(plugin_data=plugin))])
 
 

@@ -36,7 +36,10 @@ def write_plots(variants: list, out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for key, title, name in (("val_acc", "validation accuracy", "val_acc.png"), ("train_loss", "train loss", "train_loss.png")):
+    for key, title, name in (
+        ("val_acc", "validation accuracy", "val_acc.png"),
+        ("train_loss", "train loss", "train_loss.png"),
+    ):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for v in variants:
             curve = _curves(v, key)
@@ -117,14 +120,18 @@ def write_sensitivity(studies: dict, out: Path) -> list[Path]:
             complete = [t for t in trials if t.state == TrialState.COMPLETE]
             if complete:
                 best = max(complete, key=lambda t: t.value)
-                ax.scatter([xs[best.number]], [best.value], s=160, marker="*", color=color, edgecolors="black", zorder=3)
+                ax.scatter(
+                    [xs[best.number]], [best.value], s=160, marker="*", color=color, edgecolors="black", zorder=3
+                )
         if choices:
             ax.set_xticks(range(len(choices)), [str(c) for c in choices])
         elif getattr(dist, "log", False):
             ax.set_xscale("log")
         ax.set_xlabel(key)
         ax.set_ylabel("best validation accuracy")
-        ax.set_title(f"{key}: each trial (hollow: pruned, at the epoch it stopped; 0: diverged; star: chosen)", fontsize=9)
+        ax.set_title(
+            f"{key}: each trial (hollow: pruned, at the epoch it stopped; 0: diverged; star: chosen)", fontsize=9
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()

@@ -22,7 +22,16 @@ from runner import GROUPS, flatten
 from runner.analysis import stats
 from runner.engine import distributed, failures
 
-RUN_COLUMNS = ("status", "test_acc", "test_loss", "best_val_acc", "final_train_loss", "epochs", "train_seconds", "num_params")
+RUN_COLUMNS = (
+    "status",
+    "test_acc",
+    "test_loss",
+    "best_val_acc",
+    "final_train_loss",
+    "epochs",
+    "train_seconds",
+    "num_params",
+)
 
 
 @dataclass
@@ -122,10 +131,23 @@ def write_csv(path: Path, keys: list[str], runs: list[Run]) -> None:
 def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
     """The per-variant table: best first by mean test accuracy, each with its 95% confidence interval
     and its distance to the best, judged by runner.analysis.stats' one test."""
-    samples = {v.label: [r.metrics["test_acc"] for r in v.completed() if r.metrics.get("test_acc") is not None] for v in found}
+    samples = {
+        v.label: [r.metrics["test_acc"] for r in v.completed() if r.metrics.get("test_acc") is not None] for v in found
+    }
     best, comparisons = stats.compare(samples) if any(samples.values()) else (None, {})
     ranked = sorted(found, key=lambda v: -comparisons[v.label].mean if v.label in comparisons else 1)
-    header = ["variant", "n", "test acc", "95% CI", "Δ to best", "best val acc", "final train loss", "seconds", "params", "runs"]
+    header = [
+        "variant",
+        "n",
+        "test acc",
+        "95% CI",
+        "Δ to best",
+        "best val acc",
+        "final train loss",
+        "seconds",
+        "params",
+        "runs",
+    ]
     rows = []
     for v in ranked:
         c = comparisons.get(v.label)
@@ -138,11 +160,20 @@ def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
             delta = "best" if v.label == best else f"{gap:+.4f}, {p}{c.verdict}"
         seconds = v.stat("train_seconds")[0]
         params = v.runs[0].metrics.get("num_params") if v.runs else None
-        rows.append([
-            v.label, str(len(v.completed())), _pm(*v.stat("test_acc")), ci, delta, _pm(*v.stat("best_val_acc")),
-            _pm(*v.stat("final_train_loss")), "-" if seconds is None else f"{seconds:.1f}",
-            "-" if params is None else f"{params:,}", v.statuses() or "no run (no trial completed)",
-        ])
+        rows.append(
+            [
+                v.label,
+                str(len(v.completed())),
+                _pm(*v.stat("test_acc")),
+                ci,
+                delta,
+                _pm(*v.stat("best_val_acc")),
+                _pm(*v.stat("final_train_loss")),
+                "-" if seconds is None else f"{seconds:.1f}",
+                "-" if params is None else f"{params:,}",
+                v.statuses() or "no run (no trial completed)",
+            ]
+        )
     return header, rows
 
 
@@ -223,7 +254,10 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
     out.mkdir(parents=True, exist_ok=True)
     keys, found = variants(runs)
     if tuned is not None:  # labelled by what the command varied, not by the values each variant chose
-        found = [Variant(name, [r for r in runs if r.path.parent.name == name]) for name in dict.fromkeys(r.path.parent.name for r in runs)]
+        found = [
+            Variant(name, [r for r in runs if r.path.parent.name == name])
+            for name in dict.fromkeys(r.path.parent.name for r in runs)
+        ]
         found += [Variant(name) for name in study_names(tuned) if name not in {v.label for v in found}]  # no final runs
     write_csv(out / "summary.csv", keys, runs)
     header, rows = variant_rows(found)
@@ -238,7 +272,9 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
     by_label = {v.label: v for v in found}
     ranked = [by_label[row[0]] for row in rows]  # the table's order, best first
     plots.write_plots(ranked, out / "plots")
-    plots.write_sensitivity({v.label: tuned_studies[v.label] for v in ranked if v.label in tuned_studies}, out / "plots")
+    plots.write_sensitivity(
+        {v.label: tuned_studies[v.label] for v in ranked if v.label in tuned_studies}, out / "plots"
+    )
     if not quiet:
         from rich.console import Console
         from rich.table import Table

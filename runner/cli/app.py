@@ -177,7 +177,9 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     space; under another sweeper, only the fixed overrides."""
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     if config.hydra.sweeper.get("_target_") == TUNE_SWEEPER:
-        return tune.checked_jobs(parser.parse_overrides(tune.sweep_overrides(config, list(config.hydra.overrides.task))))
+        return tune.checked_jobs(
+            parser.parse_overrides(tune.sweep_overrides(config, list(config.hydra.overrides.task)))
+        )
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
@@ -240,7 +242,7 @@ def chosen_keys(group: str, argv: list[str]) -> list[str] | None:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             cfg = compose("config", overrides=[*kept, *search])
         return schema.keys_of(group, cfg[group])
-    except Exception:
+    except Exception:  # noqa: BLE001 the refusal's list of keys is a courtesy: any failure leaves it out
         return None
 
 

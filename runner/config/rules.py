@@ -81,7 +81,10 @@ RULES: dict[str, tuple[str, ...] | tuple[Callable[[Any], bool], str]] = {
     "data.train_size": (or_null(integer(1)), "an integer >= 1 or null"),
     "data.normalize": (boolean, "true or false"),
     "data.split_seed": (integer(0), "an integer >= 0"),
-    "data.augment": (lambda v: v in (True, False, "flip"), "true (random crop and flip), flip (the flip alone) or false"),
+    "data.augment": (
+        lambda v: v in (True, False, "flip"),
+        "true (random crop and flip), flip (the flip alone) or false",
+    ),
     "data.test_fraction": (number(above=0, below=1), "0 < test_fraction < 1"),
     "data.image_size": (image_size, "an integer >= 1, [height, width] or null"),
     "model.channels": (int_list(non_empty=True), "a non-empty list of positive integers"),

@@ -35,7 +35,9 @@ def validate(cfg) -> None:
             raise ConfigError(f"{key} has no value; allowed: {allowed(key) if key == 'seed' else 'a choice of ' + key}")
     check_value("seed", cfg["seed"])
     if not isinstance(cfg.get("search_space"), (DictConfig, type(None))):
-        raise refuse("search_space", cfg["search_space"], "a mapping of keys to sweeps: {optimizer: {lr: 'interval(0.001,0.1)'}}")
+        raise refuse(
+            "search_space", cfg["search_space"], "a mapping of keys to sweeps: {optimizer: {lr: 'interval(0.001,0.1)'}}"
+        )
     try:  # a part's `${data:...}` is resolved here, from the data config checked first (runner.data.facts)
         for group in GROUPS:
             check(group, cfg[group])

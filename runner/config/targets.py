@@ -37,10 +37,18 @@ FILLED: dict[str, tuple[str, ...]] = {
 }
 FIRST_ARGUMENT = {"optimizer": "the parameters", "sched": "the optimizer"}
 OWN_KEYS: dict[str, tuple[str, ...]] = {  # ablate's keys: read by ablate, passed on only where the signature names them
+    # root, download and test_fraction: to the data set where its constructor names them (not FakeData)
     "data": (
-        "batch_size", "val_fraction", "train_size", "normalize", "split_seed", "augment",
-        "root", "download", "test_fraction",  # to the data set where its constructor names them (not FakeData)
-    ),  # fmt: skip
+        "batch_size",
+        "val_fraction",
+        "train_size",
+        "normalize",
+        "split_seed",
+        "augment",
+        "root",
+        "download",
+        "test_fraction",
+    ),
     "sched": ("interval",),
 }
 REQUIRED_OWN_KEYS = {  # every data YAML holds the batching keys; sched.interval may be left out: epoch
@@ -56,7 +64,7 @@ def load(key: str, path) -> Callable:
         raise ConfigError(f"{key}={show(path)} is not allowed; allowed: the dotted path of a class or function")
     try:
         target = locate(path)
-    except Exception as e:  # ImportError, AttributeError, or whatever the user's module raises while importing
+    except Exception as e:  # noqa: BLE001 ImportError, AttributeError, or whatever the user's module raises while importing
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(
             f"{key}={path} cannot be imported ({reason}); allowed: a class or function on the Python path "
@@ -117,7 +125,7 @@ def hints(target: Callable) -> dict[str, Any]:
     """The type annotations of the parameters, where they can be resolved."""
     try:
         return typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-    except Exception:
+    except Exception:  # noqa: BLE001 get_type_hints raises whatever an unresolvable annotation does
         return {}
 
 

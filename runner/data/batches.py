@@ -153,7 +153,11 @@ def summarize(splits: dict, arrays_key: str | None, split: tuple) -> dict:
         if record is not None and _fits(record, splits):
             return record
     mean, std = channel_stats(splits["train"][0])
-    record = {"mean": mean.tolist(), "std": std.tolist(), "fingerprints": {k: _fingerprint(*v) for k, v in splits.items()}}
+    record = {
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "fingerprints": {k: _fingerprint(*v) for k, v in splits.items()},
+    }
     if path is not None:
         cache.write_record(path, record)
     return record

@@ -45,7 +45,7 @@ def read_cache(path: Path):
     try:
         with np.load(path, allow_pickle=False) as z:
             splits = [(z[f"{s}_images"], z[f"{s}_labels"]) for s in SPLITS]
-    except Exception:  # corrupt or truncated: decoded again and rewritten
+    except Exception:  # noqa: BLE001 corrupt or truncated: decoded again and rewritten
         return None
     for images, labels in splits:
         if images.dtype != np.uint8 or images.ndim != 4 or labels.dtype != np.int64 or labels.shape != images.shape[:1]:
@@ -67,7 +67,9 @@ def write_record(path: Path, record: dict) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp", delete=False) as f:
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp", delete=False
+        ) as f:
             tmp = f.name
             json.dump(record, f)
         os.replace(tmp, path)

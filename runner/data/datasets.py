@@ -16,6 +16,7 @@ import io
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -51,8 +52,14 @@ CHECKSUMS = {
         },
     },
     "fashion_mnist": {
-        "train-images-idx3-ubyte": {"raw": "f4a8712d7a061bf5bd6d2ca38dc4d50a", "gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d"},
-        "train-labels-idx1-ubyte": {"raw": "9018921c3c673c538a1fc5bad174d6f9", "gz": "25c81989df183df01b3e8a0aad5dffbe"},
+        "train-images-idx3-ubyte": {
+            "raw": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+            "gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        },
+        "train-labels-idx1-ubyte": {
+            "raw": "9018921c3c673c538a1fc5bad174d6f9",
+            "gz": "25c81989df183df01b3e8a0aad5dffbe",
+        },
         "t10k-images-idx3-ubyte": {"raw": "8181f5470baa50b63fa0f6fddb340f0a", "gz": "bef4ecab320f06d8554ea6380940ec79"},
         "t10k-labels-idx1-ubyte": {"raw": "15d484375f8d13e6eb1aabb0c3f46965", "gz": "bb300cfdad3c16e7a12a480ee83cd310"},
     },
@@ -161,7 +168,7 @@ def read_idx(path: Path, dataset: str | None = None) -> np.ndarray:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles numpy arrays, lists and dicts only: a CIFAR batch file cannot run code."""
 
-    ALLOWED = {
+    ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
@@ -184,7 +191,7 @@ def read_cifar_batch(path: Path, dataset: str | None = None) -> tuple[np.ndarray
         batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 a batch file's pickle may raise anything
         raise DataError(f"{path}: not a readable CIFAR-10 batch ({e}); replace it with a fresh copy") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DataError(f"{path}: data of shape {data.shape} with {len(labels)} labels is not a CIFAR-10 batch")
@@ -249,7 +256,7 @@ def locate(dataset: str, root: str | None, download: bool) -> Path:
         try:
             _download(dataset, Path(root).expanduser())
             return Path(root).expanduser() / source.folder
-        except Exception as e:  # torchvision raises many kinds when offline
+        except Exception as e:  # noqa: BLE001 torchvision raises many kinds when offline
             tried.append(f"download into {root} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     elif not root:
         tried.append("download (data.root is not set)")

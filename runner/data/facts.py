@@ -135,7 +135,7 @@ def loaded_facts(data: DictConfig, key: str) -> Facts:
         arrays = batches.read_arrays(data, torch.device("cpu") if for_device else None)
     except (DataError, ConfigError):
         raise
-    except Exception as e:  # what a user's data set raises: one line, before anything is written
+    except Exception as e:  # noqa: BLE001 what a user's data set raises: one line, before anything is written
         reason = str(e).splitlines()[0] if str(e) else ""
         raise ConfigError(
             f"data._target_={data._target_} cannot be loaded to find ${{data:...}} ({type(e).__name__}: {reason}); "

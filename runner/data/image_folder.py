@@ -210,7 +210,7 @@ def cached_shape(path: Path) -> tuple[int, ...] | None:
             header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
             shape = header(f)[0]
         return shape if len(shape) == 4 else None
-    except Exception:  # missing or corrupt: decoded again and rewritten
+    except Exception:  # noqa: BLE001 missing or corrupt: decoded again and rewritten
         return None
 
 
@@ -232,7 +232,7 @@ def _open(root: str, path: Path):
 
     try:
         return Image.open(path)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 PIL raises many kinds for a file it cannot read
         raise _unreadable(root, path, e) from None
 
 
@@ -342,7 +342,7 @@ def decode(root: str, files: list[tuple[Path, int]], shape: tuple[int, int, int]
                 if pixels.size != (width, height):
                     pixels = pixels.resize((width, height), Image.Resampling.BILINEAR)
                 array = np.asarray(pixels)
-            except Exception as e:  # truncated or corrupt pixel data
+            except Exception as e:  # noqa: BLE001 truncated or corrupt pixel data
                 raise _unreadable(root, path, e) from None
         images[i] = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return images, np.array([label for _, label in files], dtype=np.int64)

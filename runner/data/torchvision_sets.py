@@ -66,7 +66,7 @@ def build(make, name: str, kwargs: dict):
         return make(**kwargs)
     except DataError:
         raise
-    except Exception as e:  # torchvision raises RuntimeError for missing files, others for bad ones
+    except Exception as e:  # noqa: BLE001 torchvision raises RuntimeError for missing files, others for bad ones
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "root" in kwargs:
             raise DataError(

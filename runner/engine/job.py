@@ -113,10 +113,17 @@ def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Parts:
         train_model = distributed.wrap(model, compute.device, cfg.trainer.sync_bn) if world.active else model
         optimizer = parts.build_optimizer(cfg.optimizer, model.parameters())
         mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
-        share = dict(memory_format=compute.memory_format, rank=world.rank, ranks=world.size)
+        share = {"memory_format": compute.memory_format, "rank": world.rank, "ranks": world.size}
         train = batches.Batches(
-            dataset.train, cfg.data.batch_size, mean, std,
-            shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed, **share,
+            dataset.train,
+            cfg.data.batch_size,
+            mean,
+            std,
+            shuffle=True,
+            augment=cfg.data.augment,
+            drop_last=True,
+            seed=cfg.seed,
+            **share,
         )
         val = batches.Batches(dataset.val, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         test = batches.Batches(dataset.test, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
@@ -139,7 +146,11 @@ def build_model(cfg: DictConfig, dataset: batches.Data) -> torch.nn.Module:
         if preflight.in_activation(e, cfg):
             raise parts.blamed("activation", cfg.activation, "fails in the model", e) from e
         shape = "x".join(map(str, dataset.in_shape))
-        mend = "fewer pooled layers for small images" if targets.is_ablates(cfg.model._target_) else "the values its constructor takes"
+        mend = (
+            "fewer pooled layers for small images"
+            if targets.is_ablates(cfg.model._target_)
+            else "the values its constructor takes"
+        )
         raise SetupError(
             f"model._target_={cfg.model._target_} cannot be built for {shape} images and {dataset.num_classes} classes "
             f"({type(e).__name__}: {parts.reason(e)}, at {preflight.where(e)}); allowed: {mend}"
@@ -180,7 +191,7 @@ def job_failed(error: Exception, run_dir: Path, cfg: DictConfig, hydra_cfg) -> N
     kept in <sweep dir>/failed/ for the sweep's end; the traceback in the job's run.log; metrics.json
     says failed and why. None: the sweep goes on, and a tuned sweep tells the trial's study it failed."""
     if not distributed.world().main:
-        return None
+        return
     said = failures.describe(error, one_line=isinstance(error, SetupError))
     line = f"job #{hydra_cfg.job.num} ({hydra_cfg.job.override_dirname}): {said}"
     console.log.error(line)
@@ -191,7 +202,7 @@ def job_failed(error: Exception, run_dir: Path, cfg: DictConfig, hydra_cfg) -> N
     except disk.WriteError as e:
         cannot_write(e, run_dir, hydra_cfg)
     run_dir_files.show_in_hparams(run_dir_files.hparams_root(hydra_cfg, run_dir))
-    return None
+    return
 
 
 def log_traceback(error: BaseException) -> None:

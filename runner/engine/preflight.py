@@ -69,7 +69,7 @@ def attempt(model, x, y, num_classes: int, memory_format, cfg) -> Exception | No
             F.cross_entropy(out.float(), y).backward()
     except OutputError:
         raise
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 what the model's step raises is the finding
         return e
     finally:
         with torch.no_grad():
@@ -138,7 +138,9 @@ def init_parameters(model) -> dict[str, inspect.Parameter]:
 
 def size_value(param: inspect.Parameter, height: int, width: int) -> str:
     """The data's image size as a model's size parameter takes it: `[h,w]` where it is a pair, else `h` for a square."""
-    pair = isinstance(param.default, (tuple, list)) or str(param.annotation).lower().startswith(("tuple", "typing.tuple"))
+    pair = isinstance(param.default, (tuple, list)) or str(param.annotation).lower().startswith(
+        ("tuple", "typing.tuple")
+    )
     return f"[{height},{width}]" if pair or height != width else str(height)
 
 

@@ -85,7 +85,9 @@ class Totals:
             if isinstance(value, torch.Tensor):
                 value = value.to(self.loss.device)
                 if key in self.SUMS:
-                    value = value[world.rank] if value.ndim == 1 and len(value) == world.size else self.total(value, world)
+                    value = (
+                        value[world.rank] if value.ndim == 1 and len(value) == world.size else self.total(value, world)
+                    )
             setattr(self, key, value)
 
     @staticmethod
@@ -220,7 +222,9 @@ class Trainer:
 
     def fit(self) -> Result:
         start = time.perf_counter() - self.result.train_seconds
-        self.progress.start(self.max_epochs, len(self.train_batches), done_steps=self.epoch * len(self.train_batches) + self.batch)
+        self.progress.start(
+            self.max_epochs, len(self.train_batches), done_steps=self.epoch * len(self.train_batches) + self.batch
+        )
         while self.epoch < self.max_epochs and not self.stopping()[0]:
             outcome = self.train_epoch(self.epoch)
             self.result.train_seconds = time.perf_counter() - start
@@ -359,7 +363,12 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
-        self.epoch, self.batch, self.step, self.epoch_lr = state["epoch"], state["batch"], state["step"], state["epoch_lr"]
+        self.epoch, self.batch, self.step, self.epoch_lr = (
+            state["epoch"],
+            state["batch"],
+            state["step"],
+            state["epoch_lr"],
+        )
         self.totals.load_state_dict(state["totals"], self.world)
         set_rng_states(state["rng"])
         self.result.history = list(state["history"])
