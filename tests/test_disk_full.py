@@ -13,7 +13,8 @@ import pytest
 import torch
 from helpers import assert_bitwise_equal, outcome, run_cli
 
-from runner.engine import checkpoint, disk
+from runner import disk
+from runner.engine import checkpoint
 from runner.engine.log import RunLogger, write_json
 
 SIZE = "600k"

@@ -27,7 +27,6 @@ it ends.
 import fcntl
 import json
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from runner import GROUPS, flatten, run_name
+from runner import GROUPS, disk, flatten, run_name
 
 FILE = "events.out.tfevents.hparams"  # "tfevents" in the name: TensorBoard reads it as an event file
 LOCK = ".hparams.lock"
@@ -83,13 +82,8 @@ def refresh(root: Path) -> int:
             content = event_file([experiment, session_start(run, columns), session_end(run)], run.started)
             path = run.dir / FILE
             if not path.exists() or path.read_bytes() != content:
-                tmp = run.dir / f".{FILE}.tmp"
-                try:
+                with disk.replacing(path) as tmp:  # a full disk leaves no partial file behind
                     tmp.write_bytes(content)
-                    os.replace(tmp, path)
-                except OSError:
-                    tmp.unlink(missing_ok=True)  # a full disk leaves no partial file behind
-                    raise
                 written += 1
         return written
 

@@ -13,10 +13,11 @@ runner.data.datasets (the IDX and CIFAR files) and runner.data.image_folder. The
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from runner import disk
 
 SPLITS = ("train", "test")
 
@@ -64,18 +65,11 @@ def read_record(path: Path) -> dict | None:
 
 def write_record(path: Path, record: dict) -> None:
     """`record` as JSON in `path`, atomically (a temporary file, then os.replace); a failure only skips it."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp", delete=False
-        ) as f:
-            tmp = f.name
-            json.dump(record, f)
-        os.replace(tmp, path)
+        with disk.replacing(path, unique=True) as tmp:
+            tmp.write_text(json.dumps(record))
     except OSError:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
+        pass
 
 
 def write_cache(path: Path, folder: Path, splits: dict) -> str:
@@ -83,15 +77,9 @@ def write_cache(path: Path, folder: Path, splits: dict) -> str:
     what happened, for Arrays.source. Never inside the data folder, and a failure only skips it."""
     if path.resolve().is_relative_to(folder):
         return f"decoded; not cached: the cache folder {path.parent} is inside the data folder"
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp", delete=False) as f:
-            tmp = f.name
+        with disk.replacing(path, unique=True) as tmp, open(tmp, "wb") as f:
             np.savez(f, **{f"{s}_{part}": a for s in SPLITS for part, a in zip(("images", "labels"), splits[s])})
-        os.replace(tmp, path)
     except OSError as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         return f"decoded; not cached in {path.parent}: {e.strerror or e}"
     return f"decoded, cached in {path}"

@@ -1,29 +1,22 @@
 """Checkpoints: written atomically, loaded with weights_only=True (no pickled code runs); the
 final weights of a completed run also as model.safetensors (tensors only, readable anywhere)."""
 
-import os
 import pickle
 import re
 from pathlib import Path
 
 import torch
 
+from runner import disk
 from runner.config.rules import show
-from runner.engine import disk
 
 
 def save(path: Path, state: dict) -> None:
     """Write `state` to `path` through a temporary file, fsync and rename: the checkpoint before
     stays whole until the new one is. A write that fails (a full disk) is WriteError, the partial
-    file removed (runner.engine.disk)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with disk.writing(path, tmp):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    file removed (runner.disk)."""
+    with disk.replacing(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)  # to a Python file, whose OSError a full disk raises (torch's own writer hides it)
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> dict:
@@ -56,12 +49,8 @@ def export_weights(path: Path, model: torch.nn.Module) -> None:
 
     state = model.state_dict()
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state.items()}  # no views, no NHWC
-    tmp = path.with_name(f".{path.name}.tmp")
-    with disk.writing(path, tmp):
+    with disk.replacing(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 # Keys the config gained after checkpoints of its present shape were first written, each with the

@@ -16,7 +16,7 @@ import sysconfig
 import traceback
 from pathlib import Path
 
-from runner.engine import disk
+from runner import disk
 
 FAILED_EXIT = 1  # a sweep with a failed job, after its summary
 FOLDER = "failed"
@@ -31,7 +31,7 @@ exit_code = 0  # set by announce(): what `run -m` exits with
 
 
 def record(sweep_dir: Path, job_num: int, line: str) -> None:
-    """Keeps a failed job's line; a write that fails (a full disk) is WriteError (runner.engine.disk)."""
+    """Keeps a failed job's line; a write that fails (a full disk) is WriteError (runner.disk)."""
     path = Path(sweep_dir) / FOLDER / f"{job_num}.txt"
     with disk.writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,12 +25,12 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import optim
-from runner import run_name
+from runner import disk, run_name
 from runner.cli import console
 from runner.config import schema, targets
 from runner.data import batches
 from runner.data.datasets import DataError
-from runner.engine import checkpoint, device, disk, distributed, failures, graphs, holder, parts, preflight, startup
+from runner.engine import checkpoint, device, distributed, failures, graphs, holder, parts, preflight, startup
 from runner.engine import run_dir as run_dir_files
 from runner.engine.diagnostics import Diagnostics
 from runner.engine.interrupt import pass_on, stop_on_signals
@@ -219,7 +219,7 @@ def log_traceback(error: BaseException) -> None:
 def cannot_write(error: disk.WriteError, run_dir: Path, hydra_cfg) -> NoReturn:
     """A file of the run that cannot be written (a full disk) ends the run, and a sweep (its next jobs
     would fail alike), with WRITE_EXIT: one line naming the file, the free space, what is kept and how
-    to go on. What was written before is whole (runner.engine.disk), so the same command resumes."""
+    to go on. What was written before is whole (runner.disk), so the same command resumes."""
     last = run_dir / "checkpoints" / "last.pt"
     kept = f"the last good checkpoint {last} is kept" if last.exists() else "no checkpoint was written yet"
     mend = "free space" if error.errno in disk.NO_SPACE else "make it writable"

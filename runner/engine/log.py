@@ -7,12 +7,11 @@ RunLogger that writes; the others get one with `enabled=False`.
 """
 
 import json
-import os
 import re
 import threading
 from pathlib import Path
 
-from runner.engine import disk
+from runner import disk
 from runner.engine.diagnostics import DEAD_UNITS, GRAD_NORM
 
 
@@ -44,15 +43,9 @@ def charts(dead_unit_layers: list[str] | None) -> dict:
 
 def write_json(path: Path, obj) -> None:
     """Write `obj` as JSON atomically: a reader sees the old file or the new one, never half. A
-    write that fails (a full disk) is WriteError, the partial file removed (runner.engine.disk)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with disk.writing(path, tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+    write that fails (a full disk) is WriteError, the partial file removed (runner.disk)."""
+    with disk.replacing(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 class RunLogger:

@@ -1,5 +1,8 @@
-"""A write of a run's files that fails (a full disk, a quota, a read-only file system): WriteError,
-one line naming the file, why and the free space where it goes, with the partial file removed.
+"""Files written whole: `replacing(path)` writes a new file beside `path` and renames it over it,
+so a reader sees the old file or the new one, never half (checkpoints, model.safetensors,
+metrics.json, the decoded data cache and its records, TensorBoard's HPARAMS records). A write that
+fails (a full disk, a quota, a read-only file system) is WriteError: one line naming the file, why
+and the free space where it goes, with the partial file removed.
 
 Every file a run writes as it trains (checkpoints/last.pt, model.safetensors, metrics.json, the
 TensorBoard event files) is written through a temporary file or appended to, so what was written
@@ -11,6 +14,7 @@ import errno
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,19 +34,41 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)  # what freeing space mends
 def writing(path: Path, tmp: Path | None = None) -> Iterator[None]:
     """Writes `path` (through `tmp`, if given): an OSError meanwhile, also one that a library wraps
     (torch.save raises RuntimeError over it, safetensors its own error), becomes WriteError, and
-    the partial `tmp` is removed."""
+    the partial `tmp` is removed, as it is whatever the block raises."""
     try:
         yield
-    except WriteError:
-        raise
-    except Exception as e:
-        cause = os_error_in(e)
-        if cause is None:
-            raise
+    except BaseException as e:
+        cause = None if isinstance(e, WriteError) else os_error_in(e)
         written = size_of(tmp) if tmp is not None else 0
         if tmp is not None:
             remove(tmp)
+        if cause is None:
+            raise
         raise failed_write(path, cause, written) from e  # the free space once the partial file is gone
+
+
+@contextmanager
+def replacing(path: Path, unique: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path` for the new file: when the block ends, its bytes are flushed to
+    the disk and it is renamed over `path`; where the block raises, it is removed (a failed write is
+    WriteError). `unique`: a temporary name of its own, for a file that several processes may write
+    at once (the decoded data cache); else `.<name>.tmp`."""
+    path = Path(path)
+    with writing(path):  # a folder that cannot be made is a failed write too
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temporary(path) if unique else path.with_name(f".{path.name}.tmp")
+    with writing(path, tmp):
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+
+def temporary(path: Path) -> Path:
+    """A new, empty file of a name of its own beside `path`."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    os.close(handle)
+    return Path(name)
 
 
 def failed_write(path: Path, error: OSError, written: int = 0) -> WriteError:
