@@ -7,6 +7,8 @@ the data's shape to a model, the parameters to an optimizer, ...) and reads some
 the callable. Nested nodes with a `_target_` (a user block in `model.block`) are checked the same
 way against their own callable. Importing the callable is the only way to read its signature, so
 torch and the user's module are imported here, when a run starts, never for `run --help`.
+`call` then calls it with what ablate passes, to the parameters its signature names (the builders
+of the engine and of the data use it).
 """
 
 import importlib
@@ -16,7 +18,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from runner.config.rules import ConfigError, show
 
@@ -305,3 +307,25 @@ def is_data_set_class(target: Callable) -> bool:
     import torch.utils.data
 
     return inspect.isclass(target) and issubclass(target, torch.utils.data.Dataset)
+
+
+# Calling a `_target_`: with what ablate passes, by name, where its signature names it.
+
+
+def without(cfg: DictConfig, keys) -> DictConfig:
+    """A copy of `cfg` without `keys` (ablate's own keys, which the callable does not take)."""
+    node = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    with open_dict(node):
+        for key in keys:
+            node.pop(key, None)
+    return node
+
+
+def call(cfg: DictConfig, *args, **context):
+    """Instantiate `cfg` with `args` first and the `context` its callable's signature names (the
+    YAML's own value of a name wins)."""
+    from hydra.utils import instantiate
+
+    make = instantiate(cfg, _partial_=True, _convert_="all")
+    target = locate(cfg._target_)
+    return make(*args, **{name: value for name, value in context.items() if names(target, name) and name not in cfg})

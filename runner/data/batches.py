@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from runner.config import targets
 from runner.data import cache, facts, image_folder, torchvision_sets
 from runner.data.datasets import Arrays, stratified_split
-from runner.engine import parts
 
 SUMMARY_VERSION = "summary-1"  # part of a summary record's key: a change of what summarize computes makes new ones
 EVAL_BATCH_SIZE = 256  # the fastest of 128, 256 and 1000 for evaluation on a 2-core CPU
@@ -87,12 +86,12 @@ def read_arrays(cfg, device: torch.device | None) -> Arrays:
     """The data set `data._target_` names, read: ablate's own and a user's functions return the arrays;
     a torch Dataset class (torchvision's) is built and decoded (runner.data.torchvision_sets). Each gets
     `device` and ablate's keys of data (PASSED) where its signature names them."""
-    source = parts.without(cfg, targets.OWN_KEYS["data"])
+    source = targets.without(cfg, targets.OWN_KEYS["data"])
     context = {key: cfg[key] for key in PASSED if key in cfg}
     target = targets.locate(cfg._target_)
     if targets.is_data_set_class(target):
         return torchvision_sets.decode(source, target, device, context)
-    return parts.call(source, device=device, **context)
+    return targets.call(source, device=device, **context)
 
 
 def count_classes(arrays: Arrays) -> int:

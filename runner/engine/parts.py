@@ -10,33 +10,16 @@ from collections.abc import Callable
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
 from optim import LrSchedule
 from optim.schedulers import Ticks
 from runner.config.rules import show
-from runner.config.targets import OWN_KEYS, locate, names
+from runner.config.targets import OWN_KEYS, call, locate, names, without
 
 
 class PartError(ValueError):
     """A part whose own code raised while it was built or first run; the message names its group and `_target_`."""
-
-
-def without(cfg: DictConfig, keys) -> DictConfig:
-    """A copy of `cfg` without `keys` (ablate's own keys, which the callable does not take)."""
-    node = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    with open_dict(node):
-        for key in keys:
-            node.pop(key, None)
-    return node
-
-
-def call(cfg: DictConfig, *args, **context):
-    """Instantiate `cfg` with `args` first and the `context` its callable's signature names (the
-    YAML's own value of a name wins)."""
-    make = instantiate(cfg, _partial_=True, _convert_="all")
-    target = locate(cfg._target_)
-    return make(*args, **{name: value for name, value in context.items() if names(target, name) and name not in cfg})
 
 
 def reason(error: BaseException) -> str:
