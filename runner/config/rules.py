@@ -176,3 +176,9 @@ def raised_in(error: BaseException) -> ConfigError | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__  # OmegaConf raises its own inside the except
     return None
+
+
+def reason(error: BaseException) -> str:
+    """An exception in a few words, for a one-line refusal: its first line, else its type's name."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    return text or type(error).__name__

@@ -20,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from runner.config.rules import ConfigError, show
+from runner.config.rules import ConfigError, reason, show
 
 # What ablate passes to the callable of each group, by name, when its signature names them
 # (`params` to an optimizer and `optimizer` to a schedule: the first argument, whatever its name).
@@ -67,9 +67,8 @@ def load(key: str, path) -> Callable:
     try:
         target = locate(path)
     except Exception as e:  # noqa: BLE001 ImportError, AttributeError, or whatever the user's module raises while importing
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(
-            f"{key}={path} cannot be imported ({reason}); allowed: a class or function on the Python path "
+            f"{key}={path} cannot be imported ({reason(e)}); allowed: a class or function on the Python path "
             "(a module in the current directory is)"
         ) from None
     if not callable(target):

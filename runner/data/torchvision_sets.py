@@ -18,6 +18,7 @@ that, the decoded size is compared with the memory the training device has free.
 import numpy as np
 from hydra.utils import instantiate
 
+from runner.config.rules import reason
 from runner.config.targets import passes, split_style
 from runner.data.datasets import Arrays, DataError, split_off_test
 from runner.data.image_folder import check_memory
@@ -67,14 +68,13 @@ def build(make, name: str, kwargs: dict):
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 torchvision raises RuntimeError for missing files, others for bad ones
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "root" in kwargs:
             raise DataError(
-                f"data._target_={name} with data.root={kwargs['root']}: {reason}; allowed: its files under data.root "
+                f"data._target_={name} with data.root={kwargs['root']}: {reason(e)}; allowed: its files under data.root "
                 "(as torchvision lays them out), or data.download=true on a machine that is online"
             ) from None
         raise DataError(
-            f"data._target_={name} cannot be built ({type(e).__name__}: {reason}); allowed: the keys and values "
+            f"data._target_={name} cannot be built ({type(e).__name__}: {reason(e)}); allowed: the keys and values "
             "its constructor takes"
         ) from None
 

@@ -10,6 +10,7 @@ innermost frame of its traceback outside ablate's packages, the installed packag
 standard library, else outside the latter two.
 """
 
+import functools
 import importlib.util
 import sys
 import sysconfig
@@ -23,9 +24,8 @@ FOLDER = "failed"
 SLURM_LAUNCHER = "hydra_plugins.ablate_slurm.slurm_launcher.SlurmLauncher"  # records its jobs' failures itself
 ROOT = Path(__file__).resolve().parents[2]
 ABLATE = tuple(ROOT / name for name in ("runner", "models", "optim", "hydra_plugins"))
-STDLIB = ("stdlib", "platstdlib")
-LIBRARIES = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in (*STDLIB, "purelib", "platlib")})
-TORCH = Path(importlib.util.find_spec("torch").origin).resolve().parent  # found, not imported: torch's own frames
+STDLIB = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "platstdlib")})
+LIBRARIES = tuple({*STDLIB, *(Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib"))})
 
 exit_code = 0  # set by announce(): what `run -m` exits with
 
@@ -101,8 +101,14 @@ def in_torch_or_stdlib(filename: str) -> bool:
         return True
     path = Path(filename).resolve()
     installed = any(part in ("site-packages", "dist-packages") for part in path.parts)  # a venv's platstdlib holds them
-    stdlib = any(path.is_relative_to(Path(sysconfig.get_paths()[k]).resolve()) for k in STDLIB) and not installed
-    return path.is_relative_to(TORCH) or stdlib
+    stdlib = any(path.is_relative_to(folder) for folder in STDLIB) and not installed
+    return path.is_relative_to(torch_folder()) or stdlib
+
+
+@functools.cache
+def torch_folder() -> Path:
+    """torch's package folder, found without importing torch (`run --help` imports this module)."""
+    return Path(importlib.util.find_spec("torch").origin).resolve().parent
 
 
 def in_library(filename: str) -> bool:

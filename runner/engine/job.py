@@ -28,6 +28,7 @@ import optim
 from runner import disk, run_name
 from runner.cli import console
 from runner.config import schema, targets
+from runner.config.rules import reason
 from runner.data import batches
 from runner.data.datasets import DataError
 from runner.engine import checkpoint, device, distributed, failures, graphs, holder, parts, preflight, startup
@@ -153,7 +154,7 @@ def build_model(cfg: DictConfig, dataset: batches.Data) -> torch.nn.Module:
         )
         raise SetupError(
             f"model._target_={cfg.model._target_} cannot be built for {shape} images and {dataset.num_classes} classes "
-            f"({type(e).__name__}: {parts.reason(e)}, at {preflight.where(e)}); allowed: {mend}"
+            f"({type(e).__name__}: {reason(e)}, at {preflight.where(e)}); allowed: {mend}"
         ) from e
 
 

@@ -14,18 +14,12 @@ from omegaconf import DictConfig
 
 from optim import LrSchedule
 from optim.schedulers import Ticks
-from runner.config.rules import show
+from runner.config.rules import reason, show
 from runner.config.targets import OWN_KEYS, call, locate, names, without
 
 
 class PartError(ValueError):
     """A part whose own code raised while it was built or first run; the message names its group and `_target_`."""
-
-
-def reason(error: BaseException) -> str:
-    """An exception in a few words: its first line, else its type's name."""
-    text = str(error).splitlines()[0] if str(error) else ""
-    return text or type(error).__name__
 
 
 def blamed(group: str, cfg: DictConfig, what: str, error: BaseException) -> PartError:

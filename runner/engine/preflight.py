@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from runner.config import targets
+from runner.config.rules import reason
 from runner.engine import failures
-from runner.engine.parts import PartError, blamed, reason
+from runner.engine.parts import PartError, blamed
 
 PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
 SIZE_KEYS = ("image_size", "img_size", "input_size")  # where a model with a fixed input size takes it
