@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from runner.engine import parts
+from runner.engine import builders
 from runner.engine.diagnostics import Diagnostics
 
 sys.path.insert(
@@ -53,12 +53,12 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = compose_cfg(f"model={args.model}")
     batches = [(torch.randn(128, 1, 28, 28), torch.randint(0, 10, (128,))) for _ in range(args.steps)]
-    plain_model = parts.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
-    diag_model = parts.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
+    plain_model = builders.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
+    diag_model = builders.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
     diagnostics = Diagnostics(diag_model)
     plain_opt, diag_opt = (
-        parts.build_optimizer(cfg.optimizer, plain_model.parameters()),
-        parts.build_optimizer(cfg.optimizer, diag_model.parameters()),
+        builders.build_optimizer(cfg.optimizer, plain_model.parameters()),
+        builders.build_optimizer(cfg.optimizer, diag_model.parameters()),
     )
     steps_per_second(plain_model, plain_opt, batches[:10], args.log_every, None)  # warm-up
     steps_per_second(diag_model, diag_opt, batches[:10], args.log_every, diagnostics)

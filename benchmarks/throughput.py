@@ -47,8 +47,9 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from runner.cli.console import TrainingProgress
-from runner.data import batches
-from runner.engine import device, graphs, parts
+from runner.data import batches, splits
+from runner.data.augment import crop_flip
+from runner.engine import builders, device, graphs
 from runner.engine.diagnostics import Diagnostics
 
 sys.path.insert(
@@ -58,7 +59,7 @@ from fixtures import compose_cfg, write_cifar_like, write_image_folder, write_mn
 
 from runner.data.image_folder import image_folder
 from runner.engine.log import RunLogger
-from runner.engine.train import Trainer
+from runner.engine.train import Learner, Reporting, SplitBatches, Trainer, TrainerConfig
 
 SHAPES = {"fashion": (1, 28, 28), "cifar": (3, 32, 32), "folder": (3, 32, 32)}
 MODELS = ("plain", "bn", "residual")
@@ -101,14 +102,14 @@ def usual_dataset(shape: str, root: Path, n: int, augment: bool) -> torch.utils.
 
 
 def build_model(cfg, in_shape, compute: device.Compute) -> torch.nn.Module:
-    model = parts.build_model(cfg.model, cfg.activation, in_shape, 10)
+    model = builders.build_model(cfg.model, cfg.activation, in_shape, 10)
     return model.to(compute.device, memory_format=compute.memory_format)
 
 
 def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, augment: bool):
     """A hand-written loop over normalized float tensors; returns a function timing one epoch."""
     model = build_model(cfg, images.shape[1:], compute)
-    opt = parts.build_optimizer(cfg.optimizer, model.parameters())
+    opt = builders.build_optimizer(cfg.optimizer, model.parameters())
     dev, batch = compute.device, cfg.data.batch_size
     x_all = ((images.to(dev).float() / 255 - 0.5) / 0.25).contiguous(memory_format=compute.memory_format)
     labels = labels.to(dev)
@@ -123,7 +124,7 @@ def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: devic
             x = x_all[idx]
             if augment:
                 shift = torch.randint(0, 9, (2, batch), device=dev)
-                x = batches.crop_flip(x, shift[0], shift[1], torch.rand(batch, device=dev) < 0.5, 4)
+                x = crop_flip(x, shift[0], shift[1], torch.rand(batch, device=dev) < 0.5, 4)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=compute.precision == "bf16"):
                 loss = F.cross_entropy(model(x), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -140,9 +141,9 @@ def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device
     model = build_model(cfg, images.shape[1:], compute)
     if cfg.trainer.compile:
         model.compile()
-    opt = parts.build_optimizer(cfg.optimizer, model.parameters())
+    opt = builders.build_optimizer(cfg.optimizer, model.parameters())
     dev = compute.device
-    split = batches.Split(images.to(dev), labels.to(dev))
+    split = splits.Split(images.to(dev), labels.to(dev))
     mean, std = torch.full((images.shape[1],), 0.5, device=dev), torch.full((images.shape[1],), 0.25, device=dev)
     train = batches.Batches(
         split,
@@ -154,15 +155,14 @@ def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device
         drop_last=True,
         memory_format=compute.memory_format,
     )
-    empty = batches.Batches(batches.Split(images[:0], labels[:0]), 256, mean, std)
-    schedule = parts.build_schedule(cfg.sched, opt, len(train), 1000)
+    empty = batches.Batches(splits.Split(images[:0], labels[:0]), 256, mean, std)
+    schedule = builders.build_schedule(cfg.sched, opt, len(train), 1000)
     captured = graphs.pick(cfg.trainer.graphs, dev, opt, cfg.trainer.compile, 1)  # as a run decides (trainer.graphs)
-    trainer = Trainer(
-        model, opt, schedule, train, empty, empty, cfg.trainer, compute.autocast_dtype,
-        RunLogger(logdir), TrainingProgress(enabled=False),
-        diagnostics=Diagnostics(model) if cfg.trainer.diagnostics else None,
-        graphed_step=graphs.GraphedStep(model, opt, compute.autocast_dtype, cfg.trainer.grad_clip) if captured else None,
-    )  # fmt: skip
+    graphed_step = graphs.GraphedStep(model, opt, compute.autocast_dtype, cfg.trainer.grad_clip) if captured else None
+    learner = Learner(model, opt, schedule, autocast_dtype=compute.autocast_dtype, graphed_step=graphed_step)
+    diagnostics = Diagnostics(model) if cfg.trainer.diagnostics else None
+    reporting = Reporting(RunLogger(logdir), TrainingProgress(enabled=False), diagnostics=diagnostics)
+    trainer = Trainer(learner, SplitBatches(train, empty, empty), TrainerConfig.of(cfg.trainer), reporting)
     epochs = iter(range(10**6))
 
     def epoch() -> float:
@@ -179,7 +179,7 @@ def dataloader_loop(cfg, dataset, in_shape, workers: int, dev: torch.device):
     """The usual path, fp32 in the default layout; returns a function timing one epoch."""
     fp32 = device.Compute(dev, "fp32", "contiguous", torch.get_num_threads())
     model = build_model(cfg, in_shape, fp32)
-    opt = parts.build_optimizer(cfg.optimizer, model.parameters())
+    opt = builders.build_optimizer(cfg.optimizer, model.parameters())
     pin = dev.type == "cuda"
     loader = DataLoader(
         dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=pin

@@ -7,7 +7,7 @@ and the free space where it goes, with the partial file removed.
 Every file a run writes as it trains (checkpoints/last.pt, model.safetensors, metrics.json, the
 TensorBoard event files) is written through a temporary file or appended to, so what was written
 before stays whole: the last good checkpoint is kept and the same command resumes from it once
-there is space again (runner.engine.job says so and exits with WRITE_EXIT).
+there is space again (runner.cli.job says so and exits with WRITE_EXIT).
 """
 
 import errno

@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import compose_cfg, run_cli
 
-from runner.engine import device, job, parts
+from runner.engine import builders, device, run
 
 
 def cpu_flags() -> set[str]:
@@ -43,10 +43,10 @@ def test_auto_keeps_fp32_with_channels_last_on_cuda_where_cudnn_convolves_in_tf3
 
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_deterministic_chooses_cudnns_repeatable_convolutions_over_its_autotuned_ones(deterministic):
-    job.seed_everything(0, deterministic)
+    run.seed_everything(0, deterministic)
     assert torch.backends.cudnn.deterministic is deterministic
     assert torch.backends.cudnn.benchmark is not deterministic
-    job.seed_everything(0)
+    run.seed_everything(0)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -78,7 +78,7 @@ def test_threads_share_the_cores_among_parallel_jobs():
 def test_channels_last_and_bf16_compute_the_same_function(name):
     torch.manual_seed(0)
     cfg = compose_cfg(f"model={name}")
-    model = parts.build_model(cfg.model, cfg.activation, (3, 32, 32), 10).eval()
+    model = builders.build_model(cfg.model, cfg.activation, (3, 32, 32), 10).eval()
     x = torch.randn(8, 3, 32, 32)
     with torch.inference_mode():
         reference = model(x)

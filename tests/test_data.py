@@ -10,30 +10,30 @@ import pytest
 import torch
 from helpers import compose_cfg, run_cli, write_cifar_like, write_idx, write_mnist_like
 
-from runner.data import batches
-from runner.data.batches import load_arrays
+from runner.data import augment, batches, splits
 from runner.data.datasets import DataError, read_cifar_batch, read_idx
+from runner.data.splits import load_arrays
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 
 
 def test_mnist_5k_is_a_stratified_seeded_split_of_the_real_digits():
     cfg = compose_cfg("data=mnist_5k").data
-    d = batches.load(cfg, torch.device("cpu"))
+    d = splits.load(cfg, torch.device("cpu"))
     assert d.info["sizes"] == {"train": 3600, "val": 400, "test": 1000}
     assert d.in_shape == (1, 28, 28) and d.num_classes == 10
     for split in (d.val, d.test):  # every class keeps its share
         counts = torch.bincount(split.labels, minlength=10)
         assert counts.min() == counts.max()
     assert d.train.images.dtype == torch.uint8 and d.train.images.max() > 200  # real pixels, not zeros
-    again = batches.load(cfg, torch.device("cpu"))
+    again = splits.load(cfg, torch.device("cpu"))
     assert again.info["fingerprints"] == d.info["fingerprints"]
-    other = batches.load(compose_cfg("data=mnist_5k", "data.split_seed=1").data, torch.device("cpu"))
+    other = splits.load(compose_cfg("data=mnist_5k", "data.split_seed=1").data, torch.device("cpu"))
     assert other.info["fingerprints"]["test"] != d.info["fingerprints"]["test"]
 
 
 def test_train_size_caps_the_training_split_and_normalization_uses_its_statistics():
-    d = batches.load(compose_cfg("data.train_size=100").data, torch.device("cpu"))
+    d = splits.load(compose_cfg("data.train_size=100").data, torch.device("cpu"))
     assert len(d.train) == 100 and len(d.val) == 400
     x = d.train.images.float() / 255
     assert torch.allclose(d.mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
@@ -82,28 +82,28 @@ def test_idx_files_are_decoded_once_into_a_cache_outside_the_data_folder(tmp_pat
 
 
 def test_statistics_and_fingerprints_of_cached_arrays_are_read_back_for_the_same_split(tmp_path, monkeypatch):
-    """batches.summarize: the second load of the same cached arrays, split the same way, reads the
+    """runner.data.summary.summarize: the second load of the same cached arrays, split the same way, reads the
     record the first wrote, with the same values to the last bit; another split, a changed file or
     a broken record are computed again."""
     monkeypatch.setenv("ABLATE_CACHE", str(tmp_path / "cache"))
     write_mnist_like(tmp_path / "MNIST" / "raw", n_train=60, n_test=20)
     base = ["data=mnist", f"data.root={tmp_path}", "data.verify=false", "data.download=false"]
-    first = batches.load(compose_cfg(*base).data, torch.device("cpu"))
+    first = splits.load(compose_cfg(*base).data, torch.device("cpu"))
     (record,) = (tmp_path / "cache" / "summaries").glob("*.json")
     x = first.train.images.double() / 255
     assert torch.equal(first.mean, x.mean(dim=(0, 2, 3)).float())  # from the histogram, in float64
-    again = batches.load(compose_cfg(*base).data, torch.device("cpu"))
+    again = splits.load(compose_cfg(*base).data, torch.device("cpu"))
     assert torch.equal(again.mean, first.mean) and torch.equal(again.std, first.std)
     assert again.info == {**first.info, "source": again.info["source"]}  # the arrays' source: the decoded cache now
     assert [p.stat().st_mtime_ns for p in record.parent.iterdir()] == [record.stat().st_mtime_ns]  # read, not written
 
     record.write_text('{"mean": [0.5], "std": [0.5], "fingerprints": {"train": "x"}}')  # not of these splits
-    assert batches.load(compose_cfg(*base).data, torch.device("cpu")).info == again.info
-    other = batches.load(compose_cfg(*base, "data.split_seed=1").data, torch.device("cpu"))
+    assert splits.load(compose_cfg(*base).data, torch.device("cpu")).info == again.info
+    other = splits.load(compose_cfg(*base, "data.split_seed=1").data, torch.device("cpu"))
     assert other.info["fingerprints"]["val"] != first.info["fingerprints"]["val"]
     assert len(list(record.parent.iterdir())) == 2
     write_mnist_like(tmp_path / "MNIST" / "raw", n_train=60, n_test=20, seed=1)
-    changed = batches.load(compose_cfg(*base).data, torch.device("cpu"))
+    changed = splits.load(compose_cfg(*base).data, torch.device("cpu"))
     assert changed.info["fingerprints"]["test"] != first.info["fingerprints"]["test"]
     assert changed.info["mean"] != first.info["mean"]
 
@@ -215,7 +215,7 @@ def test_cifar10_loader_reads_python_batches(tmp_path):
     # a row is 1024 red, then 1024 green, then 1024 blue values, each 32x32 in row-major order
     assert arrays.train[0][0, 1, 2, 3] == data_1[0, 1024 + 2 * 32 + 3]
     assert arrays.train[1][:8].tolist() == labels_1
-    d = batches.load(cfg, torch.device("cpu"))
+    d = splits.load(cfg, torch.device("cpu"))
     assert d.in_shape == (3, 32, 32) and d.mean.shape == (3,)
 
 
@@ -252,10 +252,8 @@ def test_fashion_mnist_comes_from_the_debian_copy_and_passes_its_checksums(tmp_p
     assert np.bincount(arrays.test[1]).tolist() == [1000] * 10
 
 
-def _split(n: int) -> batches.Split:
-    return batches.Split(
-        torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n)
-    )
+def _split(n: int) -> splits.Split:
+    return splits.Split(torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 1, 2, 2).clone(), torch.arange(n))
 
 
 def test_an_epoch_is_a_seeded_permutation_in_full_batches():
@@ -274,7 +272,7 @@ def test_an_epoch_is_a_seeded_permutation_in_full_batches():
 def test_augment_flip_mirrors_about_half_the_images_and_moves_none():
     n = 400
     images = torch.randint(0, 256, (n, 1, 5, 5), dtype=torch.uint8)
-    split = batches.Split(images, torch.arange(n))
+    split = splits.Split(images, torch.arange(n))
     epoch = batches.Batches(split, 100, None, None, shuffle=True, augment="flip", drop_last=True, seed=1).epoch(0)
     mirrored = 0
     for x, y in epoch:
@@ -289,10 +287,10 @@ def test_augment_flip_mirrors_about_half_the_images_and_moves_none():
 def test_crop_flip_shifts_and_mirrors_each_image_of_the_batch():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
     centre = torch.tensor([2, 2])
-    same = batches.crop_flip(x, centre, centre, torch.tensor([False, False]), pad=2)
+    same = augment.crop_flip(x, centre, centre, torch.tensor([False, False]), pad=2)
     assert torch.equal(same, x)
-    mirrored = batches.crop_flip(x, centre, centre, torch.tensor([True, False]), pad=2)
+    mirrored = augment.crop_flip(x, centre, centre, torch.tensor([True, False]), pad=2)
     assert torch.equal(mirrored[0], x[0].flip(-1)) and torch.equal(mirrored[1], x[1])
-    shifted = batches.crop_flip(x, torch.tensor([0, 4]), torch.tensor([2, 2]), torch.tensor([False, False]), pad=2)
+    shifted = augment.crop_flip(x, torch.tensor([0, 4]), torch.tensor([2, 2]), torch.tensor([False, False]), pad=2)
     assert torch.equal(shifted[0, 0, 2:], x[0, 0, :2]) and (shifted[0, 0, :2] == 0).all()  # down by 2, zero-padded
     assert torch.equal(shifted[1, 0, :2], x[1, 0, 2:]) and (shifted[1, 0, 2:] == 0).all()  # up by 2

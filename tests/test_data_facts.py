@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 
 from runner.config import schema
 from runner.config.rules import ConfigError
-from runner.data import batches, datasets, facts, torchvision_sets
+from runner.data import datasets, facts, splits, torchvision_sets
 from runner.data.datasets import FACTS
 
 RUN = Path(sys.executable).parent / "run"  # the console script a user types
@@ -83,7 +83,7 @@ def test_the_built_in_data_sets_facts_need_no_file(monkeypatch, name):
 
 
 def test_the_table_agrees_with_the_data_mnist_5k_loads():
-    data = batches.load(compose_cfg("data=mnist_5k").data, torch.device("cpu"))
+    data = splits.load(compose_cfg("data=mnist_5k").data, torch.device("cpu"))
     (channels, height, width), classes = FACTS["mnist_5k"]
     assert (data.num_classes, data.in_shape) == (classes, (channels, height, width))
 
@@ -103,9 +103,9 @@ def test_a_data_set_loaded_for_its_facts_is_not_decoded_again_for_the_run(monkey
     decode = torchvision_sets.decode
     monkeypatch.setattr(torchvision_sets, "decode", lambda *args: decoded.append(1) or decode(*args))
     assert resolved(cfg, "num_classes", "in_shape") == [10, [3, 8, 6]] and len(decoded) == 1
-    data = batches.load(cfg.data, torch.device("cpu"))
+    data = splits.load(cfg.data, torch.device("cpu"))
     assert len(decoded) == 1 and data.in_shape == (3, 8, 6) and data.num_classes == 10
-    batches.load(cfg.data, torch.device("cpu"))  # handed over once: a later run of the process reads again
+    splits.load(cfg.data, torch.device("cpu"))  # handed over once: a later run of the process reads again
     assert len(decoded) == 2
 
 

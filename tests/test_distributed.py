@@ -22,7 +22,8 @@ from helpers import (
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from runner.config import schema
-from runner.data.batches import Batches, Split
+from runner.data.batches import Batches
+from runner.data.splits import Split
 from runner.engine import device
 from runner.engine.distributed import World
 

@@ -16,7 +16,7 @@ import pytest
 from helpers import cli_env
 
 from runner.engine import failures
-from runner.engine.job import SetupError
+from runner.engine.run import SetupError
 
 RUN = Path(sys.executable).parent / "run"
 SMALL = ["data=mnist_5k", "data.train_size=256", "trainer.max_epochs=1"]

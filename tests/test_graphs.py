@@ -4,6 +4,7 @@ capture (the fused update reading its learning rate from the cells, bitwise equa
 update reading the schedule's floats; a resumed run equal to one that never stopped). The capture
 itself is checked on a GPU by benchmarks/gpu_check.sh."""
 
+import dataclasses
 import json
 
 import pytest
@@ -11,9 +12,9 @@ import torch
 from helpers import compose_cfg, run_cli
 
 from runner.cli.console import TrainingProgress
-from runner.engine import graphs, job
+from runner.engine import graphs, run
 from runner.engine.log import RunLogger
-from runner.engine.train import Trainer
+from runner.engine.train import Reporting, Trainer, TrainerConfig
 
 SMALL = ["data.train_size=300", "model=bn", "model.channels=[8]", "model.hidden=[]", "sched=cosine",
          "trainer.log_every_n_steps=4", "data.batch_size=32"]  # fmt: skip
@@ -52,17 +53,18 @@ def test_graphs_true_on_this_cpu_is_one_line_and_auto_records_what_it_chose(tmp_
 def trainer(cfg, tmp_path, graphed: bool, capture: bool = False) -> Trainer:
     """A run's Trainer: with the graphed step (captured, or its bookkeeping without capture), or
     the ordinary step on the same fused update."""
-    parts = job.build(cfg)
-    step = None
+    setup = run.build(cfg)
+    learner = setup.learner
+    learner.autocast_dtype = None  # fp32, as the graphed step below
     if graphed:
-        step = graphs.GraphedStep(parts.model, parts.optimizer, None, cfg.trainer.grad_clip, capture=capture)
+        learner.graphed_step = graphs.GraphedStep(
+            learner.model, learner.optimizer, None, cfg.trainer.grad_clip, capture=capture
+        )
     else:
-        for group in parts.optimizer.param_groups:
+        for group in learner.optimizer.param_groups:
             group.update(fused=True, foreach=False)
-    return Trainer(
-        parts.model, parts.optimizer, parts.schedule, parts.train, parts.val, parts.test, cfg.trainer, None,
-        RunLogger(tmp_path, enabled=False), TrainingProgress(enabled=False), graphed_step=step,
-    )  # fmt: skip
+    reporting = Reporting(RunLogger(tmp_path, enabled=False), TrainingProgress(enabled=False))
+    return Trainer(learner, setup.batches, TrainerConfig.of(cfg.trainer), reporting)
 
 
 @pytest.mark.parametrize("optimizer", ["nesterov", "adam", "adamw"])
@@ -82,7 +84,9 @@ def test_the_graphed_steps_update_follows_the_schedule_and_resumes_bitwise(tmp_p
     assert isinstance(graphed.optimizer.param_groups[0]["lr"], float)  # the schedule and state_dict keep floats
 
     first = trainer(cfg, tmp_path, graphed=True)
-    first.max_epochs = 1  # stopped after its first epoch, its schedule that of 2
+    first.config = dataclasses.replace(
+        first.config, max_epochs=1
+    )  # stopped after its first epoch, its schedule that of 2
     first.fit()
     resumed = trainer(cfg, tmp_path, graphed=True)
     resumed.load_state_dict(first.state_dict())
@@ -105,7 +109,7 @@ def test_on_a_gpu_the_captured_step_computes_the_eager_steps_bits_and_resumes_bi
         assert torch.equal(captured.model.state_dict()[name], value), name
 
     first = trainer(cfg, tmp_path, graphed=True, capture=True)
-    first.max_epochs = 1
+    first.config = dataclasses.replace(first.config, max_epochs=1)
     first.fit()
     resumed = trainer(cfg, tmp_path, graphed=True, capture=True)
     resumed.load_state_dict(first.state_dict())

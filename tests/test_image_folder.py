@@ -307,14 +307,14 @@ def test_class_folders_alone_give_a_stratified_test_split_drawn_with_split_seed(
     assert "decoded cache" in again.source and np.array_equal(again.test[0], arrays.test[0]) and again.key == arrays.key
     other = image_folder(str(root), test_fraction=0.3, split_seed=6)  # the same cache, another draw
     assert "decoded cache" in other.source and not np.array_equal(other.test[0], arrays.test[0])
-    assert other.key != arrays.key  # the split's summary record (runner.data.batches.summarize) is the draw's own
+    assert other.key != arrays.key  # the split's summary record (runner.data.summary.summarize) is the draw's own
     assert len(list((cache / "image_folder").glob("*.npz"))) == 1
 
 
 def test_the_test_split_of_class_folders_is_the_same_for_every_seed(tmp_path):
     from fixtures import compose_cfg
 
-    from runner.data.batches import load
+    from runner.data.splits import load
 
     root = tmp_path / "data"
     write_image_folder(root, classes=2, per_class_train=10, per_class_test=0, size=(8, 8))

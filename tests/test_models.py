@@ -1,6 +1,6 @@
 """The seed's semantics for models (README, section "model"), checked on the real code.
 
-Every model is built with `runner.engine.parts.build_model` from the real YAML configs, composed with Hydra,
+Every model is built with `runner.engine.builders.build_model` from the real YAML configs, composed with Hydra,
 and checked on tiny tensors against the seed's equations computed by hand.
 """
 
@@ -11,7 +11,7 @@ from helpers import compose_cfg
 from torch import nn
 
 from models.blocks import Bottleneck, ConcatSkip
-from runner.engine import parts
+from runner.engine import builders
 
 IN_SHAPE = (1, 6, 6)  # C, H, W of the tiny inputs
 NUM_CLASSES = 3
@@ -19,7 +19,7 @@ NUM_CLASSES = 3
 
 def build(*overrides: str, in_shape=IN_SHAPE):
     cfg = compose_cfg(*overrides)
-    return parts.build_model(cfg.model, cfg.activation, in_shape, NUM_CLASSES)
+    return builders.build_model(cfg.model, cfg.activation, in_shape, NUM_CLASSES)
 
 
 def modules_of(model: nn.Module, kind: type) -> list[nn.Module]:

@@ -1,4 +1,4 @@
-"""One writer per run directory (runner.engine.holder): a second `run` in a held directory is refused
+"""One writer per run directory (runner.engine.lock): a second `run` in a held directory is refused
 in one line and touches nothing there, a sweep reports its busy job and runs the others, a stale
 holder (a dead process, a lost host, the same SLURM job) is taken over, by one taker alone when
 several race for it. Real processes and real files throughout."""
@@ -15,28 +15,28 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, run_cli, start_cli
 
-from runner.engine import failures, holder
+from runner.engine import failures, lock
 
 HOST = socket.gethostname()
 ELSEWHERE = "node-elsewhere-17"  # a host name no machine of the test has
-ONE_LINE_END = f"; allowed: {holder.ALLOWED}"
+ONE_LINE_END = f"; allowed: {lock.ALLOWED}"
 
 # A process that says it is ready, takes a run directory when the file `go` appears, says how it
-# went, and holds the directory until its stdin closes; holder.HEARTBEAT_S from the third argument.
+# went, and holds the directory until its stdin closes; lock.HEARTBEAT_S from the third argument.
 TAKER = """
 import sys, time
 from pathlib import Path
-from runner.engine import holder
+from runner.engine import lock
 run_dir, go = Path(sys.argv[1]), Path(sys.argv[2])
 if len(sys.argv) > 3:
-    holder.HEARTBEAT_S = float(sys.argv[3])
+    lock.HEARTBEAT_S = float(sys.argv[3])
 print("ready", flush=True)
 while not go.exists():
     time.sleep(0.001)
 try:
-    holder.acquire(run_dir)
+    lock.acquire(run_dir)
     print("won", flush=True)
-except holder.Busy as e:
+except lock.Busy as e:
     print(f"busy: {e}", flush=True)
 sys.stdin.read()
 """
@@ -79,9 +79,9 @@ def write_holder(
 ) -> Path:
     """A holder file as another process would have written it, its heartbeat `age_s` seconds old."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / holder.HOLDER_FILE
-    namespace = holder.pid_namespace() if host == HOST else None
-    claim = holder.Holder(
+    path = run_dir / lock.HOLDER_FILE
+    namespace = lock.pid_namespace() if host == HOST else None
+    claim = lock.Holder(
         host=host, pid=pid, start=start, since=time.time() - age_s, slurm_job=slurm_job, pid_namespace=namespace
     )
     path.write_text(claim.to_json())
@@ -101,7 +101,7 @@ def dead_pid() -> int:
 def sleeper():
     """A live process of this host and its start time."""
     process = subprocess.Popen(["sleep", "600"])
-    yield process.pid, holder.process_stat(process.pid)[1]
+    yield process.pid, lock.process_stat(process.pid)[1]
     process.kill()
     process.wait()
 
@@ -114,7 +114,7 @@ def wait_for(condition, timeout: float = 120) -> None:
 
 
 def holder_pid(run_dir: Path) -> int:
-    return json.loads((run_dir / holder.HOLDER_FILE).read_text())["pid"]
+    return json.loads((run_dir / lock.HOLDER_FILE).read_text())["pid"]
 
 
 def snapshot(run_dir: Path) -> dict:
@@ -148,7 +148,7 @@ def test_two_runs_started_together_in_one_directory_one_is_refused_the_other_com
     assert refusal[0].startswith(busy_line(run_dir, winner)) and refusal[0].endswith(ONE_LINE_END)
     assert len(list(run_dir.glob("events.out.tfevents.[0-9]*"))) == 1
     assert json.loads((run_dir / "metrics.json").read_text())["status"] == "completed"
-    assert not (run_dir / holder.HOLDER_FILE).exists()  # released at the end
+    assert not (run_dir / lock.HOLDER_FILE).exists()  # released at the end
 
 
 def test_a_run_refused_by_a_holder_touches_no_file_of_its_directory(tmp_path, quick):
@@ -197,7 +197,7 @@ def test_a_sweep_reports_the_job_whose_directory_is_held_runs_the_others_and_res
     assert again.returncode == 0, again.stderr
     assert json.loads((busy / "metrics.json").read_text())["status"] == "completed"
     assert failures.read(sweep_dir) == []
-    assert not list(sweep_dir.rglob(holder.HOLDER_FILE))
+    assert not list(sweep_dir.rglob(lock.HOLDER_FILE))
 
 
 # --- when a holder is stale ---------------------------------------------------------------------------
@@ -206,34 +206,34 @@ def test_a_sweep_reports_the_job_whose_directory_is_held_runs_the_others_and_res
 def test_a_holder_whose_process_ended_on_this_host_is_taken_over(tmp_path):
     run_dir = tmp_path / "D"
     write_holder(run_dir, HOST, dead_pid(), start=1)
-    with holder.held(run_dir):
+    with lock.held(run_dir):
         assert holder_pid(run_dir) == os.getpid()
-    assert not (run_dir / holder.HOLDER_FILE).exists()
+    assert not (run_dir / lock.HOLDER_FILE).exists()
 
 
 def test_a_holder_whose_pid_now_runs_another_process_is_taken_over(tmp_path, sleeper):
     run_dir = tmp_path / "D"
     pid, start = sleeper
     write_holder(run_dir, HOST, pid, start - 1)  # the pid of a process that started before: given again since
-    with holder.held(run_dir):
+    with lock.held(run_dir):
         assert holder_pid(run_dir) == os.getpid()
 
 
 def test_a_live_holder_on_this_host_is_kept_whatever_its_heartbeat(tmp_path, sleeper):
     run_dir = tmp_path / "D"
     pid, start = sleeper
-    path = write_holder(run_dir, HOST, pid, start, age_s=2 * holder.STALE_S)  # stopped with Ctrl-Z, say
+    path = write_holder(run_dir, HOST, pid, start, age_s=2 * lock.STALE_S)  # stopped with Ctrl-Z, say
     before = snapshot(run_dir)
-    with pytest.raises(holder.Busy) as refused:
-        holder.acquire(run_dir)
+    with pytest.raises(lock.Busy) as refused:
+        lock.acquire(run_dir)
     assert f"is in use by pid {pid} on host {HOST} (since " in str(refused.value)
     assert snapshot(run_dir) == before and path.exists()
 
 
 def test_a_holder_of_another_host_whose_heartbeat_stopped_is_taken_over(tmp_path):
     run_dir = tmp_path / "D"
-    write_holder(run_dir, ELSEWHERE, 4242, start=7, age_s=holder.STALE_S + 5)
-    with holder.held(run_dir):
+    write_holder(run_dir, ELSEWHERE, 4242, start=7, age_s=lock.STALE_S + 5)
+    with lock.held(run_dir):
         assert holder_pid(run_dir) == os.getpid()
 
 
@@ -241,14 +241,14 @@ def test_a_holder_of_another_host_with_a_fresh_heartbeat_is_refused_in_one_line(
     run_dir = tmp_path / "D"
     write_holder(run_dir, ELSEWHERE, 4242, start=7, age_s=20)
     before = snapshot(run_dir)
-    with pytest.raises(holder.Busy) as refused:
-        holder.acquire(run_dir)
+    with pytest.raises(lock.Busy) as refused:
+        lock.acquire(run_dir)
     line = str(refused.value)
     assert "\n" not in line
     assert line.startswith(f"{run_dir} is in use by pid 4242 on host {ELSEWHERE} (since ")
     assert ", alive 20 s ago)" in line and line.endswith(ONE_LINE_END)
     assert snapshot(run_dir) == before
-    assert not holder.holds(run_dir)
+    assert not lock.holds(run_dir)
 
 
 def test_a_holder_of_the_same_slurm_job_on_another_host_is_taken_over_by_the_requeued_job(tmp_path):
@@ -261,22 +261,22 @@ def test_a_holder_of_the_same_slurm_job_on_another_host_is_taken_over_by_the_req
     )
     requeued = start_taker(run_dir, go, env={"SLURM_ARRAY_JOB_ID": "812", "SLURM_ARRAY_TASK_ID": "3"})
     assert requeued.stdout.readline() == "won\n"
-    assert json.loads((run_dir / holder.HOLDER_FILE).read_text())["slurm_job"] == "812_3"
+    assert json.loads((run_dir / lock.HOLDER_FILE).read_text())["slurm_job"] == "812_3"
     assert holder_pid(run_dir) == requeued.pid
     end_takers([other_job, requeued])
-    assert not (run_dir / holder.HOLDER_FILE).exists()
+    assert not (run_dir / lock.HOLDER_FILE).exists()
 
 
 def test_an_unreadable_holder_file_is_taken_over_once_old(tmp_path):
     run_dir = tmp_path / "D"
     run_dir.mkdir()
-    path = run_dir / holder.HOLDER_FILE
+    path = run_dir / lock.HOLDER_FILE
     path.write_text("{not json")
-    with pytest.raises(holder.Busy, match=r"cannot be read \(written 0 s ago\)"):
-        holder.acquire(run_dir)
-    old = time.time() - holder.STALE_S - 5
+    with pytest.raises(lock.Busy, match=r"cannot be read \(written 0 s ago\)"):
+        lock.acquire(run_dir)
+    old = time.time() - lock.STALE_S - 5
     os.utime(path, (old, old))
-    with holder.held(run_dir):
+    with lock.held(run_dir):
         assert holder_pid(run_dir) == os.getpid()
 
 
@@ -285,13 +285,13 @@ def test_an_unreadable_holder_file_is_taken_over_once_old(tmp_path):
 
 def test_acquiring_again_in_the_same_process_counts_and_the_last_release_removes_the_file(tmp_path):
     run_dir = tmp_path / "D"
-    holder.acquire(run_dir)
-    holder.acquire(run_dir)
-    holder.release(run_dir)
-    assert holder_pid(run_dir) == os.getpid() and holder.holds(run_dir)
-    holder.release(run_dir)
-    assert not (run_dir / holder.HOLDER_FILE).exists() and not holder.holds(run_dir)
-    holder.release(run_dir)  # not held: nothing to do
+    lock.acquire(run_dir)
+    lock.acquire(run_dir)
+    lock.release(run_dir)
+    assert holder_pid(run_dir) == os.getpid() and lock.holds(run_dir)
+    lock.release(run_dir)
+    assert not (run_dir / lock.HOLDER_FILE).exists() and not lock.holds(run_dir)
+    lock.release(run_dir)  # not held: nothing to do
 
 
 def test_the_heartbeat_keeps_the_holder_fresh_and_exit_releases_it(tmp_path):
@@ -299,7 +299,7 @@ def test_the_heartbeat_keeps_the_holder_fresh_and_exit_releases_it(tmp_path):
     go.touch()
     taker = start_taker(run_dir, go, heartbeat_s=0.05)
     assert taker.stdout.readline() == "won\n"
-    path = run_dir / holder.HOLDER_FILE
+    path = run_dir / lock.HOLDER_FILE
     old = time.time() - 1000
     os.utime(path, (old, old))
     deadline = time.monotonic() + 10
@@ -312,11 +312,11 @@ def test_the_heartbeat_keeps_the_holder_fresh_and_exit_releases_it(tmp_path):
 
 def test_a_release_leaves_the_file_of_a_process_that_took_over(tmp_path):
     run_dir = tmp_path / "D"
-    holder.acquire(run_dir)
+    lock.acquire(run_dir)
     try:
         write_holder(run_dir, ELSEWHERE, 4242, start=7)  # taken over while this process was lost, say
     finally:
-        holder.release(run_dir)
+        lock.release(run_dir)
     assert holder_pid(run_dir) == 4242
 
 
@@ -330,7 +330,7 @@ def test_of_several_processes_taking_over_one_stale_holder_at_once_exactly_one_w
         if stale == "dead process here":
             write_holder(run_dir, HOST, dead_pid(), start=1)
         else:
-            write_holder(run_dir, ELSEWHERE, 4242, start=7, age_s=holder.STALE_S + 5)
+            write_holder(run_dir, ELSEWHERE, 4242, start=7, age_s=lock.STALE_S + 5)
         takers = start_takers(6, run_dir, go)
         go.touch()  # all at once
         said = {taker.pid: taker.stdout.readline().strip() for taker in takers}
@@ -341,7 +341,7 @@ def test_of_several_processes_taking_over_one_stale_holder_at_once_exactly_one_w
             for pid, line in said.items():
                 if pid != winners[0]:
                     assert line.startswith(f"busy: {run_dir} is in use by pid {winners[0]} on host {HOST}"), said
-            assert [p.name for p in run_dir.iterdir()] == [holder.HOLDER_FILE]  # no name of a takeover left
+            assert [p.name for p in run_dir.iterdir()] == [lock.HOLDER_FILE]  # no name of a takeover left
         finally:
             end_takers(takers)
-        assert not (run_dir / holder.HOLDER_FILE).exists()
+        assert not (run_dir / lock.HOLDER_FILE).exists()

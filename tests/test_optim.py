@@ -1,7 +1,7 @@
 """The seed's semantics for optimizers and schedules.
 
-Optimizers come from `runner.engine.parts.build_optimizer(cfg.optimizer, params)` and schedules from
-`parts.build_schedule(cfg.sched, optimizer, steps_per_epoch, epochs)`, with `cfg` composed
+Optimizers come from `runner.engine.builders.build_optimizer(cfg.optimizer, params)` and schedules from
+`builders.build_schedule(cfg.sched, optimizer, steps_per_epoch, epochs)`, with `cfg` composed
 by Hydra from the real YAML files; each is compared with the seed's update rule run by hand.
 """
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 from helpers import ROOT, compose_cfg
 
-from runner.engine import parts
+from runner.engine import builders
 
 
 def param(*values: float) -> torch.nn.Parameter:
@@ -40,7 +40,7 @@ GRADS = [
 def test_sgd_is_theta_minus_eta_g():
     cfg = compose_cfg("optimizer=sgd", "optimizer.lr=0.1")
     p = param(1.0, 2.0)
-    opt = parts.build_optimizer(cfg.optimizer, [p])
+    opt = builders.build_optimizer(cfg.optimizer, [p])
     assert isinstance(opt, torch.optim.SGD)
 
     step_with(opt, p, GRADS[0])  # [1, 2] - 0.1 [0.5, -1]
@@ -66,7 +66,7 @@ def seed_momentum(theta: torch.Tensor, grads, lrs, mu: float) -> list[torch.Tens
 def test_momentum_equals_seed_form_while_lr_is_constant():
     cfg = compose_cfg("optimizer=momentum", "optimizer.lr=0.1", "optimizer.momentum=0.9")
     p = param(1.0, 2.0)
-    opt = parts.build_optimizer(cfg.optimizer, [p])
+    opt = builders.build_optimizer(cfg.optimizer, [p])
     expected = seed_momentum(p.detach().clone(), GRADS, [0.1] * len(GRADS), 0.9)
 
     for g, theta in zip(GRADS, expected):
@@ -81,7 +81,7 @@ def test_momentum_differs_from_seed_form_once_lr_changes():
     """
     cfg = compose_cfg("optimizer=momentum", "optimizer.lr=0.1", "optimizer.momentum=0.9")
     p = param(1.0, 2.0)
-    opt = parts.build_optimizer(cfg.optimizer, [p])
+    opt = builders.build_optimizer(cfg.optimizer, [p])
     lrs = [0.1, 0.01]
     expected = seed_momentum(p.detach().clone(), GRADS[:2], lrs, 0.9)
 
@@ -120,7 +120,7 @@ def test_nesterov_is_the_seed_look_ahead_form_after_a_change_of_variables():
     mu, eta = 0.9, 0.05
     cfg = compose_cfg("optimizer=nesterov", f"optimizer.lr={eta}", f"optimizer.momentum={mu}")
     p = param(1.0, -2.0)
-    opt = parts.build_optimizer(cfg.optimizer, [p])
+    opt = builders.build_optimizer(cfg.optimizer, [p])
     assert opt.param_groups[0]["nesterov"] is True
 
     theta, v = p.detach().clone(), torch.zeros(2, dtype=torch.float64)
@@ -143,7 +143,7 @@ def test_nesterov_differs_from_plain_momentum():
     for name in ("momentum", "nesterov"):
         cfg = compose_cfg(f"optimizer={name}", "optimizer.lr=0.05", "optimizer.momentum=0.9")
         p = param(1.0, -2.0)
-        opt = parts.build_optimizer(cfg.optimizer, [p])
+        opt = builders.build_optimizer(cfg.optimizer, [p])
         for _ in range(3):
             opt.zero_grad()
             quadratic(p).backward()
@@ -158,7 +158,7 @@ def test_nesterov_differs_from_plain_momentum():
 def test_adam_is_bias_corrected_m_over_sqrt_v():
     cfg = compose_cfg("optimizer=adam", "optimizer.lr=0.01", "optimizer.betas=[0.8,0.99]", "optimizer.eps=1e-3")
     p = param(1.0, 2.0)
-    opt = parts.build_optimizer(cfg.optimizer, [p])
+    opt = builders.build_optimizer(cfg.optimizer, [p])
     assert isinstance(opt, torch.optim.Adam)
     eta, b1, b2, eps = 0.01, 0.8, 0.99, 1e-3
 
@@ -180,7 +180,7 @@ def test_adam_default_config_first_step_moves_each_weight_by_about_eta():
     """With the default betas, step 1 is eta g / (|g| + eps): about eta per nonzero coordinate."""
     cfg = compose_cfg("optimizer=adam")
     p = param(1.0, 2.0, 3.0)
-    opt = parts.build_optimizer(cfg.optimizer, [p])
+    opt = builders.build_optimizer(cfg.optimizer, [p])
     step_with(opt, p, torch.tensor([0.5, -4.0, 0.0], dtype=torch.float64))
     eta = cfg.optimizer.lr
     torch.testing.assert_close(
@@ -197,8 +197,8 @@ def cosine(t: float, t_max: float, eta_0: float, eta_min: float) -> float:
 
 def scheduled(*overrides: str, lr: float = 1.0, steps_per_epoch: int = 4, epochs: int = 3):
     cfg = compose_cfg(f"optimizer.lr={lr}", *overrides)
-    opt = parts.build_optimizer(cfg.optimizer, [param(0.0)])
-    schedule = parts.build_schedule(cfg.sched, opt, steps_per_epoch, epochs)
+    opt = builders.build_optimizer(cfg.optimizer, [param(0.0)])
+    schedule = builders.build_schedule(cfg.sched, opt, steps_per_epoch, epochs)
     opt.step()  # as in training, the optimizer steps before the schedule (no gradient: nothing moves)
     return opt, schedule
 

@@ -34,12 +34,12 @@ def test_a_preset_runs_as_a_sweep_and_command_line_values_win(tmp_path):
 
 
 def test_deep_plain_and_deep_residual_have_the_same_depth():
-    from runner.engine import parts
+    from runner.engine import builders
 
     def convs(name):
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
             cfg = compose("config", overrides=[f"model={name}"])
-        model = parts.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
+        model = builders.build_model(cfg.model, cfg.activation, (1, 28, 28), 10)
         shortcut = {id(m) for b in model.features if hasattr(b, "shortcut") for m in b.shortcut.modules()}
         return sum(1 for m in model.modules() if type(m).__name__ == "Conv2d" and id(m) not in shortcut)
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_validation import MESSAGE
 
-from runner.data import batches
-from runner.engine import parts, startup
+from runner.data import splits
+from runner.engine import builders, startup
 
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 TAGS = {"loss/train", "loss/val", "acc/train", "acc/val", "lr", "acc/test", "loss/test"}
@@ -219,8 +219,8 @@ def test_eval_flip_scores_the_mean_output_for_each_image_and_its_mirror_image(tm
     metrics = json.loads((run_dir / "metrics.json").read_text())
 
     cfg = compose_cfg(*overrides)  # the test split and the final weights, scored here by hand
-    data = batches.load(cfg.data, torch.device("cpu"))
-    model = parts.build_model(cfg.model, cfg.activation, data.in_shape, data.num_classes).eval()
+    data = splits.load(cfg.data, torch.device("cpu"))
+    model = builders.build_model(cfg.model, cfg.activation, data.in_shape, data.num_classes).eval()
     model.load_state_dict(load_file(run_dir / "model.safetensors"))
     x = (data.test.images.float() / 255 - data.mean.view(1, -1, 1, 1)) / data.std.view(1, -1, 1, 1)
     with torch.no_grad():

@@ -16,7 +16,7 @@ from helpers import compose_cfg
 import optim
 from optim import textbook
 from runner.config import schema
-from runner.engine import parts
+from runner.engine import builders
 
 A = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)  # f(theta) = 0.5 theta^T A theta
 B = torch.tensor([1.0, -0.5], dtype=torch.float64)  # ... - B^T theta: the minimum is not at 0
@@ -32,7 +32,7 @@ def param(*values: float, dtype=torch.float64) -> torch.nn.Parameter:
 
 def build(name: str, impl: str, p: torch.nn.Parameter, *overrides: str) -> torch.optim.Optimizer:
     cfg = compose_cfg(f"optimizer={name}", f"optimizer.impl={impl}", *overrides)
-    return parts.build_optimizer(cfg.optimizer, [p])
+    return builders.build_optimizer(cfg.optimizer, [p])
 
 
 def descend(opt: torch.optim.Optimizer, p: torch.nn.Parameter) -> None:
@@ -44,7 +44,7 @@ def descend(opt: torch.optim.Optimizer, p: torch.nn.Parameter) -> None:
 
 def cosine_schedule(opt: torch.optim.Optimizer, steps: int):
     """sched=cosine from the real config: eta falls from optimizer.lr to 0 over `steps` steps."""
-    return parts.build_schedule(compose_cfg("sched=cosine").sched, opt, steps_per_epoch=steps, epochs=1)
+    return builders.build_schedule(compose_cfg("sched=cosine").sched, opt, steps_per_epoch=steps, epochs=1)
 
 
 # --- Building -----------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_impl_defaults_to_torch_and_configs_without_it_still_build():
     assert compose_cfg().optimizer.impl == "torch"
     cfg = compose_cfg("optimizer=momentum", "~optimizer.impl")  # a config that leaves impl out
     schema.validate(cfg)
-    assert type(parts.build_optimizer(cfg.optimizer, [param(1.0)])) is optim.eager.SGD
+    assert type(builders.build_optimizer(cfg.optimizer, [param(1.0)])) is optim.eager.SGD
     assert issubclass(optim.eager.SGD, torch.optim.SGD)
 
 
@@ -277,7 +277,7 @@ def test_params_without_grad_are_skipped(name):
     """A parameter with no gradient does not move and gets no state (weight decay included)."""
     used, unused = param(1.0, -2.0), param(3.0)
     cfg = compose_cfg(f"optimizer={name}", "optimizer.impl=textbook", "optimizer.weight_decay=0.1")
-    opt = parts.build_optimizer(cfg.optimizer, [used, unused])
+    opt = builders.build_optimizer(cfg.optimizer, [used, unused])
     for _ in range(3):
         descend(opt, used)  # only `used` gets a gradient
     assert unused.item() == 3.0 and len(opt.state[unused]) == 0
@@ -291,7 +291,7 @@ def test_adam_counts_steps_per_parameter_as_torch_does():
     for impl in ("textbook", "torch"):
         early, late = param(1.0, -2.0, dtype=torch.float32), param(3.0, dtype=torch.float32)
         cfg = compose_cfg("optimizer=adam", f"optimizer.impl={impl}", "optimizer.lr=0.1")
-        opt = parts.build_optimizer(cfg.optimizer, [early, late])
+        opt = builders.build_optimizer(cfg.optimizer, [early, late])
         for g in late_grads:
             opt.zero_grad(set_to_none=True)
             quadratic(early).backward()

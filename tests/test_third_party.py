@@ -15,7 +15,7 @@ import torch
 from helpers import ROOT, compose_cfg, run_cli, write_cifar_like
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runner.engine import job
+from runner.engine import run
 
 EXAMPLE = ROOT / "examples" / "own_parts"
 FAMILIES = (  # one builder of each family, at its smallest
@@ -45,8 +45,8 @@ def user_cfg(*overrides: str):
 
 
 def refusal(*overrides: str) -> str:
-    with pytest.raises(job.SetupError) as refused:
-        job.build(user_cfg(*overrides))
+    with pytest.raises(run.SetupError) as refused:
+        run.build(user_cfg(*overrides))
     message = str(refused.value)
     assert "\n" not in message
     return message
@@ -83,10 +83,10 @@ def test_a_torchvision_model_with_a_fixed_image_size_is_refused_naming_the_key_t
     message = refusal(*cifar, "model=torchvision", "model._target_=torchvision.models.vit_b_16")
     assert message.startswith("model._target_=torchvision.models.vit_b_16 fails on 3x32x32 images (AssertionError: ")
     assert message.endswith("; or model.image_size=32 for these images")
-    parts = job.build(
+    setup = run.build(
         user_cfg(*cifar, "model=torchvision", "model._target_=torchvision.models.vit_b_16", "+model.image_size=32")
     )
-    assert parts.model.image_size == 32
+    assert setup.learner.model.image_size == 32
 
 
 def test_a_tuple_output_is_refused_naming_the_key_that_mends_it(cifar):
@@ -101,11 +101,11 @@ def test_a_tuple_output_is_refused_naming_the_key_that_mends_it(cifar):
 
 def test_layout_auto_takes_contiguous_for_a_model_that_fails_in_channels_last(own_parts, cifar):
     """The copied dense net flattens with `view`, which channels_last RGB images do not allow."""
-    parts = job.build(user_cfg(*cifar, "model=dense", "trainer.layout=auto", "trainer.device=cpu"))
-    assert parts.compute.layout == "contiguous"
-    assert parts.train.memory_format == torch.contiguous_format
+    setup = run.build(user_cfg(*cifar, "model=dense", "trainer.layout=auto", "trainer.device=cpu"))
+    assert setup.compute.layout == "contiguous"
+    assert setup.batches.train.memory_format == torch.contiguous_format
     assert (
-        job.build(user_cfg(*cifar, "model=bn", "trainer.layout=auto", "trainer.device=cpu")).compute.layout
+        run.build(user_cfg(*cifar, "model=bn", "trainer.layout=auto", "trainer.device=cpu")).compute.layout
         == "channels_last"
     )
     message = refusal(*cifar, "model=dense", "trainer.layout=channels_last")
@@ -119,17 +119,17 @@ def test_layout_auto_takes_contiguous_for_a_model_that_fails_in_channels_last(ow
 def test_the_first_step_leaves_the_model_and_the_generators_as_they_were(own_parts, cifar):
     """The check runs a forward and backward pass in training mode: BatchNorm's statistics, the
     gradients and the random generators must be as if it had not run."""
-    parts = job.build(user_cfg(*cifar, "model=bn", "seed=3"))
-    job.seed_everything(3)
-    fresh = job.build_model(user_cfg(*cifar, "model=bn", "seed=3"), parts.dataset)
-    for (name, a), b in zip(parts.model.state_dict().items(), fresh.state_dict().values(), strict=True):
+    setup = run.build(user_cfg(*cifar, "model=bn", "seed=3"))
+    run.seed_everything(3)
+    fresh = run.build_model(user_cfg(*cifar, "model=bn", "seed=3"), setup.dataset)
+    for (name, a), b in zip(setup.learner.model.state_dict().items(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a.cpu(), b.cpu()), name
-    assert all(p.grad is None for p in parts.model.parameters())
+    assert all(p.grad is None for p in setup.learner.model.parameters())
 
 
 def test_torch_schedulers_get_the_training_length_under_their_own_names(cifar):
     def schedule(*overrides):
-        return job.build(user_cfg(*cifar, "data.batch_size=10", "trainer.max_epochs=3", *overrides)).schedule
+        return run.build(user_cfg(*cifar, "data.batch_size=10", "trainer.max_epochs=3", *overrides)).learner.schedule
 
     torch_sched = "sched._target_=torch.optim.lr_scheduler."
     plain = ["sched=constant", "~sched.warmup", "~sched.warmup_start_factor"]

@@ -16,7 +16,7 @@ from helpers import cli_env, compose_cfg, run_cli, write_idx, write_mnist_like
 
 from runner.config import schema
 from runner.config.rules import ConfigError
-from runner.data.batches import load, load_arrays
+from runner.data.splits import load, load_arrays
 
 SPLIT_DATASET = '''
 import numpy as np

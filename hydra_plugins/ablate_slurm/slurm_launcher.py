@@ -12,7 +12,7 @@ traceback and no summary. Here:
   naming the job and its SLURM log, kept in `<sweep dir>/failed/` (runner.engine.failures), and the
   status `failed` in its metrics.json; the other jobs go on, the summary is written, and the sweep
   exits with runner.engine.failures.FAILED_EXIT;
-- on the node, the job holds its run directory before Hydra writes into it (runner.engine.holder):
+- on the node, the job holds its run directory before Hydra writes into it (runner.engine.lock):
   a sweep submitted again while the first still runs reports the busy job and leaves it alone.
 """
 
@@ -58,7 +58,7 @@ class SlurmLauncher(BaseSubmititLauncher):
         """One job, on its node: the plugin's, with the run directory held first (rank 0)."""
         import submitit
 
-        from runner.engine import failures, holder
+        from runner.engine import failures, lock
 
         Singleton.set_state(singleton_state)
         setup_globals()
@@ -70,8 +70,8 @@ class SlurmLauncher(BaseSubmititLauncher):
         main = submitit.JobEnvironment().global_rank == 0
         if main:
             try:
-                holder.acquire(run_dir)
-            except holder.Busy as e:
+                lock.acquire(run_dir)
+            except lock.Busy as e:
                 line = f"job #{job_num} ({config.hydra.sweep.subdir}): {e}"
                 print(f"error: {line}", flush=True)
                 failures.record(Path(str(config.hydra.sweep.dir)), job_num, line)
@@ -83,7 +83,7 @@ class SlurmLauncher(BaseSubmititLauncher):
             )  # fmt: skip
         finally:
             if main:
-                holder.release(run_dir)
+                lock.release(run_dir)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list[JobReturn]:
         """Submits the jobs as one array and waits until each has a result or has ended without one."""

@@ -30,7 +30,7 @@ from runner import tune
 from runner.cli import hydra_shortcuts
 from runner.config import builtin, hydra_errors, schema
 from runner.data import facts
-from runner.engine import distributed, failures, holder, startup
+from runner.engine import distributed, failures, lock, startup
 
 CONFIGS = builtin.configs_dir()  # the checkout's configs/, or a wheel's copy (runner/config/builtin.py)
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -42,7 +42,8 @@ TUNE_SWEEPER = "hydra_plugins.ablate_tune.tune_sweeper.TuneSweeper"
 @hydra.main(config_path=str(CONFIGS), config_name="config", version_base="1.3")
 def task(cfg: DictConfig) -> float | None:
     startup.mark("checks")
-    from runner.engine.job import SetupError, run_job
+    from runner.cli.job import run_job
+    from runner.engine.run import SetupError
 
     startup.mark("engine")
 
@@ -50,7 +51,7 @@ def task(cfg: DictConfig) -> float | None:
 
     try:
         return run_job(cfg)
-    except SetupError as e:  # a single run's (a sweep's job records its own and returns: runner.engine.job.job_failed)
+    except SetupError as e:  # a single run's (a sweep's job records its own and returns: runner.cli.job.job_failed)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {e}", file=sys.stderr)
@@ -103,7 +104,7 @@ def name_jobs_by_swept_keys(argv: list[str]) -> list[str]:
 class CheckFirst(Callback):
     """Hydra callback: the run's config, or every job's config of a sweep, passes schema.validate
     before Hydra writes anything (run directory, sweep directory, multirun.yaml); a single run then
-    holds its run directory (runner.engine.holder) until it ends. Hydra turns what a callback raises
+    holds its run directory (runner.engine.lock) until it ends. Hydra turns what a callback raises
     into a warning, so a refusal ends the program here."""
 
     def __init__(self) -> None:
@@ -118,12 +119,12 @@ class CheckFirst(Callback):
             schema.validate(config)
         except schema.ConfigError as e:
             refuse(e, [])
-        self.run_dir = hold_run_dir(config)
+        self.run_dir = hold_single_run_dir(config)
         errors_as_usual()
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
         if self.run_dir is not None and distributed.world().main:
-            holder.release(self.run_dir)
+            lock.release(self.run_dir)
             self.run_dir = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
@@ -143,7 +144,7 @@ class CheckFirst(Callback):
         errors_as_usual()
 
 
-def hold_run_dir(config: DictConfig) -> Path:
+def hold_single_run_dir(config: DictConfig) -> Path:
     """The run directory (hydra.run.dir resolved, as Hydra will name it), held by rank 0 before
     Hydra writes into it. Under torchrun every rank resolves it here alike (the `started` resolver
     is shared between ranks in call order) and learns rank 0's answer. Held by another live process:
@@ -164,7 +165,7 @@ def hold_run_dir(config: DictConfig) -> Path:
 def take_run_dir(run_dir: Path) -> str:
     """Holds `run_dir` for this process: "" when it does, else the refusal's line."""
     try:
-        busy = holder.try_acquire(run_dir)
+        busy = lock.try_acquire(run_dir)
     except OSError as e:
         reason = e.strerror or e
         return f"hydra.run.dir={run_dir} cannot be held ({reason}); allowed: a directory this process can write"

@@ -29,7 +29,7 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "model": ("in_shape", "num_classes", "activation"),
     "activation": (),
     "optimizer": ("params",),
-    # ablate's own names, then torch's: each counted in the schedule's own steps (runner.engine.parts)
+    # ablate's own names, then torch's: each counted in the schedule's own steps (runner.engine.builders)
     "sched": ("optimizer", "interval", "steps_per_epoch", "max_epochs", "epochs", "total_steps", "total_iters"),
 }
 # What ablate passes that a YAML may also say, under the same name: the YAML's value is then the one passed.
@@ -320,11 +320,17 @@ def without(cfg: DictConfig, keys) -> DictConfig:
     return node
 
 
+def partial(cfg: DictConfig) -> Callable:
+    """`cfg`'s callable with the YAML's values bound, as Hydra's instantiate binds them (nested
+    `_target_`s built, containers as plain lists and dicts): the one place ablate instantiates."""
+    from hydra.utils import instantiate
+
+    return instantiate(cfg, _partial_=True, _convert_="all")
+
+
 def call(cfg: DictConfig, *args, **context):
     """Instantiate `cfg` with `args` first and the `context` its callable's signature names (the
     YAML's own value of a name wins)."""
-    from hydra.utils import instantiate
-
-    make = instantiate(cfg, _partial_=True, _convert_="all")
+    make = partial(cfg)
     target = locate(cfg._target_)
     return make(*args, **{name: value for name, value in context.items() if names(target, name) and name not in cfg})

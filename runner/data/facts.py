@@ -10,7 +10,7 @@ and finds the facts without training:
 - an image folder: a scan of the folder (its class folders; the images' size from the decoded
   cache's header, else the files' headers, or data.image_size), nothing decoded;
 - any other data set (a torch Dataset class, a user's function): loaded once. Those arrays are kept
-  until the run takes them (runner.data.batches.load_arrays), so that nothing is decoded twice.
+  until the run takes them (runner.data.splits.load_arrays), so that nothing is decoded twice.
 
 Facts are remembered per data config within the process; OmegaConf's resolver cache is off (it
 would keep one answer per resolver and name, across the many configs a sweep composes). An unknown
@@ -126,13 +126,13 @@ def loaded_facts(data: DictConfig, key: str) -> Facts:
     import torch
 
     from runner.config import targets
-    from runner.data import batches
+    from runner.data import splits
     from runner.data.datasets import DataError
 
     target = targets.locate(data._target_)
     for_device = "cpu" if not targets.is_data_set_class(target) and targets.names(target, "device") else None
     try:
-        arrays = batches.read_arrays(data, torch.device("cpu") if for_device else None)
+        arrays = splits.read_arrays(data, torch.device("cpu") if for_device else None)
     except (DataError, ConfigError):
         raise
     except Exception as e:  # noqa: BLE001 what a user's data set raises: one line, before anything is written
@@ -144,7 +144,7 @@ def loaded_facts(data: DictConfig, key: str) -> Facts:
     _loaded.clear()  # one at most: a sweep over data sets keeps only the last
     _loaded[key] = (arrays, for_device)
     channels, height, width = arrays.train[0].shape[1:]
-    return Facts(batches.count_classes(arrays), int(channels), int(height), int(width))
+    return Facts(splits.count_classes(arrays), int(channels), int(height), int(width))
 
 
 def take_loaded(data: DictConfig, device) -> object | None:

@@ -16,10 +16,9 @@ that, the decoded size is compared with the memory the training device has free.
 """
 
 import numpy as np
-from hydra.utils import instantiate
 
 from runner.config.rules import reason
-from runner.config.targets import passes, split_style
+from runner.config.targets import partial, passes, split_style
 from runner.data.datasets import Arrays, DataError, split_off_test
 from runner.data.image_folder import check_memory
 
@@ -40,7 +39,7 @@ def decode(cfg, cls, device, context: dict) -> Arrays:
     """The train and test splits of the data set class `cls`, built from `cfg` (the data config without
     ablate's keys) and from ablate's keys in `context` (root, download, test_fraction, split_seed)."""
     name = f"{cls.__module__}.{cls.__qualname__}"
-    make = instantiate(cfg, _partial_=True, _convert_="all")
+    make = partial(cfg)
     given = {k: v for k, v in context.items() if k in PASSED and passes(cls, k)}
     where = f"{name} ({given['root']})" if "root" in given else name
     style = split_style(cls)

@@ -163,9 +163,9 @@ def leave(code) -> None:
     if code in (0, None):
         dist.barrier()
     dist.destroy_process_group()
-    from runner.engine import holder
+    from runner.engine import lock
 
-    holder.release_all()  # what atexit would release: os._exit below skips it
+    lock.release_all()  # what atexit would release: os._exit below skips it
     logging.shutdown()
     if code is not None and not isinstance(code, int):
         print(code, file=sys.stderr)  # sys.exit("message"), as the interpreter would print it

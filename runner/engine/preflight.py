@@ -1,5 +1,5 @@
 """The model's first step, tried on two training images before a run trains or writes anything
-(runner.engine.job.build): what no signature can tell, a model of any origin (ablate's, torchvision's,
+(runner.engine.run.build): what no signature can tell, a model of any origin (ablate's, torchvision's,
 timm's, one copied from another project) shows here, in one line naming the group at fault:
 
 - its output must be logits of shape (batch, num_classes) (a width that is not the data's class
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from runner.config import targets
 from runner.config.rules import reason
 from runner.engine import failures
-from runner.engine.parts import PartError, blamed
+from runner.engine.builders import PartError, blamed
 
 PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
 SIZE_KEYS = ("image_size", "img_size", "input_size")  # where a model with a fixed input size takes it

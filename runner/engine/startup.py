@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from runner.engine import holder
+from runner.engine import lock
 
 PHASES = ("python", "composition", "torch", "checks", "engine", "data", "model", "first step")
 
@@ -32,7 +32,7 @@ _last: list[float] = []  # perf_counter() at the end of the last phase
 
 def process_age() -> float:
     """Seconds since this process started (Linux's /proc, to 10 ms); 0 where that cannot be read."""
-    stat = holder.process_stat(os.getpid())
+    stat = lock.process_stat(os.getpid())
     try:
         uptime = float(Path("/proc/uptime").read_text().split()[0])
     except (OSError, ValueError, IndexError):

@@ -15,7 +15,8 @@ import contextlib
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import torch
@@ -139,46 +140,80 @@ def train_step(
     return loss.detach().float(), (logits.argmax(1) == y).sum()
 
 
+@dataclass(frozen=True)
+class TrainerConfig:
+    """The keys of the `trainer` group that the loop reads, typed (the others choose the device, the
+    precision and the layout: runner.engine.device)."""
+
+    max_epochs: int
+    grad_clip: float | None = None
+    log_every_n_steps: int = 50
+    checkpoint_every_minutes: float | None = None  # None: a checkpoint at the end of each epoch only
+    eval_flip: bool = False  # evaluate on the mean output for each image and its mirror image
+    histograms: bool = False
+
+    @classmethod
+    def of(cls, trainer) -> "TrainerConfig":
+        """From the `trainer` config node (or any mapping): its values of these keys, else the defaults."""
+        return cls(**{f.name: trainer[f.name] for f in fields(cls) if f.name in trainer})
+
+
+@dataclass
+class Learner:
+    """The model and what trains it."""
+
+    model: torch.nn.Module  # evaluated and saved
+    optimizer: torch.optim.Optimizer
+    schedule: object  # optim.LrSchedule: stepped after each step or epoch
+    train_model: torch.nn.Module | None = None  # the steps run through it: `model`, or `model` in DDP
+    autocast_dtype: torch.dtype | None = None  # the forward pass in this precision (bf16, fp16), else fp32
+    graphed_step: object | None = None  # runner.engine.graphs.GraphedStep: takes the training steps
+
+
+@dataclass
+class SplitBatches:
+    """The batches of the three splits."""
+
+    train: Batches
+    val: Batches
+    test: Batches
+
+
+@dataclass
+class Reporting:
+    """Where the loop reports: the TensorBoard writer (runner.engine.log.RunLogger), the progress on
+    the terminal, the checkpoint (a function of the Trainer's state), the diagnostics, and for a
+    tuned sweep's trial the pruner and whether the test set is met."""
+
+    logger: object
+    progress: object  # start(max_epochs, steps_per_epoch, done_steps), advance(), show(), end_epoch(), stop()
+    checkpoint: Callable[[dict], None] | None = None
+    diagnostics: object | None = None  # runner.engine.diagnostics.Diagnostics
+    prune: Callable[[int, float | None], bool] | None = None  # asked after each epoch: stop the run there?
+    meet_test: bool = True  # False (a tuned sweep's trial): validation only; the final runs meet the test set
+
+
 class Trainer:
     def __init__(
         self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        schedule,
-        train: Batches,
-        val: Batches,
-        test: Batches,
-        cfg,
-        autocast_dtype: torch.dtype | None,
-        logger,
-        progress,
-        checkpoint=None,
-        diagnostics=None,
+        learner: Learner,
+        batches: SplitBatches,
+        config: TrainerConfig,
+        reporting: Reporting,
         world: World | None = None,
-        train_model: torch.nn.Module | None = None,
-        prune=None,
-        meet_test: bool = True,
-        graphed_step=None,
     ):
-        """`train_model`: the module the steps run through (`model` in DDP); `model` is evaluated and saved.
-        `prune(epoch, val_acc)`, if given, is asked after each epoch whether to stop the run there (a
-        hopeless trial of a tuned sweep): the run ends with status `pruned`, without the test set.
-        `meet_test=False` (a tuned sweep's trial) leaves the test set alone: only the final runs meet it.
-        `graphed_step` (runner.engine.graphs.GraphedStep), if given, takes the training steps."""
-        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        """`learner.train_model` runs the steps (`model` in DDP); `learner.model` is evaluated and saved.
+        `reporting.prune(epoch, val_acc)`, if given, is asked after each epoch whether to stop the run
+        there (a hopeless trial of a tuned sweep): the run ends with status `pruned`, without the test set."""
+        self.model, self.optimizer, self.schedule = learner.model, learner.optimizer, learner.schedule
+        self.train_model = learner.train_model or learner.model
+        self.autocast_dtype, self.graphed_step = learner.autocast_dtype, learner.graphed_step
+        self.train_batches, self.val_batches, self.test_batches = batches.train, batches.val, batches.test
+        self.config = config
         self.world = world or World()
-        self.train_model = train_model or model
-        self.train_batches, self.val_batches, self.test_batches = train, val, test
-        self.max_epochs, self.grad_clip, self.log_every = cfg.max_epochs, cfg.grad_clip, max(1, cfg.log_every_n_steps)
-        minutes = cfg.get("checkpoint_every_minutes")
-        self.checkpoint_every = None if minutes is None else 60 * minutes  # seconds
-        self.autocast_dtype = autocast_dtype
-        self.device = next(model.parameters()).device
-        self.logger, self.progress, self.checkpoint, self.prune = logger, progress, checkpoint, prune
-        self.meet_test = meet_test
-        self.eval_flip = cfg.get("eval_flip", False)
-        self.diagnostics, self.histograms = diagnostics, cfg.histograms
-        self.graphed_step = graphed_step
+        self.logger, self.progress, self.checkpoint = reporting.logger, reporting.progress, reporting.checkpoint
+        self.diagnostics, self.prune, self.meet_test = reporting.diagnostics, reporting.prune, reporting.meet_test
+        self.device = next(learner.model.parameters()).device
         self.epoch = 0  # epochs finished
         self.batch = 0  # batches finished in the running epoch
         self.step = 0  # optimizer steps taken
@@ -187,6 +222,20 @@ class Trainer:
         self.stop_signal: int | None = None
         self.last_save = time.monotonic()
         self.result = Result(status="completed")
+
+    @property
+    def max_epochs(self) -> int:
+        return self.config.max_epochs
+
+    @property
+    def log_every(self) -> int:
+        return max(1, self.config.log_every_n_steps)
+
+    @property
+    def checkpoint_every(self) -> float | None:
+        """Seconds between checkpoints within an epoch; None: at the end of each epoch only."""
+        minutes = self.config.checkpoint_every_minutes
+        return None if minutes is None else 60 * minutes
 
     def request_stop(self, signum: int) -> None:
         """End the run after the current step (from a signal handler)."""
@@ -310,16 +359,18 @@ class Trainer:
         backward and step (a graphed step runs eagerly for it where something reads them)."""
         after_backward = (lambda: self.log_diagnostics(self.step + 1)) if log_now else None
         if self.graphed_step is not None:
-            eager = log_now and bool(self.diagnostics or self.histograms)
+            eager = log_now and bool(self.diagnostics or self.config.histograms)
             return self.graphed_step(x, y, eager=eager, after_backward=after_backward)
-        return train_step(self.train_model, self.optimizer, x, y, self.autocast(), self.grad_clip, after_backward)
+        return train_step(
+            self.train_model, self.optimizer, x, y, self.autocast(), self.config.grad_clip, after_backward
+        )
 
     def log_diagnostics(self, step: int) -> None:
         """Gradient norms and dead units (and histograms if asked), before the optimizer step."""
         if self.diagnostics:
             self.diagnostics.active = False
             self.logger.scalars(self.diagnostics.read(), step)
-        if self.histograms:
+        if self.config.histograms:
             self.logger.histograms(self.model, step)
 
     @torch.inference_mode()
@@ -336,7 +387,7 @@ class Trainer:
         for x, y in batches.epoch():  # under DDP, this rank's share of the batches
             with self.autocast():
                 logits = self.model(x)
-                if self.eval_flip:  # the mean of the outputs for the image and its mirror image
+                if self.config.eval_flip:  # the mean of the outputs for the image and its mirror image
                     logits = (logits.float() + self.model(x.flip(3)).float()) / 2
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()

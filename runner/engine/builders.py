@@ -1,7 +1,7 @@
-"""A run's parts, built from the config groups that name them with `_target_`: the activation, the
-model, the optimizer and the schedule (the data: runner.data.datasets). Each is one call of
-hydra.utils.instantiate, with what ablate passes itself (runner.config.targets.CONTEXT) given by name
-where the callable's signature names it, never into a `**kwargs`, and never over a value the YAML
+"""The builders of a run's parts, from the config groups that name them with `_target_`: the
+activation, the model, the optimizer and the schedule (the data: runner.data.splits). Each is one
+call of the `_target_` (runner.config.targets.call), with what ablate passes itself
+(runner.config.targets.CONTEXT) given by name where the callable's signature names it, never into a `**kwargs`, and never over a value the YAML
 says itself. The config was checked before (runner.config.schema); what a part's own code raises
 while it is built is PartError, one line naming the group and its `_target_`.
 """
@@ -9,13 +9,12 @@ while it is built is PartError, one line naming the group and its `_target_`.
 from collections.abc import Callable
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from optim import LrSchedule
 from optim.schedulers import Ticks
 from runner.config.rules import reason, show
-from runner.config.targets import OWN_KEYS, call, locate, names, without
+from runner.config.targets import OWN_KEYS, call, locate, names, partial, without
 
 
 class PartError(ValueError):
@@ -36,7 +35,7 @@ def build_activation(cfg: DictConfig) -> Callable[[], torch.nn.Module]:
     """What makes a fresh activation module at each call; one is made here, so that an activation's
     bad value is blamed on `activation`, not on the model it goes in (runner.engine.preflight blames
     it too when it raises in the model's first step)."""
-    make = instantiate(cfg, _partial_=True, _convert_="all")
+    make = partial(cfg)
     try:
         make()
     except Exception as e:
