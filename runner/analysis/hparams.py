@@ -25,17 +25,15 @@ it ends.
 """
 
 import fcntl
-import json
+import io
 import math
 import re
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import yaml
-
-from runner import GROUPS, disk, flatten, run_name
+from runner import disk, run_name
+from runner.analysis.runs import CHOICES, Run, follows_a_choice, started_under
 
 FILE = "events.out.tfevents.hparams"  # "tfevents" in the name: TensorBoard reads it as an event file
 LOCK = ".hparams.lock"
@@ -46,27 +44,13 @@ METRICS = {  # tag: what the column says
     "loss/val": "final val loss",
     "loss/train": "final train loss",
 }
-CHOICES = (*GROUPS, "experiment")
 SESSION_STATUS = {
     "completed": "STATUS_SUCCESS",
     "diverged": "STATUS_FAILURE",
     "failed": "STATUS_FAILURE",
     "running": "STATUS_RUNNING",
 }  # interrupted (to be resumed) and pruned (a tuned sweep's trial stopped early): STATUS_UNKNOWN
-LEFT_OUT = ("search_space",)  # a tuned sweep's space: in every run of the preset alike
 SWEEP_TIME = re.compile(r"(\d{4})-(\d\d)-(\d\d)_(\d\d)-(\d\d)-(\d\d)")  # hydra.sweep.dir's default name
-
-
-@dataclass
-class Run:
-    dir: Path
-    values: dict  # the choices and the flat config
-    status: str
-    started: float  # seconds since the epoch
-    ended: float | None
-    sweep: Path | None  # the sweep directory of a sweep's job
-    job: int | None
-    trial: str = field(default="")
 
 
 def refresh(root: Path) -> int:
@@ -74,7 +58,7 @@ def refresh(root: Path) -> int:
     root.mkdir(parents=True, exist_ok=True)
     with open(root / LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = scan(root)
+        runs = started_under(root)
         name_trials(runs)
         experiment, columns = experiment_summary(runs)
         written = 0
@@ -86,49 +70,6 @@ def refresh(root: Path) -> int:
                     tmp.write_bytes(content)
                 written += 1
         return written
-
-
-def scan(root: Path) -> list[Run]:
-    """Every run directory under `root` (one with a `.hydra/config.yaml`), as written so far."""
-    return [run for config in sorted(root.glob("**/.hydra/config.yaml")) if (run := read_run(config.parent.parent))]
-
-
-_cache: dict[Path, tuple[tuple, Run]] = {}  # run directory: (its files' mtimes, the Run read from them)
-
-
-def read_run(run_dir: Path) -> Run | None:
-    files = [run_dir / ".hydra" / "config.yaml", run_dir / ".hydra" / "hydra.yaml", run_dir / "metrics.json"]
-    try:
-        stamp = tuple(f.stat().st_mtime_ns if f.exists() else None for f in files)
-        if run_dir in _cache and _cache[run_dir][0] == stamp:
-            return _cache[run_dir][1]
-        config = yaml.load(files[0].read_text(), Loader=yaml.CSafeLoader) or {}
-        hydra = (yaml.load(files[1].read_text(), Loader=yaml.CSafeLoader) or {}).get("hydra", {})
-    except (OSError, yaml.YAMLError):
-        return None  # being written: the next refresh reads it
-    metrics = read_metrics(files[2])
-    choices = hydra.get("runtime", {}).get("choices", {})
-    values = {group: choices.get(group) for group in CHOICES}
-    values.update(flatten({k: v for k, v in config.items() if k not in LEFT_OUT}))
-    sweep = run_dir.parent if (run_dir.parent / "multirun.yaml").exists() else None
-    run = Run(
-        dir=run_dir,
-        values=values,
-        status=metrics.get("status", "running"),
-        started=stamp[0] / 1e9,
-        ended=stamp[2] / 1e9 if metrics else None,
-        sweep=sweep,
-        job=hydra.get("job", {}).get("num") if sweep else None,
-    )
-    _cache[run_dir] = (stamp, run)
-    return run
-
-
-def read_metrics(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def name_trials(runs: list[Run]) -> None:
@@ -207,18 +148,6 @@ def columns_of(runs: list[Run]) -> list[Column]:
     return columns
 
 
-def follows_a_choice(key: str, runs: list[Run]) -> bool:
-    """Whether `key` (model.channels) has one value among the runs of each choice of its group (model)."""
-    group = key.split(".", 1)[0]
-    if group not in GROUPS:
-        return False
-    by_choice: dict = {}
-    for run in runs:
-        if key in run.values:
-            by_choice.setdefault(run.values.get(group), set()).add(repr(shown(run.values[key])))
-    return all(len(v) == 1 for v in by_choice.values())
-
-
 def experiment_summary(runs: list[Run]):
     from google.protobuf.struct_pb2 import ListValue
     from tensorboard.plugins.hparams import api_pb2
@@ -281,18 +210,17 @@ def plugin_summary(kind: str, message):
 
 
 def event_file(summaries: list, wall_time: float) -> bytes:
-    """The bytes of an event file holding `summaries` (TFRecord frames of Event protos)."""
+    """The bytes of an event file holding `summaries`, framed by TensorBoard's own record writer."""
     from tensorboard.compat.proto.event_pb2 import Event
-    from tensorboard.summary.writer.record_writer import masked_crc32c
+    from tensorboard.summary.writer.record_writer import RecordWriter
 
     events = [Event(wall_time=wall_time, file_version="brain.Event:2")]
     events += [Event(wall_time=wall_time, step=0, summary=s) for s in summaries]
-    out = bytearray()
+    out = io.BytesIO()
+    records = RecordWriter(out)
     for event in events:
-        data = event.SerializeToString(deterministic=True)
-        header = struct.pack("<Q", len(data))
-        out += header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
-    return bytes(out)
+        records.write(event.SerializeToString(deterministic=True))
+    return out.getvalue()
 
 
 def root_of(run_dir: Path, cwd: Path, sweep_dir: Path | None) -> Path:

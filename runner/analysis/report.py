@@ -3,24 +3,21 @@ plots (plots/*.png) and a table on the terminal.
 
 A variant is a set of runs that differ only in `seed`. Runs are told apart by the choices
 and values that differ between them, so runs of different sweeps can be compared too.
-Written at the end of every sweep (SweepSummary, a Hydra callback) and by `report PATH ...`.
+Written at the end of every sweep (runner.cli.app.SweepSummary) and by `report PATH ...`.
 """
 
 import argparse
 import csv
-import json
 import os
+import shutil
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
-
-from runner import GROUPS, flatten
+from runner import GROUPS
 from runner.analysis import stats
-from runner.engine import distributed, failures
+from runner.analysis.runs import Run, ended_under, follows_a_choice, same
 
 RUN_COLUMNS = (
     "status",
@@ -32,18 +29,6 @@ RUN_COLUMNS = (
     "train_seconds",
     "num_params",
 )
-
-
-@dataclass
-class Run:
-    path: Path
-    metrics: dict
-    values: dict  # the run's choices ("model": "bn") and flattened config ("model.channels": "[32, 64]")
-
-    @property
-    def final_train_loss(self) -> float | None:
-        history = self.metrics.get("history") or []
-        return history[-1]["train_loss"] if history else None
 
 
 @dataclass
@@ -69,40 +54,15 @@ class Variant:
         return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
 
 
-def load_run(path: Path) -> Run:
-    metrics = json.loads((path / "metrics.json").read_text())
-    config_file = path / ".hydra" / "config.yaml"
-    config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False) if config_file.exists() else {}
-    values = {g: v for g, v in (metrics.get("choices") or {}).items() if v is not None}
-    values.update({k: v for k, v in flatten(config).items() if k != "seed" and not k.startswith("search_space.")})
-    return Run(path, metrics, values)
-
-
-def find_runs(paths: list[Path]) -> list[Run]:
-    """Every run directory (one holding metrics.json) at or below the given paths, once each."""
-    found = {}
-    for path in paths:
-        for metrics_file in sorted(Path(path).rglob("metrics.json")):
-            found.setdefault(metrics_file.parent.resolve(), metrics_file.parent)
-    return [load_run(p) for p in found.values()]
-
-
 def distinguishing_keys(runs: list[Run]) -> list[str]:
     """The choices that differ between runs, and the values that differ among runs of the same choices
-    (so `model=plain,bn` is labelled by `model`, not by the model.batch_norm it implies). A key that
-    some runs lack (they were made before ablate had it) tells no runs apart."""
+    (so `model=plain,bn` is labelled by `model`, not by the model.batch_norm it implies: a key that
+    follows a choice, runner.analysis.runs). The seed tells the runs of a variant apart, not variants;
+    a key that some runs lack (they were made before ablate had it) tells no runs apart."""
     keys = sorted(set.intersection(*(set(r.values) for r in runs))) if runs else []
-    differing = [k for k in keys if len({json.dumps(r.values.get(k)) for r in runs}) > 1]
+    differing = [k for k in keys if k != "seed" and len({same(r.values.get(k)) for r in runs}) > 1]
     labels = [g for g in GROUPS if g in differing]
-    for key in differing:
-        group = key.split(".", 1)[0]
-        if key in labels or "." not in key:
-            continue
-        by_choice: dict[str, set] = {}
-        for r in runs:
-            by_choice.setdefault(json.dumps(r.values.get(group)), set()).add(json.dumps(r.values.get(key)))
-        if group not in GROUPS or any(len(v) > 1 for v in by_choice.values()):
-            labels.append(key)
+    labels += [k for k in differing if "." in k and not follows_a_choice(k, runs)]
     return labels
 
 
@@ -125,7 +85,7 @@ def write_csv(path: Path, keys: list[str], runs: list[Run]) -> None:
         writer.writerow(["run", *keys, "seed", *RUN_COLUMNS])
         for r in runs:
             cells = [r.final_train_loss if c == "final_train_loss" else r.metrics.get(c) for c in RUN_COLUMNS]
-            writer.writerow([str(r.path), *(r.values.get(k) for k in keys), r.metrics.get("seed"), *cells])
+            writer.writerow([str(r.dir), *(r.values.get(k) for k in keys), r.metrics.get("seed"), *cells])
 
 
 def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
@@ -247,7 +207,7 @@ def tuning_columns(sweep_dir: Path, tuned: dict) -> dict[str, list[str]]:
 def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path | None = None) -> Path | None:
     """summary.csv, summary.md and plots/ in `out` for the runs under `paths`; prints the table.
     `tuned`: the sweep directory of a tuned sweep, whose final runs `paths` are."""
-    runs = find_runs(paths)
+    runs = ended_under(paths)
     if not runs and tuned is None:
         print(f"report: no run directory (with metrics.json) under {', '.join(map(str, paths))}", file=sys.stderr)
         return None
@@ -255,8 +215,8 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
     keys, found = variants(runs)
     if tuned is not None:  # labelled by what the command varied, not by the values each variant chose
         found = [
-            Variant(name, [r for r in runs if r.path.parent.name == name])
-            for name in dict.fromkeys(r.path.parent.name for r in runs)
+            Variant(name, [r for r in runs if r.dir.parent.name == name])
+            for name in dict.fromkeys(r.dir.parent.name for r in runs)
         ]
         found += [Variant(name) for name in study_names(tuned) if name not in {v.label for v in found}]  # no final runs
     write_csv(out / "summary.csv", keys, runs)
@@ -287,25 +247,9 @@ def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path 
         console = Console() if Console().is_terminal else Console(width=200)
         console.print(table)
         console.print(f"Summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", soft_wrap=True)
-        from runner.cli.console import tensorboard_command
-
         logdir = paths[0] if len(paths) == 1 else os.path.commonpath([str(p.resolve()) for p in paths])
         console.print(f"TensorBoard: {tensorboard_command()} --logdir {logdir}", soft_wrap=True)
     return out
-
-
-class SweepSummary(Callback):
-    """Hydra callback: the summary of a sweep, in its sweep directory, when the sweep ends; then the
-    error line of each job that failed (runner.engine.failures), and the sweep's exit code."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        if not distributed.world().main:
-            return  # under torchrun, rank 0 writes the summary
-        sweep_dir = Path(config.hydra.sweep.dir)
-        try:
-            report_sweep(sweep_dir, sweep_dir)
-        finally:
-            failures.announce(sweep_dir)
 
 
 def is_tuned(sweep_dir: Path) -> bool:
@@ -335,3 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.paths) == 1:
         return 0 if report_sweep(args.paths[0], out) else 1
     return 0 if build_report(args.paths, out) else 1
+
+
+def tensorboard_command() -> str:
+    """`tensorboard` when it is on the PATH, else the one installed beside this Python (.venv/bin/tensorboard)."""
+    beside = Path(sys.executable).parent / "tensorboard"
+    if shutil.which("tensorboard") == str(beside) or not beside.exists():
+        return "tensorboard"
+    return os.path.relpath(beside) if beside.is_relative_to(Path.cwd()) else str(beside)

@@ -144,6 +144,22 @@ class CheckFirst(Callback):
         errors_as_usual()
 
 
+class SweepSummary(Callback):
+    """Hydra callback: the summary of a sweep, in its sweep directory, when the sweep ends; then the
+    error line of each job that failed (runner.engine.failures), and the sweep's exit code."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        if not distributed.world().main:
+            return  # under torchrun, rank 0 writes the summary
+        from runner.analysis.report import report_sweep
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            report_sweep(sweep_dir, sweep_dir)
+        finally:
+            failures.announce(sweep_dir)
+
+
 def hold_single_run_dir(config: DictConfig) -> Path:
     """The run directory (hydra.run.dir resolved, as Hydra will name it), held by rank 0 before
     Hydra writes into it. Under torchrun every rank resolves it here alike (the `started` resolver

@@ -2,15 +2,13 @@
 one line per epoch, and a short summary at the end."""
 
 import logging
-import os
-import shutil
-import sys
-from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from runner.analysis.report import tensorboard_command
 
 log = logging.getLogger("ablate")
 console = Console()
@@ -115,11 +113,3 @@ def print_summary(metrics: dict, run_dir: str, logdir: str) -> None:
     console.print(table)
     console.print(f"Run directory: {run_dir}", soft_wrap=True)
     console.print(f"TensorBoard:   {tensorboard_command()} --logdir {logdir}", soft_wrap=True)
-
-
-def tensorboard_command() -> str:
-    """`tensorboard` when it is on the PATH, else the one installed beside this Python (.venv/bin/tensorboard)."""
-    beside = Path(sys.executable).parent / "tensorboard"
-    if shutil.which("tensorboard") == str(beside) or not beside.exists():
-        return "tensorboard"
-    return os.path.relpath(beside) if beside.is_relative_to(Path.cwd()) else str(beside)

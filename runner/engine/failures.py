@@ -2,7 +2,7 @@
 end whatever ran them (this process, joblib's workers, SLURM nodes): `<sweep dir>/failed/<job>.txt`,
 one error line each. A job records its own failure (it raised, at build time or in training, or its
 run directory was held by another process), the SLURM launcher the jobs that raised or ended without
-a result there; the sweep's end (report.SweepSummary) prints them after the summary and the sweep
+a result there; the sweep's end (runner.cli.app.SweepSummary) prints them after the summary and the sweep
 exits with FAILED_EXIT. A job that runs again clears its record.
 
 A job that raised is named by its error and where the user's code raised it (`describe`): the
