@@ -29,6 +29,14 @@ without a holder file), and removes the name. The others read the holder file ag
 winner's. (A rename of the stale file to a name of one's own would not do: a taker slower than the
 winner would rename the winner's fresh file away.)
 
+Why not a lock library: flufl.lock (hard links on NFS, lifetimes, refresh) breaks a lock only once its
+lifetime has run out, so a run killed on this host would keep its directory until then, where (a)
+takes it over at once; it tells a dead holder by its pid alone (a pid given again passes for alive),
+knows nothing of a requeued SLURM job (b), and by its own account leaves a window in which two
+breakers of one stale lock can both proceed, where the takeover below lets one alone through; its
+lock file names a claim file, not the holder a refusal must name. fcntl and filelock do not reach
+other NFS clients. The tests of tests/test_one_writer.py need all of these.
+
 The same process acquiring again only counts (re-entrant); `release` removes the file when the
 count drops to zero and the file is still this holding's, and stops the heartbeat. What this process
 still holds at exit is released then.
