@@ -1,12 +1,12 @@
-"""Activation functions of the seed: tanh, sigmoid, ReLU (torch.nn's classes, named by
-configs/activation/*.yaml) and LeakyReLU with the seed's `alpha`; the gain each one's scaled
+"""Activation functions of the book: tanh, sigmoid, ReLU (torch.nn's classes, named by
+configs/activation/*.yaml) and LeakyReLU with the book's `alpha`; the gain each one's scaled
 initialization uses."""
 
 from torch import nn
 
 
 class LeakyReLU(nn.LeakyReLU):
-    """LeakyReLU(x) = max(alpha x, x) for 0 < alpha < 1 (torch's `negative_slope`, named as the seed names it)."""
+    """LeakyReLU(x) = max(alpha x, x) for 0 < alpha < 1 (torch's `negative_slope`, named as the book names it)."""
 
     def __init__(self, alpha: float = 0.1):
         super().__init__(negative_slope=float(alpha))

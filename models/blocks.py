@@ -1,6 +1,6 @@
 """Building blocks: the conv block, the concatenation skip and the residual bottleneck.
 
-Each block is a small module whose `forward` reads like the seed's diagram. The model families
+Each block is a small module whose `forward` reads like the book's diagram. The model families
 call a block as `block(in_channels, out_channels, activation=act)`, `act()` making a fresh
 activation module; a user's block that takes the same arguments can replace ConvBlock or
 Bottleneck (`model.block`).

@@ -3,7 +3,7 @@
 Each family is an nn.Module whose keyword arguments are the keys of its YAML in configs/model/;
 ablate passes the data's `in_shape` (C, H, W) and `num_classes`, and `activation`, a callable
 that makes a fresh activation module. Every family is features -> flatten -> hidden FC layers ->
-linear head. With one conv layer, no pooling, no hidden layer and tanh, `PlainNet` is the seed's
+linear head. With one conv layer, no pooling, no hidden layer and tanh, `PlainNet` is the book's
 network f(x) = tanh(x (*) W1 + b1) -> flatten -> W_out x + b_out.
 
 `block` replaces the family's own block (ConvBlock, Bottleneck): a callable taking

@@ -1,11 +1,11 @@
 """The optimizers that `optimizer=` chooses from: sgd, momentum, nesterov, adam, adamw, each from
-torch.optim (`impl: torch`) or as the seed's own update equations (`impl: textbook`,
+torch.optim (`impl: torch`) or as the book's own update equations (`impl: textbook`,
 optim/textbook.py). configs/optimizer/*.yaml name these functions with `_target_` and
 `_partial_: true`; ablate calls them with the model's parameters.
 
 torch.optim.SGD keeps v <- mu v + g; theta <- theta - eta v. The seed writes momentum as
 v <- mu v + eta g; theta <- theta - v: the same updates while eta is constant. torch's
-nesterov=True is the seed's look-ahead Nesterov after a change of variables.
+nesterov=True is the book's look-ahead Nesterov after a change of variables.
 """
 
 from typing import Literal
@@ -28,7 +28,7 @@ def sgd(params, lr: float, weight_decay: float = 0.0, impl: Impl = "torch") -> t
 def momentum(
     params, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, impl: Impl = "torch"
 ) -> torch.optim.Optimizer:
-    """SGD with momentum: torch's v <- mu v + g; theta <- theta - eta v, or the seed's form."""
+    """SGD with momentum: torch's v <- mu v + g; theta <- theta - eta v, or the book's form."""
     if impl == "textbook":
         return textbook.TextbookMomentum(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)

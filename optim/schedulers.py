@@ -4,7 +4,7 @@ a user's) after each step or each epoch, as `sched.interval` says.
 
 configs/sched/*.yaml name these functions with `_target_` and `_partial_: true`; ablate calls them
 with the optimizer and, as their signatures ask, `interval`, `steps_per_epoch` and `max_epochs`.
-Durations (`t_max`, `t_0`, `step_size`, `warmup`) count epochs, as the seed does.
+Durations (`t_max`, `t_0`, `step_size`, `warmup`) count epochs, as the book does.
 Cosine annealing: eta_t = eta_min + (eta_0 - eta_min) (1 + cos(pi t / T_max)) / 2.
 """
 

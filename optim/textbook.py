@@ -1,6 +1,6 @@
-"""The seed's own update equations as torch optimizers (`optimizer.impl=textbook`).
+"""The book's own update equations as torch optimizers (`optimizer.impl=textbook`).
 
-Each class runs one of the seed's update equations, as written, with foreach ops over the
+Each class runs one of the book's update equations, as written, with foreach ops over the
 parameters of a param group that have a gradient (a parameter whose grad is None is skipped).
 The learning rate is read from `param_groups` at every step, so torch's lr schedulers drive
 these optimizers as they drive torch.optim; all state lives in `self.state` and round-trips
@@ -11,8 +11,8 @@ penalty, as torch does); adamw multiplies theta by `1 - eta * weight_decay` befo
 (decoupled, as torch does).
 
 Where they differ from torch.optim: torch's momentum keeps `v <- mu v + g; theta <- theta - eta v`,
-the seed keeps `v <- mu v + eta g; theta <- theta - v`. Both give the same parameters while eta is
-constant and different ones once a schedule changes eta (the seed's velocity remembers the old
+the book keeps `v <- mu v + eta g; theta <- theta - v`. Both give the same parameters while eta is
+constant and different ones once a schedule changes eta (the book's velocity remembers the old
 rates, torch's buffer does not). The same holds for Nesterov. SGD, Adam and AdamW are the same
 equations in both forms, with or without a schedule.
 """
@@ -80,7 +80,7 @@ class TextbookMomentum(TextbookOptimizer):
 
 
 class TextbookNesterov(TextbookOptimizer):
-    """The seed's look-ahead Nesterov: theta' = theta - mu v; v <- mu v + eta grad f(theta'); theta <- theta - v.
+    """The book's look-ahead Nesterov: theta' = theta - mu v; v <- mu v + eta grad f(theta'); theta <- theta - v.
 
     The gradient must be taken at theta', so the parameter the model holds is the look-ahead
     point theta' (as in torch's nesterov=True); theta itself stays implicit, theta = theta' + mu v

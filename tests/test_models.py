@@ -1,7 +1,7 @@
-"""The seed's semantics for models (README, section "model"), checked on the real code.
+"""The book's semantics for models (README, section "model"), checked on the real code.
 
 Every model is built with `runner.engine.builders.build_model` from the real YAML configs, composed with Hydra,
-and checked on tiny tensors against the seed's equations computed by hand.
+and checked on tiny tensors against the book's equations computed by hand.
 """
 
 import pytest
@@ -36,7 +36,7 @@ def _seeded():
     torch.manual_seed(0)
 
 
-# --- Plain CNN: the seed's one-hidden-layer network ---------------------------------------------
+# --- Plain CNN: the book's one-hidden-layer network ---------------------------------------------
 
 SEED_NETWORK = ("model=plain", "model.channels=[4]", "model.pool=null", "model.hidden=[]", "activation=tanh")
 

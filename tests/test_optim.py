@@ -1,8 +1,8 @@
-"""The seed's semantics for optimizers and schedules.
+"""The book's semantics for optimizers and schedules.
 
 Optimizers come from `runner.engine.builders.build_optimizer(cfg.optimizer, params)` and schedules from
 `builders.build_schedule(cfg.sched, optimizer, steps_per_epoch, epochs)`, with `cfg` composed
-by Hydra from the real YAML files; each is compared with the seed's update rule run by hand.
+by Hydra from the real YAML files; each is compared with the book's update rule run by hand.
 """
 
 import math
@@ -114,7 +114,7 @@ def test_nesterov_is_the_seed_look_ahead_form_after_a_change_of_variables():
         p_{t+1} = theta_{t+1} - mu v_{t+1} = p_t + mu v_t - (1 + mu) v_{t+1}
                 = p_t - mu^2 v_t - (1 + mu) eta grad f(p_t),
     which is exactly torch's update, since eta (grad f(p) + mu (mu b + grad f(p)))
-    = (1 + mu) eta grad f(p) + mu^2 eta b. So torch's parameter is the seed's look-ahead point
+    = (1 + mu) eta grad f(p) + mu^2 eta b. So torch's parameter is the book's look-ahead point
     (at constant eta).
     """
     mu, eta = 0.9, 0.05

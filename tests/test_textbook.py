@@ -1,4 +1,4 @@
-"""`optimizer.impl=textbook`: the seed's update equations (optim/textbook.py) against torch.optim.
+"""`optimizer.impl=textbook`: the book's update equations (optim/textbook.py) against torch.optim.
 
 They must give the same parameters where the math says the two forms are the same method
 (SGD and Adam/AdamW always; momentum and Nesterov while the learning rate is constant), and
@@ -114,7 +114,7 @@ def test_momentum_matches_torch_while_lr_is_constant(weight_decay):
 
 
 def seed_nesterov(theta: torch.Tensor, steps: int, eta: float, mu: float, weight_decay: float):
-    """The seed's method by hand: theta' = theta - mu v; v <- mu v + eta grad f(theta'); theta <- theta - v.
+    """The book's method by hand: theta' = theta - mu v; v <- mu v + eta grad f(theta'); theta <- theta - v.
 
     Yields (theta, v) after each step; the L2 term is the penalty's gradient at theta'."""
     v = torch.zeros_like(theta)
@@ -134,7 +134,7 @@ def test_nesterov_holds_the_look_ahead_point_and_matches_torch_while_lr_is_const
     torch (nesterov=True, buffer b_new = mu b + g(p)): p_new = p - eta (g(p) + mu b_new)
         = p - (1 + mu) eta g(p) - mu^2 eta b.
     Both start at p = theta_0 with v = b = 0; with v = eta b (true while eta is constant) the two
-    updates are the same, so the parameters are equal (no transform between them), and the seed's
+    updates are the same, so the parameters are equal (no transform between them), and the book's
     theta is p + mu v.
     """
     eta, mu = 0.05, 0.9

@@ -1,4 +1,4 @@
-"""Diagnostics that make the seed's arguments visible, read only on logging steps:
+"""Diagnostics that make the book's arguments visible, read only on logging steps:
 
 - probe/grad_norm/<layer>: the gradient norm of each layer with parameters, and
   probe/grad_norm/first_to_last, the first layer's over the last layer's (vanishing gradients show
