@@ -238,7 +238,7 @@ def _download(dataset: str, root: Path) -> None:
     getattr(torchvision.datasets, SOURCES[dataset].torchvision_class)(root=str(root), train=False, download=True)
 
 
-def locate(dataset: str, root: str | None, download: bool) -> Path:
+def find_folder(dataset: str, root: str | None, download: bool) -> Path:
     """The folder holding the data set's files; one clear error naming everything tried."""
     source = SOURCES[dataset]
     tried = []
@@ -327,7 +327,7 @@ def cifar10(root: str | None = None, download: bool = True, verify: bool = True)
 def read_files(dataset: str, root: str | None, download: bool, verify: bool) -> Arrays:
     """The train and test splits of `dataset` from its files, as uint8 arrays (N, C, H, W) and labels;
     read back from the decoded cache (runner.data.cache) when the files have not changed since."""
-    folder = locate(dataset, root, download)
+    folder = find_folder(dataset, root, download)
     every = CIFAR_FILES if dataset == "cifar10" else IDX_FILES
     paths = [_find(folder, name) for names in every.values() for name in names]
     key = cache.files_key(CACHE_VERSION, folder, f"verify={verify}", paths)

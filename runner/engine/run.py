@@ -106,9 +106,16 @@ def make_batches(cfg: DictConfig, dataset: splits.Data, compute: device.Compute,
     mean, std = (dataset.mean, dataset.std) if cfg.data.normalize else (None, None)
     share = {"memory_format": compute.memory_format, "rank": world.rank, "ranks": world.size}
     train = batches.Batches(
-        dataset.train, cfg.data.batch_size, mean, std,
-        shuffle=True, augment=cfg.data.augment, drop_last=True, seed=cfg.seed, **share,
-    )  # fmt: skip
+        dataset.train,
+        cfg.data.batch_size,
+        mean,
+        std,
+        shuffle=True,
+        augment=cfg.data.augment,
+        drop_last=True,
+        seed=cfg.seed,
+        **share,
+    )
     val, test = (
         batches.Batches(split, batches.EVAL_BATCH_SIZE, mean, std, split_batches=False, **share)
         for split in (dataset.val, dataset.test)
