@@ -74,7 +74,7 @@ def test_the_built_in_data_sets_facts_need_no_file(monkeypatch, name):
     def read(*args, **kwargs):
         raise AssertionError("a data file read for the facts")
 
-    for reader in ("read_mnist_5k", "read_files", "locate"):
+    for reader in ("read_mnist_5k", "read_files", "find_folder"):
         monkeypatch.setattr(datasets, reader, read)
     (channels, height, width), classes = FACTS[name]
     cfg = compose_cfg(f"data={name}")
