@@ -140,3 +140,58 @@ def write_sensitivity(studies: dict, out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def write_forest(rows: list, study, path: Path) -> Path:
+    """An ablation study's effects with their 95% intervals (a forest plot), in points of test accuracy:
+    the zero line, the equivalence margin shaded, each effect coloured by its verdict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    colors = {"helps": "tab:green", "hurts": "tab:red", "undecided": "tab:gray"}
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(rows) + 1.5))
+    ax.axvspan(-100 * study.margin, 100 * study.margin, color="0.9", label=f"±{100 * study.margin:g} pts (margin)")
+    ax.axvline(0, color="0.4", linewidth=0.8)
+    for y, row in enumerate(reversed(rows)):
+        e = row.effect
+        color = colors.get(e.verdict, "tab:blue")  # equivalent: blue
+        low, high = e.ci if e.ci else (e.mean, e.mean)
+        ax.plot([100 * low, 100 * high], [y, y], color=color, linewidth=2)
+        ax.plot(100 * e.mean, y, "o", color=color)
+        ax.annotate(e.verdict, (100 * high, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), [row.component for row in reversed(rows)])
+    ax.set_xlabel("effect on test accuracy (points): on - off, per seed, mean and 95% interval")
+    ax.set_title(f"{study.design.replace('_', '-')}, {len(study.seeds)} seeds (Holm-corrected verdicts)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_path(steps: list, path: Path) -> Path:
+    """An ablation path: validation and test accuracy (mean ± sample std over seeds) after each step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    x = np.arange(len(steps))
+    for index, label in ((1, "validation accuracy (chooses each step)"), (2, "test accuracy")):
+        points = [(i, s[index].mean, s[index].std) for i, s in enumerate(steps) if s[index] is not None]
+        if points:
+            xs, means, stds = (np.array(v) for v in zip(*points, strict=True))
+            ax.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=label)
+    ax.set_xticks(x, [s[0] for s in steps])
+    ax.set_ylabel("accuracy")
+    ax.set_title("ablation path: from the baseline, the best component first")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import GROUPS
+from runner.ablation import STUDY_FILE
 from runner.analysis import stats
 from runner.analysis.runs import Run, ended_under, follows_a_choice, same
 
@@ -88,13 +89,14 @@ def write_csv(path: Path, keys: list[str], runs: list[Run]) -> None:
             writer.writerow([str(r.dir), *(r.values.get(k) for k in keys), r.metrics.get("seed"), *cells])
 
 
-def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
+def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]], str]:
     """The per-variant table: best first by mean test accuracy, each with its 95% confidence interval
-    and its distance to the best, judged by runner.analysis.stats' one test."""
-    samples = {
-        v.label: [r.metrics["test_acc"] for r in v.completed() if r.metrics.get("test_acc") is not None] for v in found
-    }
-    best, comparisons = stats.compare(samples) if any(samples.values()) else (None, {})
+    and its distance to the best, judged by runner.analysis.stats (the paired t-test where every
+    variant ran the same seeds, else Welch's); and the test it used."""
+    scored = {v.label: [r for r in v.completed() if r.metrics.get("test_acc") is not None] for v in found}
+    samples = {label: [r.metrics["test_acc"] for r in runs] for label, runs in scored.items()}
+    seeds = {label: [r.metrics.get("seed") for r in runs] for label, runs in scored.items()}
+    best, comparisons = stats.compare(samples, seeds) if any(samples.values()) else (None, {})
     ranked = sorted(found, key=lambda v: -comparisons[v.label].mean if v.label in comparisons else 1)
     header = [
         "variant",
@@ -134,17 +136,20 @@ def variant_rows(found: list[Variant]) -> tuple[list[str], list[list[str]]]:
                 v.statuses() or "no run (no trial completed)",
             ]
         )
-    return header, rows
+    test = stats.PAIRED if any(c.test == stats.PAIRED for c in comparisons.values()) else "Welch's t-test"
+    return header, rows, test
 
 
-def write_markdown(path: Path, header: list[str], rows: list[list[str]], sources: list[Path]) -> None:
+def write_markdown(path: Path, header: list[str], rows: list[list[str]], sources: list[Path], test: str) -> None:
+    paired = " (every variant ran the same seeds: the differences are paired by seed)" if test == stats.PAIRED else ""
     lines = [
         "# Summary",
         "",
         (
             f"Runs from: {', '.join(str(s) for s in sources)}. Mean ± std (sample) and the 95% confidence interval "
-            "of the mean over the completed runs of each variant. Δ to best: p is Welch's t-test against the best "
-            f"variant, Holm-corrected across the variants; 'beyond noise' when p < {stats.ALPHA}, else 'within noise'."
+            f"of the mean over the completed runs of each variant. Δ to best: p is {test} against the best "
+            f"variant{paired}, Holm-corrected across the variants; 'beyond noise' when p < {stats.ALPHA}, else "
+            "'within noise'."
         ),
         "",
         "| " + " | ".join(header) + " |",
@@ -204,29 +209,34 @@ def tuning_columns(sweep_dir: Path, tuned: dict) -> dict[str, list[str]]:
     return columns
 
 
-def build_report(paths: list[Path], out: Path, quiet: bool = False, tuned: Path | None = None) -> Path | None:
+def build_report(
+    paths: list[Path], out: Path, quiet: bool = False, tuned: Path | None = None, by_folder: bool = False
+) -> Path | None:
     """summary.csv, summary.md and plots/ in `out` for the runs under `paths`; prints the table.
-    `tuned`: the sweep directory of a tuned sweep, whose final runs `paths` are."""
+    `tuned`: the sweep directory of a tuned sweep, whose final runs `paths` are. `by_folder`: each
+    variant named by the folder of its runs (an ablation study's `full-bn/seed=0`), as a tuned
+    sweep's are, not by the values that differ."""
     runs = ended_under(paths)
     if not runs and tuned is None:
         print(f"report: no run directory (with metrics.json) under {', '.join(map(str, paths))}", file=sys.stderr)
         return None
     out.mkdir(parents=True, exist_ok=True)
     keys, found = variants(runs)
-    if tuned is not None:  # labelled by what the command varied, not by the values each variant chose
+    if tuned is not None or by_folder:  # labelled by what the command varied, not by the values each variant chose
         found = [
             Variant(name, [r for r in runs if r.dir.parent.name == name])
             for name in dict.fromkeys(r.dir.parent.name for r in runs)
         ]
-        found += [Variant(name) for name in study_names(tuned) if name not in {v.label for v in found}]  # no final runs
+        if tuned is not None:  # variants with no final runs
+            found += [Variant(name) for name in study_names(tuned) if name not in {v.label for v in found}]
     write_csv(out / "summary.csv", keys, runs)
-    header, rows = variant_rows(found)
+    header, rows, test = variant_rows(found)
     tuned_studies = studies(tuned, found) if tuned is not None else {}
     if tuned_studies:
         columns = tuning_columns(tuned, tuned_studies)
         header = [header[0], "tuned", "trials", *header[1:]]
         rows = [[row[0], *columns[row[0]], *row[1:]] for row in rows]
-    write_markdown(out / "summary.md", header, rows, paths)
+    write_markdown(out / "summary.md", header, rows, paths, test)
     from runner.analysis import plots
 
     by_label = {v.label: v for v in found}
@@ -258,10 +268,17 @@ def is_tuned(sweep_dir: Path) -> bool:
 
 
 def report_sweep(sweep_dir: Path, out: Path) -> Path | None:
-    """The summary of one sweep; of a tuned sweep, its final runs, with its studies."""
+    """The summary of one sweep; of a tuned sweep, its final runs, with its studies; of an ablation
+    study, its effects too (runner.analysis.ablation)."""
     if is_tuned(sweep_dir):
         return build_report([sweep_dir / "final"], out, tuned=sweep_dir)
-    return build_report([sweep_dir], out)
+    study = (sweep_dir / STUDY_FILE).exists()
+    written = build_report([sweep_dir], out, by_folder=study)
+    if study:
+        from runner.analysis import ablation
+
+        ablation.show(ablation.write(sweep_dir, out), out)
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import tune
+from runner import ablation, tune
 from runner.cli import hydra_shortcuts
 from runner.config import builtin, hydra_errors, schema
 from runner.data import facts
@@ -128,7 +128,8 @@ class CheckFirst(Callback):
             self.run_dir = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        tuned = config.hydra.sweeper.get("_target_") == TUNE_SWEEPER
+        sweeper = config.hydra.sweeper.get("_target_")
+        tuned = sweeper == TUNE_SWEEPER
         try:
             jobs = sweep_jobs(config)
         except schema.ConfigError as e:
@@ -139,6 +140,8 @@ class CheckFirst(Callback):
                 schema.validate(job)
                 if tuned:
                     tune.check_job(job)
+                if sweeper == ablation.SWEEPER:
+                    ablation.check_job(job, str(config.hydra.sweeper.design))
             except (schema.ConfigError, HydraException, OmegaConfBaseException) as e:
                 refuse(e, overrides)
         errors_as_usual()
@@ -191,12 +194,15 @@ def take_run_dir(run_dir: Path) -> str:
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """The overrides of each job the sweep will launch: every combination of the swept values, in
     the order of Hydra's basic sweeper; for a tuned sweep, each variant at the ends of its search
-    space; under another sweeper, only the fixed overrides."""
+    space; for an ablation study, each side of every component (runner.ablation.checked_jobs); under
+    another sweeper, only the fixed overrides."""
     parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
     if config.hydra.sweeper.get("_target_") == TUNE_SWEEPER:
         return tune.checked_jobs(
             parser.parse_overrides(tune.sweep_overrides(config, list(config.hydra.overrides.task)))
         )
+    if config.hydra.sweeper.get("_target_") == ablation.SWEEPER:
+        return ablation.checked_jobs(config, list(config.hydra.overrides.task))
     params = [f"{k}={v}" for k, v in (config.hydra.sweeper.get("params") or {}).items()]
     overrides = parser.parse_overrides([*params, *config.hydra.overrides.task])
     if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:

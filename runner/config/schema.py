@@ -20,7 +20,7 @@ from runner import GROUPS
 from runner.config import targets
 from runner.config.rules import RULES, ConfigError, allowed, check_value, raised_in, refuse, show
 
-TOP_KEYS = (*GROUPS, "seed", "search_space")
+TOP_KEYS = (*GROUPS, "seed", "search_space", "ablation", "components")
 
 
 def validate(cfg) -> None:
@@ -38,6 +38,9 @@ def validate(cfg) -> None:
         raise refuse(
             "search_space", cfg["search_space"], "a mapping of keys to sweeps: {optimizer: {lr: 'interval(0.001,0.1)'}}"
         )
+    for key, shape in (("ablation", "{bn: {off: {model: plain}, on: {model: bn}}}"), ("components", "{bn: on}")):
+        if not isinstance(cfg.get(key), (DictConfig, type(None))):
+            raise refuse(key, cfg[key], f"a mapping: {shape}")
     try:  # a part's `${data:...}` is resolved here, from the data config checked first (runner.data.facts)
         for group in GROUPS:
             check(group, cfg[group])
