@@ -165,7 +165,7 @@ def write_forest(rows: list, study, path: Path) -> Path:
     ax.set_yticks(range(len(rows)), [row.component for row in reversed(rows)])
     ax.set_xlabel("effect on test accuracy (points): on - off, per seed, mean and 95% interval")
     ax.set_title(f"{study.design.replace('_', '-')}, {len(study.seeds)} seeds (Holm-corrected verdicts)")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18 - 0.6 / max(1, len(rows))), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

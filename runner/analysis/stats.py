@@ -177,14 +177,14 @@ def effect(differences: list[float], margin: float = MARGIN) -> Effect:
     )
 
 
-def judge(effects: dict[str, Effect]) -> dict[str, Effect]:
-    """Holm's adjustment across the components, then, for each one still undecided, the seeds that
-    would decide it at 80% power from its observed mean and spread."""
+def judge(effects: dict[str, Effect], needed: bool = True) -> dict[str, Effect]:
+    """Holm's adjustment across the components, then (`needed`), for each one still undecided, the
+    seeds that would decide it at 80% power from its observed mean and spread."""
     tested = [name for name, e in effects.items() if e.p is not None]
     for name, adjusted in zip(tested, holm([effects[name].p for name in tested]), strict=True):
         effects[name].p_holm = adjusted
     for e in effects.values():
-        if e.verdict == "undecided" and e.n > 1:
+        if needed and e.verdict == "undecided" and e.n > 1:
             e.seeds_needed = seeds_needed(e.mean, e.std, e.margin, ALPHA / max(1, len(tested)))
     return effects
 
@@ -192,21 +192,23 @@ def judge(effects: dict[str, Effect]) -> dict[str, Effect]:
 def seeds_needed(mean: float, std: float, margin: float, alpha: float, power: float = POWER) -> int | None:
     """The fewest seeds at which, were the true mean difference `mean` and its spread `std`, the
     study would decide with probability `power`: the paired t-test at level `alpha` (Holm's first
-    step: ALPHA over the components) where |mean| reaches the margin, else the equivalence test at
-    ALPHA. None when the spread is 0 (nothing to decide) or more than MAX_SEEDS would be needed."""
+    step: ALPHA over the effects) where |mean| reaches the margin, else the equivalence test at
+    ALPHA (the noncentral t). None when the spread is 0 (nothing to decide) or more than MAX_SEEDS
+    would be needed."""
+    import numpy as np
     from scipy import stats
 
     if std == 0:
         return None
-    for n in range(2, MAX_SEEDS + 1):
-        se, df = std / math.sqrt(n), n - 1
+    for n in (np.arange(2, 51), np.arange(51, MAX_SEEDS + 1)):  # most answers lie in the first range
+        se, df = std / np.sqrt(n), n - 1
         if abs(mean) >= margin:
             crit = stats.t.ppf(1 - alpha / 2, df)
-            shift = abs(mean) / se
-            reach = stats.nct.sf(crit, df, shift) + stats.nct.cdf(-crit, df, shift)
+            reach = stats.nct.sf(crit, df, abs(mean) / se) + stats.nct.cdf(-crit, df, abs(mean) / se)
         else:
             crit = stats.t.ppf(1 - ALPHA, df)
             reach = stats.nct.cdf(-crit, df, (mean - margin) / se) - stats.nct.cdf(crit, df, (mean + margin) / se)
-        if reach >= power:
-            return n
+        enough = np.flatnonzero(reach >= power)
+        if len(enough):
+            return int(n[enough[0]])
     return None
