@@ -85,6 +85,7 @@ def test_the_example_command_tunes_each_variant_then_runs_the_best_on_fresh_seed
     rows = [line for line in summary.splitlines() if line.startswith("| ") and "optimizer=" in line]
     assert len(rows) == 2 and all("4 completed" in row and "optimizer.lr=" in row for row in rows)
     assert "| variant | tuned | trials | n |" in summary
+    assert "- optimizer=sgd: optimizer.lr 1.00" in summary  # fANOVA: the only tuned key explains it all
     assert (sweep / "plots" / "sensitivity_optimizer.lr.png").read_bytes().startswith(b"\x89PNG")
     assert report_main([str(sweep), "--out", str(tmp_path / "again")]) == 0  # the same summary from `report`
     assert (tmp_path / "again" / "summary.md").read_text().split("\n", 3)[3] == summary.split("\n", 3)[3]
