@@ -53,6 +53,9 @@ def override_value(value) -> str:
     return str(value)
 
 
+YAML_SIDES = {False: "off", True: "on"}  # YAML 1.1 reads the keys off: and on: as booleans
+
+
 class StudyError(ConfigError):
     """A study that cannot run as declared; the message names the key, the value and what is allowed."""
 
@@ -68,10 +71,11 @@ def components(spec) -> list[Component]:
             "overrides: {bn: {off: {model: plain}, on: {model: bn}}}"
         )
     found = []
-    for name, sides in plain.items():
+    for name, given in plain.items():
+        sides = {YAML_SIDES.get(k, k): v for k, v in given.items()} if isinstance(given, dict) else given
         if not isinstance(sides, dict) or set(sides) != {"off", "on"}:
             raise StudyError(
-                f"ablation.{name}={sides!r} is not allowed; allowed: a mapping with exactly the keys off and on, "
+                f"ablation.{name}={given!r} is not allowed; allowed: a mapping with exactly the keys off and on, "
                 "each of overrides: {off: {model: plain}, on: {model: bn}}"
             )
         for side in ("off", "on"):
