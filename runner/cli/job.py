@@ -96,13 +96,16 @@ def train_job(cfg: DictConfig, ctx: RunContext) -> float | None:
     world = distributed.world()
     if not world.main:
         quiet()
-    root = hparams_root(ctx)
-    if world.main:
-        show_in_hparams(root)  # as running
+    root, built = hparams_root(ctx), []
+
+    def as_running() -> None:
+        built.append(True)
+        show_in_hparams(root)
+
     try:
-        outcome = train(cfg, ctx, console.TrainingProgress(enabled=world.main))
+        outcome = train(cfg, ctx, console.TrainingProgress(enabled=world.main), as_running if world.main else None)
     finally:
-        if world.main:
+        if built:  # a run refused while it was built leaves no record (a sweep's job: job_failed writes it)
             show_in_hparams(root)
     if outcome.stop_signal is not None:
         stop(outcome, ctx)

@@ -13,6 +13,7 @@ the Outcome into what the user sees and the exit code.
 import dataclasses
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,11 +156,12 @@ class Outcome:
     stop_signal: int | None = None
 
 
-def train(cfg: DictConfig, ctx: RunContext, progress) -> Outcome:
+def train(cfg: DictConfig, ctx: RunContext, progress, built: Callable[[], None] | None = None) -> Outcome:
     """The run in `ctx.run_dir`, which this process holds: build, resume or skip, train, write.
-    `progress` shows the training on the terminal (runner.cli.console.TrainingProgress). Raises
-    SetupError on bad input, disk.WriteError when a file cannot be written, and what the training
-    raises, after metrics.json recorded it."""
+    `progress` shows the training on the terminal (runner.cli.console.TrainingProgress); `built`, if
+    given, is called once the run is built and before it trains (the layer above shows it as
+    running). Raises SetupError on bad input, disk.WriteError when a file cannot be written, and what
+    the training raises, after metrics.json recorded it."""
     setup = build(cfg, ctx.parallel_jobs, ctx.job)
     compute, world = setup.compute, setup.world
     if world.active:
@@ -179,6 +181,8 @@ def train(cfg: DictConfig, ctx: RunContext, progress) -> Outcome:
         log.info(f"{ctx.name}: {done['status']} already in {ctx.run_dir}; skipped")
         return Outcome(done, skipped=True)
     trainer = make_trainer(cfg, setup, ctx, saved, config, progress)
+    if built is not None:
+        built()
     if saved:
         trainer.load_state_dict(saved)
         log.info(
