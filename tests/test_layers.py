@@ -14,6 +14,7 @@ LAYERS = {  # bottom to top (docs/architecture.md draws them)
     "runner.analysis": 4,
     "runner.tune": 4,
     "runner.ablation": 4,
+    "runner.provenance": 4,
     "runner.cli": 5,
     "runner.__main__": 6,
 }

@@ -22,9 +22,9 @@ from typing import NoReturn
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from runner import GROUPS, disk, run_name, tune
+from runner import GROUPS, disk, provenance, run_name, tune
 from runner.analysis import hparams
 from runner.cli import console
 from runner.cli.app import BASIC_SWEEPER
@@ -96,6 +96,8 @@ def train_job(cfg: DictConfig, ctx: RunContext) -> float | None:
     world = distributed.world()
     if not world.main:
         quiet()
+    if world.main:  # before it trains: a run that fails or is stopped has it too
+        provenance.write(ctx.run_dir, OmegaConf.to_container(cfg, resolve=True), user_config_dir())
     root, built = hparams_root(ctx), []
 
     def as_running() -> None:
@@ -112,6 +114,14 @@ def train_job(cfg: DictConfig, ctx: RunContext) -> float | None:
     if world.main:
         console.print_summary(outcome.metrics, str(ctx.run_dir), tensorboard_logdir(ctx.run_dir))
     return finish(outcome.metrics, ctx)
+
+
+def user_config_dir() -> Path | None:
+    """The folder `--config-dir` added to the config search path, if any."""
+    for source in HydraConfig.get().runtime.config_sources:
+        if source.provider == "command-line" and source.schema == "file":
+            return Path(source.path)
+    return None
 
 
 def sweeper_chose_values() -> bool:
