@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from fixtures import CONFIGS, compose_cfg, write_cifar_like, write_idx, write_mnist_like  # noqa: F401
+from in_process import run_here
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -31,9 +32,17 @@ def command(args, nproc: int) -> list[str]:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600, nproc: int = 0
+    *args: str,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: int = 600,
+    nproc: int = 0,
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`run *args` in a subprocess, not on a terminal (under torchrun with nproc processes if nproc > 0)."""
+    """`run *args`, not on a terminal: in this process (`run_here`), or with `process=True` (or under
+    torchrun with nproc processes if nproc > 0) in a subprocess, where the process itself matters."""
+    if not (process or nproc):
+        return run_here(*args, cwd=cwd, env=env)
     return subprocess.run(
         command(args, nproc),
         cwd=cwd or ROOT,
