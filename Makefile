@@ -28,8 +28,8 @@ lint: $(STAMP)  ## ruff's findings (pyproject.toml) and its formatting, checked
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: bytecode lint  ## the fast tests, then the 10 slowest of them
-	$(BIN)/pytest -m "not slow" --durations=10
+test: bytecode lint  ## the fast tests, on every core, then the 10 slowest of them
+	$(BIN)/pytest -n auto -m "not slow" --durations=10
 
 test-all: bytecode lint  ## every test, the slow ones too (what CI runs)
 	$(BIN)/pytest --durations=20
