@@ -1,6 +1,7 @@
 """Test helpers: the `run` command in a subprocess, and (from fixtures) the real config
 tree composed with Hydra and small data files in the real formats."""
 
+import functools
 import json
 import os
 import shutil
@@ -102,9 +103,10 @@ def session_hparams(events) -> dict:
     return {shown[k]: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
 
 
+@functools.cache
 def cluster_state() -> str | None:
     """The node state (idle, mix, ...) of the SLURM partition scripts/slurm-up makes, or None where no
-    SLURM answers."""
+    SLURM answers (asked once per process: sinfo waits about 10 s for a controller that does not answer)."""
     if shutil.which("sbatch") is None:
         return None
     result = subprocess.run(
