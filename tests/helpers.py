@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 from fixtures import CONFIGS, compose_cfg, write_cifar_like, write_idx, write_mnist_like  # noqa: F401
-from in_process import run_here
+from in_process import python_here, run_here  # noqa: F401  python_here: for the tests
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 

@@ -42,6 +42,21 @@ def run_here(*args: str, cwd: Path | None = None, env: dict | None = None) -> su
     as subprocess.run(..., capture_output=True, text=True) gives them."""
     from runner.cli import app
 
+    return as_a_program(app.main, [str(PROGRAM), *args], cwd, env)
+
+
+def python_here(code: str, *args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -c code *args` in this process, as `run_here` runs `run`: for a test's script that
+    drives Hydra or ablate's main() its own way."""
+
+    def main() -> None:
+        exec(compile(code, "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102  the test's own script
+
+    return as_a_program(main, ["-c", *args], cwd, env)
+
+
+def as_a_program(main, argv: list[str], cwd: Path | None, env: dict | None) -> subprocess.CompletedProcess:
+    """`main()` with `argv` as sys.argv, as the program of a fresh process: its exit code and output."""
     out, err = io.StringIO(), io.StringIO()
     code = 0
     with (
@@ -50,9 +65,9 @@ def run_here(*args: str, cwd: Path | None = None, env: dict | None = None) -> su
         contextlib.redirect_stderr(err),
         fresh_console(),
     ):
-        sys.argv = [str(PROGRAM), *args]
+        sys.argv = list(argv)
         try:
-            app.main()
+            main()
         except SystemExit as e:
             code = exit_code(e.code)
         except KeyboardInterrupt:
@@ -60,7 +75,7 @@ def run_here(*args: str, cwd: Path | None = None, env: dict | None = None) -> su
         except BaseException:  # noqa: BLE001  as the interpreter ends a program that raised
             traceback.print_exc()
             code = 1
-    return subprocess.CompletedProcess(["run", *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def exit_code(code) -> int:
@@ -194,19 +209,20 @@ class RunnerState:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra._internal.hydra import Hydra
 
-        self.patched = {  # runner.cli.hydra_shortcuts replaces these for its process
-            (Hydra, "get_mode"): Hydra.get_mode,
-            (Hydra, "compose_config"): Hydra.compose_config,
-            (ConfigLoaderImpl, "get_group_options"): ConfigLoaderImpl.get_group_options,
-        }
+        # runner.cli.hydra_shortcuts replaces methods of these for its process (a test's script may too)
+        self.classes = {cls: dict(vars(cls)) for cls in (Hydra, ConfigLoaderImpl)}
         self.reset()
 
     def end(self) -> None:
         from runner.engine import holder
 
         holder.release_all()  # atexit's, in a process of its own
-        for (owner, name), value in self.patched.items():
-            setattr(owner, name, value)
+        for cls, attributes in self.classes.items():
+            for name in set(vars(cls)) - set(attributes):
+                delattr(cls, name)
+            for name, value in attributes.items():
+                if vars(cls).get(name) is not value:
+                    setattr(cls, name, value)
         if "torch._dynamo" in sys.modules:
             torch._dynamo.reset()  # a compiled run's caches (and its recompilation limit)
         self.reset()
