@@ -5,9 +5,10 @@ back afterwards, so that the next run, and the next test, find the process as a 
 - the environment, the current directory, sys.argv, sys.path, the warnings' filters;
 - the modules of the user's folder (my_parts.py in a test's folder is not the next test's);
 - logging's loggers and handlers (Hydra configures them per run, and opens run.log);
-- signal handlers, threading.excepthook, torch's threads, random generators and cuDNN flags;
-- Hydra's global state, and the state ablate keeps per process (`RunnerState`): what it still holds
-  at exit is released, as atexit would, and its process-lifetime caches are emptied.
+- signal handlers, the excepthooks, torch's threads, random generators and cuDNN flags;
+- Hydra's global state and the methods patched on its classes, and the state ablate keeps per process
+  (`RunnerState`): what it still holds at exit is released, as atexit would, its process-lifetime
+  caches are emptied, and a launcher's worker processes (joblib's) are ended.
 """
 
 import contextlib
@@ -98,17 +99,17 @@ def fresh_process(cwd: Path, env: dict | None):
     before = set(sys.modules)
     loggers = LoggingState()
     handlers = {s: signal.getsignal(s) for s in signal.valid_signals() if signal.getsignal(s) is not None}
-    excepthook = threading.excepthook
+    excepthooks = sys.excepthook, threading.excepthook
     generators = torch.random.get_rng_state(), random.getstate(), np.random.get_state()
     threads = torch.get_num_threads()
     cudnn = torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark
     runner_state = RunnerState()
-    os.environ.pop("HYDRA_FULL_ERROR", None)
-    os.environ.update(env or {})
-    os.chdir(cwd)
-    importlib.invalidate_caches()  # the user's files, written just now, are found
-    runner_state.start()
     try:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+        os.environ.update(env or {})
+        os.chdir(cwd)
+        importlib.invalidate_caches()  # the user's files, written just now, are found
+        runner_state.start()
         with warnings.catch_warnings():
             warnings.filters[:] = WARNING_FILTERS
             warnings.showwarning, warnings._showwarnmsg_impl = SHOW_WARNING
@@ -128,7 +129,7 @@ def fresh_process(cwd: Path, env: dict | None):
         for s, handler in handlers.items():
             if signal.getsignal(s) is not handler:
                 signal.signal(s, handler)
-        threading.excepthook = excepthook
+        sys.excepthook, threading.excepthook = excepthooks
         torch.random.set_rng_state(generators[0])
         random.setstate(generators[1])
         np.random.set_state(generators[2])
@@ -205,6 +206,9 @@ class RunnerState:
     """The state ablate and Hydra keep per process. `start`: as a fresh process has it; `end`: what
     the process's exit would do (held run directories released), and nothing left for the next run."""
 
+    def __init__(self) -> None:
+        self.classes: dict[type, dict] = {}
+
     def start(self) -> None:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra._internal.hydra import Hydra
@@ -225,6 +229,9 @@ class RunnerState:
                     setattr(cls, name, value)
         if "torch._dynamo" in sys.modules:
             torch._dynamo.reset()  # a compiled run's caches (and its recompilation limit)
+        loky = sys.modules.get("joblib.externals.loky.reusable_executor")
+        if loky is not None and loky._executor is not None:
+            loky._executor.shutdown(wait=True)  # hydra/launcher=joblib's workers: they end with their process
         self.reset()
 
     @staticmethod
