@@ -5,8 +5,12 @@ import pytest
 
 # Modules whose tests share what a module fixture made (test_docs: the subprocesses it starts in the
 # background; test_install: the wheel and its environment; test_resume and test_distributed: their
-# reference runs; test_tensorboard_views: its runs and server): under `-n auto`, each runs on one worker.
-ONE_WORKER = ("test_docs.py", "test_install.py", "test_resume.py", "test_distributed.py", "test_tensorboard_views.py")
+# reference runs; test_tensorboard_views: its runs and server) or one SLURM cluster (test_slurm, which
+# `make test-all` runs alone, after the rest): under `-n auto`, each runs on one worker.
+ONE_WORKER = (
+    "test_docs.py", "test_install.py", "test_resume.py", "test_distributed.py", "test_tensorboard_views.py",
+    "test_slurm.py",
+)  # fmt: skip
 
 
 def pytest_configure(config) -> None:
