@@ -12,6 +12,7 @@ back afterwards, so that the next run, and the next test, find the process as a 
 """
 
 import contextlib
+import functools
 import importlib
 import io
 import logging
@@ -140,8 +141,11 @@ def fresh_process(cwd: Path, env: dict | None):
 def is_users(module) -> bool:
     """A module of a user's folder (a test's tmp folder, examples/): not ablate's, the tests' or a library's."""
     file = getattr(module, "__file__", None)
-    if not file:
-        return False
+    return bool(file) and is_users_file(file)
+
+
+@functools.cache
+def is_users_file(file: str) -> bool:
     path = Path(file).resolve()
     installed = any(part in ("site-packages", "dist-packages") for part in path.parts)
     return not installed and not any(path.is_relative_to(folder) for folder in (*OURS, *STDLIB))
