@@ -28,11 +28,12 @@ lint: $(STAMP)  ## ruff's findings (pyproject.toml) and its formatting, checked
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: bytecode lint  ## the fast tests, then the 10 slowest of them
-	$(BIN)/pytest -m "not slow" --durations=10
+test: bytecode lint  ## the fast tests, on every core, then the 10 slowest of them
+	$(BIN)/pytest -n auto -m "not slow" --durations=10
 
-test-all: bytecode lint  ## every test, the slow ones too (what CI runs)
-	$(BIN)/pytest --durations=20
+test-all: bytecode lint  ## every test, the slow ones too (what CI runs); the SLURM tests alone, after the others
+	$(BIN)/pytest -n auto --durations=20 --ignore=tests/test_slurm.py
+	$(BIN)/pytest -p no:xdist --durations=5 tests/test_slurm.py
 
 bench: $(STAMP)  ## training images/s: a minimal loop vs ablate vs a DataLoader, side by side, 5 alternating rounds (over 20 minutes on 2 cores)
 	$(BIN)/python benchmarks/throughput.py

@@ -1,6 +1,7 @@
 """Test helpers: the `run` command in a subprocess, and (from fixtures) the real config
 tree composed with Hydra and small data files in the real formats."""
 
+import functools
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import torch
 from fixtures import CONFIGS, compose_cfg, write_cifar_like, write_idx, write_mnist_like  # noqa: F401
+from in_process import python_here, run_here  # noqa: F401  python_here: for the tests
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -31,9 +33,17 @@ def command(args, nproc: int) -> list[str]:
 
 
 def run_cli(
-    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: int = 600, nproc: int = 0
+    *args: str,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    timeout: int = 600,
+    nproc: int = 0,
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """`run *args` in a subprocess, not on a terminal (under torchrun with nproc processes if nproc > 0)."""
+    """`run *args`, not on a terminal: in this process (`run_here`), or with `process=True` (or under
+    torchrun with nproc processes if nproc > 0) in a subprocess, where the process itself matters."""
+    if not (process or nproc):
+        return run_here(*args, cwd=cwd, env=env)
     return subprocess.run(
         command(args, nproc),
         cwd=cwd or ROOT,
@@ -93,9 +103,10 @@ def session_hparams(events) -> dict:
     return {shown[k]: getattr(v, v.WhichOneof("kind")) for k, v in start.hparams.items()}
 
 
+@functools.cache
 def cluster_state() -> str | None:
     """The node state (idle, mix, ...) of the SLURM partition scripts/slurm-up makes, or None where no
-    SLURM answers."""
+    SLURM answers (asked once per process: sinfo waits about 10 s for a controller that does not answer)."""
     if shutil.which("sbatch") is None:
         return None
     result = subprocess.run(

@@ -6,7 +6,6 @@ a user's model YAML with `num_classes: ${data:num_classes}` in a project of thei
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 import yaml
 from fixtures import compose_cfg, write_image_folder
-from helpers import ROOT, cli_env
+from helpers import ROOT, run_cli
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
@@ -22,8 +21,6 @@ from runner.config import schema
 from runner.config.rules import ConfigError
 from runner.data import datasets, facts, splits, torchvision_sets
 from runner.data.datasets import FACTS
-
-RUN = Path(sys.executable).parent / "run"  # the console script a user types
 
 COUNTED_NET = '''
 import math
@@ -141,11 +138,7 @@ def project(tmp_path) -> Path:
 
 def run_user(project: Path, *args: str, options: tuple = ()) -> subprocess.CompletedProcess:
     """`run --config-dir configs [options] model=counted *args` in the user's project."""
-    env = {k: v for k, v in cli_env().items() if k != "PYTHONPATH"}
-    return subprocess.run(
-        [str(RUN), "--config-dir", "configs", *options, "model=counted", *args], cwd=project, env=env,
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    return run_cli("--config-dir", "configs", *options, "model=counted", *args, cwd=project)
 
 
 def test_a_users_model_yaml_takes_the_facts_of_mnist_5k_and_of_an_image_folder(project, tmp_path):

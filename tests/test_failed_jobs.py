@@ -8,17 +8,15 @@ sweep directory retries the failed job and skips the completed one."""
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
 import pytest
-from helpers import cli_env
+from helpers import run_cli
 
 from runner.engine import failures
 from runner.engine.run import SetupError
 
-RUN = Path(sys.executable).parent / "run"
 SMALL = ["data=mnist_5k", "data.train_size=256", "trainer.max_epochs=1"]
 MODEL = '''import os
 
@@ -63,10 +61,8 @@ def project(tmp_path) -> Path:
 
 
 def run_user(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in cli_env().items() if k != "PYTHONPATH"}
-    return subprocess.run(
-        [str(RUN), "--config-dir", "configs", *args], cwd=project, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    """`run --config-dir configs *args` from the user's project (in this process: helpers.run_cli)."""
+    return run_cli("--config-dir", "configs", *args, cwd=project)
 
 
 def errors(result: subprocess.CompletedProcess) -> list[str]:

@@ -9,10 +9,11 @@ import signal
 from pathlib import Path
 
 import pytest
-from helpers import assert_bitwise_equal, cluster_state, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
+from helpers import assert_bitwise_equal, cluster_state, outcome, run_cli, start_cli, wait_for_checkpoint_at_step  # noqa: F401  cluster_state: in the skip condition
 
-STAND_IN = pytest.mark.skipif(
-    cluster_state() is not None, reason="a real SLURM cluster answers: tests/test_slurm.py does this through slurmctld"
+STAND_IN = pytest.mark.skipif(  # a string: asked when a test it marks runs (sinfo may take 10 s to answer)
+    "cluster_state() is not None",
+    reason="a real SLURM cluster answers: tests/test_slurm.py does this through slurmctld",
 )
 QUICK = ["trainer.max_epochs=1", "data.batch_size=64", "model.channels=[8]", "model.hidden=[]"]
 # 3 epochs of 112 steps with a checkpoint after (nearly) every step, so the preemption lands mid-epoch

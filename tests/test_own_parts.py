@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import write_image_folder
-from helpers import ROOT, assert_bitwise_equal, cli_env, outcome, session_hparams, wait_for_checkpoint_at_step
+from helpers import ROOT, assert_bitwise_equal, cli_env, outcome, run_cli, session_hparams, wait_for_checkpoint_at_step
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -33,10 +33,8 @@ def user_env() -> dict:
 
 
 def run_user(project: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(RUN), "--config-dir", "configs", *args], cwd=project, env={**user_env(), **(env or {})},
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    """`run --config-dir configs *args` from the user's folder (in this process: helpers.run_cli)."""
+    return run_cli("--config-dir", "configs", *args, cwd=project, env=env)
 
 
 def test_help_lists_the_users_options_beside_the_built_in_ones(project):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import ROOT, compose_cfg, run_cli, session_hparams
+from helpers import ROOT, compose_cfg, python_here, run_cli, session_hparams
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from test_validation import MESSAGE
@@ -29,7 +29,8 @@ def read_events(run_dir):
 
 def test_one_epoch_learns_and_fills_the_run_directory(tmp_path, quick):
     run_dir = tmp_path / "run"
-    result = run_cli(*quick, "optimizer=adam", "sched=cosine", f"hydra.run.dir={run_dir}")
+    # a process of its own: metrics.json times its start-up from the interpreter on (import torch among it)
+    result = run_cli(*quick, "optimizer=adam", "sched=cosine", f"hydra.run.dir={run_dir}", process=True)
     assert result.returncode == 0, result.stderr
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / ".hydra" / "overrides.yaml").is_file()
 
@@ -115,11 +116,9 @@ def test_help_says_what_hydras_own_help_says(args):
     """`run --help` lists the config groups with one copy of Hydra's config repository
     (hydra_shortcuts.one_repository_for_help): the same text as Hydra's own help, which the task function gives
     when called without `main`, as the same program (`python -m runner`)."""
-    import subprocess
-
     program = str(ROOT / "runner" / "__main__.py")
     hydras = f"import sys; sys.argv = [{program!r}, *sys.argv[1:]]; from runner.cli.app import task; task()"
-    own = subprocess.run([sys.executable, "-c", hydras, *args], capture_output=True, text=True, cwd=ROOT, check=False)
+    own = python_here(hydras, *args)
     ablates = run_cli(*args)
     assert own.returncode == ablates.returncode == 0, own.stderr + ablates.stderr
     assert ablates.stdout == own.stdout and len(own.stdout.splitlines()) > 20
@@ -160,12 +159,8 @@ def test_one_composition_per_run_gives_the_config_hydra_composes_twice(tmp_path,
     """A single run composes once (hydra_shortcuts.one_composition_per_run), and its job sees the
     same config and the same Hydra config as with Hydra's two compositions, the run's callbacks
     (the checks, the run directory held) included."""
-    import subprocess
-
     argv = [*overrides, f"hydra.run.dir={tmp_path / 'run'}"]
-    result = subprocess.run(
-        [sys.executable, "-c", COMPOSED_BY, *argv], capture_output=True, text=True, cwd=ROOT, check=False
-    )
+    result = python_here(COMPOSED_BY, *argv)
     assert result.returncode == 0, result.stderr
     (hydras, hydras_count), (shortcut, shortcut_count) = [(yamls, n) for *yamls, n in json.loads(result.stdout)]
     assert (hydras_count, shortcut_count) == (2, 1)

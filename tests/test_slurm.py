@@ -8,9 +8,10 @@ import re
 import subprocess
 import time
 
+import helpers
 import pytest
 from helpers import SLURM_PARTITION as PARTITION
-from helpers import assert_bitwise_equal, cluster_state, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
+from helpers import assert_bitwise_equal, cluster_state, outcome, start_cli, wait_for_checkpoint_at_step  # noqa: F401  cluster_state: in the skip condition
 from test_distributed import DDP, epoch_gap, relative, train_losses
 
 CLUSTER = ["hydra/launcher=slurm", f"hydra.launcher.partition={PARTITION}", "hydra.launcher.gpus_per_node=0",
@@ -23,11 +24,17 @@ RESUMABLE = ["trainer.max_epochs=2", "model.channels=[8,16]", "model.hidden=[32]
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(
-        cluster_state() is None,
+    pytest.mark.skipif(  # a string: asked when a test runs, not when a run that deselects them collects them
+        "cluster_state() is None",
         reason=f"no SLURM cluster here (sbatch absent, or sinfo has no partition {PARTITION}): scripts/slurm-up starts one",
     ),
 ]
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """`run` in a process of its own throughout this file, as on a cluster's login node: submitit
+    submits from it and waits for its jobs, and a test times this machine's training to size a job."""
+    return helpers.run_cli(*args, process=True, **kwargs)
 
 
 def job(job_id: str) -> dict:

@@ -231,10 +231,9 @@ def test_the_documented_yamls_of_a_copied_module_fake_data_and_one_cycle_train_t
     project = tmp_path / "project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns("outputs", "__pycache__"))
     run_dir = tmp_path / "run"
-    result = subprocess.run(
-        [str(Path(sys.executable).parent / "run"), "--config-dir", "configs", "data=fake", "data.size=200",
-         "model=dense", "sched=onecycle", "trainer.max_epochs=1", "trainer.device=cpu", f"hydra.run.dir={run_dir}"],
-        cwd=project, capture_output=True, text=True, timeout=600, check=False,
+    result = run_cli(
+        "--config-dir", "configs", "data=fake", "data.size=200", "model=dense", "sched=onecycle",
+        "trainer.max_epochs=1", "trainer.device=cpu", f"hydra.run.dir={run_dir}", cwd=project,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -115,11 +115,7 @@ FAKE = [
 
 def user_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """`run *args` as a user types it, in the folder of their module my_data.py."""
-    run = Path(sys.executable).parent / "run"
-    return subprocess.run(
-        [run, *args, "model.channels=[4]", "model.hidden=[]", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
+    return run_cli(*args, "model.channels=[4]", "model.hidden=[]", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
 
 
 def test_fakedata_takes_no_root_and_its_test_split_is_drawn_the_same_for_every_seed(tmp_path):
