@@ -50,7 +50,7 @@ BAD_INPUTS = [
     (["model.arch=plain"], f"model.arch=plain is not allowed; allowed: a key of model ({MODEL_KEYS})"),
     (
         ["nonexistent=1"],
-        "nonexistent=1 is not allowed; allowed: a key of the config (data, model, activation, optimizer, sched, trainer, seed, search_space)",
+        "nonexistent=1 is not allowed; allowed: a key of the config (data, model, activation, optimizer, sched, trainer, seed, search_space, ablation, components)",
     ),
     (
         ["model=nope"],
