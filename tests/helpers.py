@@ -1,5 +1,5 @@
-"""Test helpers: the `run` command in a subprocess, and (from fixtures) the real config
-tree composed with Hydra and small data files in the real formats."""
+"""Test helpers: the `run` command in this process (tests/in_process.py) or in a subprocess, and (from
+fixtures) the real config tree composed with Hydra and small data files in the real formats."""
 
 import functools
 import json

@@ -58,7 +58,9 @@ def test_kmnist_in_its_real_file_format_decodes_to_the_bytes_written(tmp_path):
 def test_a_class_that_takes_split_trains_from_the_command_line(tmp_path):
     """Its class takes no `download`: `~data.download` leaves the key out (kept, it is refused by name)."""
     (tmp_path / "my_data.py").write_text(SPLIT_DATASET)
-    run = Path(sys.executable).parent / "run"  # the command a user types, in the folder of their module
+    # the command a user types, in the folder of their module: a process of its own, so that the console
+    # script itself and a fresh process's import of my_data (the current directory made importable) are tested
+    run = Path(sys.executable).parent / "run"
     result = subprocess.run(
         [run, "data=torchvision", "data._target_=my_data.Colours", "~data.download", "data.batch_size=10",
          "trainer.max_epochs=2",
