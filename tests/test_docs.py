@@ -50,6 +50,10 @@ PLACEHOLDERS = {
 # Commands the docs show that this test does not run itself (they train, need other machines, or
 # read what a sweep wrote): the test or script that runs them, and a string it holds to do so.
 EXERCISED_ELSEWHERE = {
+    "rerun outputs/runs/2026-11-25_10-00-00_plain-relu-momentum-cosine": (
+        "tests/test_provenance.py",
+        "def test_a_rerun_from_its_directory_is_bitwise_identical",
+    ),
     "report outputs/sweeps/2026-11-25_10-00-00 outputs/runs/2026-11-25_11-*_bn-* --out outputs/cmp": (
         "tests/test_report.py",
         '"--out"',
