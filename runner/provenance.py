@@ -15,6 +15,7 @@ differs:
 The data's fingerprints are in metrics.json (`data`).
 """
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -48,6 +49,7 @@ def git(*args: str) -> str | None:
     return result.stdout if result.returncode == 0 else None
 
 
+@functools.cache  # once per process: a sweep's jobs run the code, packages and machine it started with
 def code() -> tuple[dict, str | None]:
     """ablate's commit and dirty flag (and the diff when dirty), or its package version outside a checkout."""
     commit = git("rev-parse", "HEAD")
@@ -63,6 +65,7 @@ def code() -> tuple[dict, str | None]:
     return {"commit": commit.strip(), "dirty": bool(status.strip()), "diff_sha256": digest, "version": None}, diff
 
 
+@functools.cache
 def installed() -> dict[str, str]:
     """Every installed distribution and its version, by name."""
     found = {}
@@ -120,6 +123,7 @@ def config_files(folder: Path | None) -> dict[str, str]:
     return {str(p.relative_to(folder)): sha256(p) for p in sorted(folder.rglob("*.yaml")) if p.is_file()}
 
 
+@functools.cache
 def cpu() -> dict:
     """The CPU's model, the flags that decide its precision, and the core count."""
     model, flags = platform.processor() or None, set()
@@ -135,6 +139,7 @@ def cpu() -> dict:
     return {"model": model, "flags": [f for f in PRECISION_FLAGS if f in flags], "cores": os.cpu_count()}
 
 
+@functools.cache
 def gpu() -> dict | None:
     """The GPU's name, its driver and the CUDA version torch was built with, where there is one."""
     import torch
@@ -163,12 +168,12 @@ def collect(config: dict, config_dir: Path | None) -> tuple[dict, str | None]:
     ablate, diff = code()
     record = {
         "version": VERSION,
-        "ablate": ablate,
+        "ablate": dict(ablate),
         "user_modules": user_modules(config),
         "config_dir": {"path": str(config_dir.resolve()), "files": config_files(config_dir)} if config_dir else None,
         "python": platform.python_version(),
-        "packages": installed(),
-        "machine": {"platform": platform.platform(), "cpu": cpu(), "gpu": gpu()},
+        "packages": dict(installed()),
+        "machine": {"platform": platform.platform(), "cpu": dict(cpu()), "gpu": gpu() and dict(gpu())},
         "command": " ".join(["run", *sys.argv[1:]]) if sys.argv else None,
     }
     return record, diff

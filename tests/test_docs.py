@@ -124,7 +124,7 @@ def first_word(text: str) -> str:
     return text.split(maxsplit=1)[0] if text.strip() else ""
 
 
-TOOLS = ("report", "tensorboard", ".venv/bin/tensorboard")  # checked by their --help
+TOOLS = ("report", "rerun", "tensorboard", ".venv/bin/tensorboard")  # checked by their --help
 KNOWN = {*RUN, *TOOLS, "make", "cd", "torchrun", ".venv/bin/torchrun", ".venv/bin/python", ".venv/bin/pip",
          ".venv/bin/optuna-dashboard", "pip"}  # fmt: skip
 
