@@ -72,6 +72,7 @@ def test_a_rerun_from_its_directory_is_bitwise_identical(tmp_path):
     assert verdict.startswith("  verdict: bitwise identical (test accuracy ")
 
 
+@pytest.mark.slow  # reruns in processes of their own: `rerun` starts `run`
 def test_after_a_user_module_is_edited_the_rerun_names_it_before_training(tmp_path):
     project = tmp_path / "project"
     (project / "configs" / "model").mkdir(parents=True)
@@ -97,6 +98,7 @@ def test_after_a_user_module_is_edited_the_rerun_names_it_before_training(tmp_pa
     assert "verdict: differs: largest weight difference" in again.stdout
 
 
+@pytest.mark.slow  # reruns in processes of their own: `rerun` starts `run`
 def test_a_sweep_reruns_job_by_job_and_compares_its_summary(tmp_path):
     made = run_cli("-m", "model=plain,bn", *TINY, f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert made.returncode == 0, made.stderr
@@ -107,6 +109,7 @@ def test_a_sweep_reruns_job_by_job_and_compares_its_summary(tmp_path):
     assert "summary: the same test accuracies" in again.stdout
 
 
+@pytest.mark.slow  # reruns in processes of their own: `rerun` starts `run`
 def test_a_directory_from_before_provenance_still_reruns_saying_what_it_lacks(tmp_path):
     made = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}")
     assert made.returncode == 0, made.stderr
