@@ -212,11 +212,15 @@ class RunnerState:
 
     def __init__(self) -> None:
         self.classes: dict[type, dict] = {}
+        self.held: set = set()
 
     def start(self) -> None:
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
         from hydra._internal.hydra import Hydra
 
+        from runner.engine import lock
+
+        self.held = set(lock._held)  # what the test process held before (a test's own lock.acquire)
         # runner.cli.hydra_shortcuts replaces methods of these for its process (a test's script may too)
         self.classes = {cls: dict(vars(cls)) for cls in (Hydra, ConfigLoaderImpl)}
         self.reset()
@@ -224,7 +228,9 @@ class RunnerState:
     def end(self) -> None:
         from runner.engine import lock
 
-        lock.release_all()  # atexit's, in a process of its own
+        for run_dir in set(lock._held) - self.held:  # what the run still holds: atexit's release_all
+            lock._held[run_dir].count = 1
+            lock.release(run_dir)
         for cls, attributes in self.classes.items():
             for name in set(vars(cls)) - set(attributes):
                 delattr(cls, name)

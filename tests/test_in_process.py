@@ -39,14 +39,15 @@ def process_state() -> dict:
 
 
 def test_runs_leave_the_process_as_they_found_it(tmp_path):
-    before = process_state()
-    assert run_cli("--help").returncode == 0  # patches Hydra's config loader for its answer
-    assert run_cli("optimizer.lr=abc", f"hydra.run.dir={tmp_path / 'refused'}").returncode == 2
-    missing = run_cli("data=mnist", f"data.root={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'held'}")
-    assert missing.returncode == 2  # refused while built, with its run directory held (and its log open)
-    assert run_cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path).returncode == 0
-    assert process_state() == before
-    assert not list(tmp_path.rglob(lock.HOLDER_FILE))  # released, as at the exit of its process
+    with lock.held(tmp_path / "mine"):  # the test process's own holding outlives the runs
+        before = process_state()
+        assert run_cli("--help").returncode == 0  # patches Hydra's config loader for its answer
+        assert run_cli("optimizer.lr=abc", f"hydra.run.dir={tmp_path / 'refused'}").returncode == 2
+        missing = run_cli("data=mnist", f"data.root={tmp_path / 'none'}", f"hydra.run.dir={tmp_path / 'held'}")
+        assert missing.returncode == 2  # refused while built, with its run directory held (and its log open)
+        assert run_cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path).returncode == 0
+        assert process_state() == before
+        assert [p.parent.name for p in tmp_path.rglob(lock.HOLDER_FILE)] == ["mine"]  # the runs': released
 
 
 def test_a_run_exits_as_a_fresh_process_after_a_sweep_with_a_failed_job(tmp_path, monkeypatch):
