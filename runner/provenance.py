@@ -256,3 +256,19 @@ def differences(recorded: dict | None, now: dict) -> list[str]:
     if then_gpu != now_gpu:
         lines.append(f"GPU: {then_gpu} then, {now_gpu} now")
     return lines
+
+
+def how_to_reproduce(run_dir: Path) -> str | None:
+    """One line: the commit the run was made at (and whether its tree had changes) and its command;
+    None for a run without provenance."""
+    record = read(run_dir)
+    if record is None:
+        return None
+    ablate = record.get("ablate", {})
+    if ablate.get("commit"):
+        code = f"ablate {ablate['commit'][:12]}" + (
+            " with uncommitted changes (provenance/ablate.diff)" if ablate.get("dirty") else ""
+        )
+    else:
+        code = f"ablate {ablate.get('version') or 'of unknown version'}"
+    return f"{code}; {record.get('command')}"

@@ -65,6 +65,9 @@ def test_a_run_records_its_code_packages_and_machine_before_it_trains(tmp_path):
 def test_a_rerun_from_its_directory_is_bitwise_identical(tmp_path):
     made = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}")
     assert made.returncode == 0, made.stderr
+    commit = provenance.read(tmp_path / "run")["ablate"]["commit"]
+    assert "Made with:     ablate " + (commit[:12] if commit else "") in made.stdout  # how to reproduce it
+    assert f"again: rerun {tmp_path / 'run'}" in made.stdout
     again = rerun_cli(str(tmp_path / "run"), "--out", str(tmp_path / "again"))
     assert again.returncode == 0, again.stderr
     assert f"rerun of {tmp_path / 'run'} into {tmp_path / 'again'}" in again.stdout
@@ -106,6 +109,7 @@ def test_a_sweep_reruns_job_by_job_and_compares_its_summary(tmp_path):
     assert again.returncode == 0, again.stderr
     assert again.stdout.count("verdict: bitwise identical") == 2
     assert "2 of 2 runs bitwise identical" in again.stdout
+    assert "Made with ablate " in (tmp_path / "sweep" / "summary.md").read_text()
     assert "summary: the same test accuracies" in again.stdout
 
 

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import GROUPS
+from runner import GROUPS, provenance
 from runner.ablation import STUDY_FILE
 from runner.analysis import stats
 from runner.analysis.runs import Run, ended_under, follows_a_choice, same
@@ -271,6 +271,12 @@ def build_report(
         header = [header[0], "tuned", "trials", *header[1:]]
         rows = [[row[0], *columns[row[0]], *row[1:]] for row in rows]
     write_markdown(out / "summary.md", header, rows, paths, test)
+    made = provenance.how_to_reproduce(runs[0].dir) if runs else None
+    if made:
+        with open(out / "summary.md", "a") as f:
+            f.write(
+                f"\nMade with {made}. Again, run by run: `rerun {paths[0] if len(paths) == 1 else '<run or sweep directory>'}`.\n"
+            )
     extra = importance_lines(importances(tuned_studies)) if tuned_studies else []
     if extra:
         with open(out / "summary.md", "a") as f:
@@ -297,6 +303,8 @@ def build_report(
         for line in extra[1:]:
             console.print(line, soft_wrap=True)
         console.print(f"Summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", soft_wrap=True)
+        if made:
+            console.print(f"Made with {made}", soft_wrap=True)
         logdir = paths[0] if len(paths) == 1 else os.path.commonpath([str(p.resolve()) for p in paths])
         console.print(f"TensorBoard: {tensorboard_command()} --logdir {logdir}", soft_wrap=True)
     return out

@@ -2,12 +2,14 @@
 one line per epoch, and a short summary at the end."""
 
 import logging
+from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from runner import provenance
 from runner.analysis.report import tensorboard_command
 
 log = logging.getLogger("ablate")
@@ -113,3 +115,5 @@ def print_summary(metrics: dict, run_dir: str, logdir: str) -> None:
     console.print(table)
     console.print(f"Run directory: {run_dir}", soft_wrap=True)
     console.print(f"TensorBoard:   {tensorboard_command()} --logdir {logdir}", soft_wrap=True)
+    if made := provenance.how_to_reproduce(Path(run_dir)):
+        console.print(f"Made with:     {made}; again: rerun {run_dir}", soft_wrap=True)
