@@ -146,7 +146,11 @@ def test_the_summary_names_each_variant_by_what_the_command_varied_not_by_the_va
         "data.train_size=500", f"hydra.sweep.dir={sweep}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    rows = [line.split(" | ")[0] for line in (sweep / "summary.md").read_text().splitlines() if "optimizer.lr=" in line]
+    rows = [
+        line.split(" | ")[0]
+        for line in (sweep / "summary.md").read_text().splitlines()
+        if line.startswith("| ") and "optimizer.lr=" in line
+    ]
     assert sorted(row.strip("|* ") for row in rows) == ["sched=constant", "sched=cosine"]
     tuned = json.loads((sweep / "tune" / "sched=cosine" / "trial-0" / "metrics.json").read_text())["tune"]["params"]
     assert tuned["activation"] in ("relu", "tanh") and 0.001 <= tuned["optimizer.lr"] <= 0.5  # a group by its choice
