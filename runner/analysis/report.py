@@ -304,7 +304,7 @@ def build_report(
             console.print(line, soft_wrap=True)
         console.print(f"Summary: {out / 'summary.md'}, {out / 'summary.csv'}; plots: {out / 'plots'}", soft_wrap=True)
         if made:
-            console.print(f"Made with {made}", soft_wrap=True)
+            console.print(f"Made with {made}", soft_wrap=True, markup=False)  # a command holds [brackets]
         logdir = paths[0] if len(paths) == 1 else os.path.commonpath([str(p.resolve()) for p in paths])
         console.print(f"TensorBoard: {tensorboard_command()} --logdir {logdir}", soft_wrap=True)
     return out

@@ -116,4 +116,6 @@ def print_summary(metrics: dict, run_dir: str, logdir: str) -> None:
     console.print(f"Run directory: {run_dir}", soft_wrap=True)
     console.print(f"TensorBoard:   {tensorboard_command()} --logdir {logdir}", soft_wrap=True)
     if made := provenance.how_to_reproduce(Path(run_dir)):
-        console.print(f"Made with:     {made}; again: rerun {run_dir}", soft_wrap=True)
+        console.print(
+            f"Made with:     {made}; again: rerun {run_dir}", soft_wrap=True, markup=False
+        )  # a command holds [brackets]
