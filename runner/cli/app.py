@@ -293,6 +293,7 @@ facts.register()  # ${data:num_classes} and the data's other facts, in a part's 
 
 def main() -> None:
     startup.mark("python")
+    failures.exit_code = 0  # a sweep's failed jobs are its own: not those of an earlier main() in this process
     if {"--help", "-h", "--hydra-help"} & set(sys.argv[1:]):
         hydra_shortcuts.one_repository_for_help()
     elif not {"-m", "--multirun"} & set(sys.argv[1:]):
