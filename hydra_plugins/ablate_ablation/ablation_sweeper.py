@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import ablation
 from runner.analysis.ablation import accuracies
+from runner.cli.launch import numbered
 
 log = logging.getLogger("ablate")
 
@@ -31,17 +32,11 @@ class AblationSweeper(Sweeper):
         )
 
     def launch(self, study: ablation.Study, fixed: list[str], states: list[frozenset[str]]) -> list:
-        """Every seed of each of `states`, as jobs numbered by variant and seed (runner.ablation.job_number),
-        launched in runs of consecutive numbers (Hydra numbers a launch's jobs one after the other)."""
+        """Every seed of each of `states`, as jobs numbered by variant and seed (runner.ablation.job_number)."""
         jobs = [(on, seed) for on in states for seed in study.seeds]
         numbers = [ablation.job_number(study, on, seed) for on, seed in jobs]
         overrides = [ablation.job(study, fixed, on, seed) for on, seed in jobs]
-        results, start = [], 0
-        for end in range(1, len(jobs) + 1):
-            if end == len(jobs) or numbers[end] != numbers[end - 1] + 1:
-                results += self.launcher.launch(overrides[start:end], initial_job_idx=numbers[start])
-                start = end
-        return results
+        return numbered(self.launcher, overrides, numbers)
 
     def sweep(self, arguments: list[str]) -> Any:
         study = ablation.study_of(self.config)

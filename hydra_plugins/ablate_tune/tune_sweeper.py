@@ -10,6 +10,7 @@ from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from runner.cli.launch import numbered
 from runner.tune import (
     DIVERGED_SCORE,
     PHASE_ENV,
@@ -48,14 +49,8 @@ class TuneSweeper(Sweeper):
         )
 
     def launch(self, jobs: list[list[str]], numbers: list[int]) -> list:
-        """Launches `jobs` as job numbers `numbers` (hydra.job.num), in runs of consecutive numbers
-        (Hydra numbers a launch's jobs one after the other from its first)."""
-        results, start = [], 0
-        for end in range(1, len(jobs) + 1):
-            if end == len(jobs) or numbers[end] != numbers[end - 1] + 1:
-                results += self.launcher.launch(jobs[start:end], initial_job_idx=numbers[start])
-                start = end
-        return results
+        """Launches `jobs` as job numbers `numbers` (hydra.job.num)."""
+        return numbered(self.launcher, jobs, numbers)
 
     def numbers(self, variant: int) -> tuple[int, int]:
         """The job numbers of a variant's trial 0 and final run 0: the same whenever the sweep runs
