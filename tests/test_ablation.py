@@ -8,9 +8,11 @@ import subprocess
 
 import pytest
 from helpers import run_cli
+from test_failed_jobs import MODEL
 
-from runner.ablation import Study, variant_name
+from runner.ablation import Study, job_number, variant_name
 from runner.analysis.report import main as report_main
+from runner.engine import failures
 
 TINY = [
     "data.train_size=100",
@@ -133,3 +135,34 @@ def test_variants_are_named_alike_in_every_design():
     assert variant_name(frozenset(), names) == "baseline"
     assert variant_name(frozenset({"flip"}), names) == "baseline+flip"
     assert variant_name(frozenset({"bn", "nesterov"}), names) == "full-flip"
+
+
+@pytest.mark.slow  # a study of 6 jobs under joblib: about 25 s on 2 cores
+def test_a_study_under_joblib_with_a_failing_variant_fails_that_job_alone_and_judges_the_rest(tmp_path):
+    """The preset's `off` side of `mends` makes the user's model raise in validation: the variant
+    full-mends fails in both seeds, in one line each; the others run in two joblib workers, and the
+    tables say that `mends` has no paired seeds while `logging` is judged."""
+    project = tmp_path / "project"
+    (project / "configs" / "model").mkdir(parents=True)
+    (project / "my_parts.py").write_text(MODEL)
+    (project / "configs" / "model" / "tiny.yaml").write_text("_target_: my_parts.Tiny\nbreaks: never\n")
+    sweep_dir = project / "study"
+    result = run_cli(
+        "--config-dir", "configs", "-m", "hydra/sweeper=ablation", "hydra.sweeper.seeds=2",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}",
+        "model=tiny", "data.train_size=100", "data.batch_size=50", "trainer.max_epochs=1",
+        "+ablation.mends={off:{model.breaks:eval},on:{model.breaks:never}}", COMPONENTS[1], cwd=project,
+    )  # fmt: skip
+    assert result.returncode == failures.FAILED_EXIT, result.stderr
+    failed = sorted(line.split(": ValueError")[0] for line in result.stderr.splitlines() if line.startswith("error: "))
+    numbers = [job_number(Study.load(sweep_dir), frozenset({"logging"}), seed) for seed in (0, 1)]
+    assert failed == [f"error: job #{n} (full-mends/seed={s})" for s, n in enumerate(numbers)]
+    assert sorted(p.name for p in (sweep_dir / "failed").iterdir()) == [f"{n}.txt" for n in numbers]
+    assert sorted(metrics_mtimes(sweep_dir)) == sorted(
+        f"{v}/seed={s}" for v in ("full", "full-mends", "full-logging") for s in (0, 1)
+    )
+    rows = read_csv(sweep_dir / "ablation.csv")
+    assert rows["mends"]["verdict"] == "no paired seeds" and rows["mends"]["effect"] == ""
+    assert rows["logging"]["verdict"] == "equivalent (within ±0.005)"
+    assert "| mends | full-mends → full | - |" in (sweep_dir / "ablation.md").read_text()
+    assert (sweep_dir / "plots" / "ablation_effects.png").is_file()

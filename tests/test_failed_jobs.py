@@ -212,3 +212,15 @@ def test_the_error_names_the_innermost_line_of_the_users_code_outside_torch_and_
     except SetupError as e:
         refusal = e
     assert failures.describe(refusal, one_line=True) == f"{refused} (user_net.py:6)"  # where the user's code raised
+
+
+def test_a_summary_that_cannot_be_written_is_one_line_and_exit_1_with_the_runs_kept(project):
+    sweep = project / "sweep"
+    (sweep / "summary.md").mkdir(parents=True)  # in the way of the file the summary writes
+    result = run_user(project, "-m", "model=tiny", "seed=0,1", *SMALL, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == failures.FAILED_EXIT, result.stderr
+    (line,) = errors(result)
+    assert line.startswith(f"error: the summary of {sweep} was not written: IsADirectoryError: ")
+    assert line.endswith(f"; its runs are kept: report {sweep} writes it again")
+    for seed in (0, 1):
+        assert json.loads((sweep / f"seed={seed}" / "metrics.json").read_text())["status"] == "completed"

@@ -226,7 +226,8 @@ def write_latex(path: Path, study: Study, sweep_dir: Path, rows: list[Row]) -> N
     for row in rows:
         e = row.effect
         half = (e.ci[1] - e.ci[0]) / 2 if e.ci else None
-        value = f"{100 * e.mean:+.2f}" + (f" $\\pm$ {100 * half:.2f}" if half is not None else "")
+        value = "--" if e.mean is None else f"{100 * e.mean:+.2f}"
+        value += f" $\\pm$ {100 * half:.2f}" if half is not None else ""
         star = "$^{*}$" if e.p_holm is not None and e.p_holm < stats.ALPHA else ""
         lines.append(f"{tex(row.component)} & {tex(row.contrast)} & {value}{star} & {tex(e.verdict)} \\\\")
     means = variant_means(study, sweep_dir)

@@ -158,6 +158,9 @@ def write_forest(rows: list, study, path: Path) -> Path:
     for y, row in enumerate(reversed(rows)):
         e = row.effect
         color = colors.get(e.verdict, "tab:blue")  # equivalent: blue
+        if e.mean is None:  # no seed to pair: the verdict alone, at zero
+            ax.annotate(e.verdict, (0, y), xytext=(4, 0), textcoords="offset points", va="center", fontsize=8)
+            continue
         low, high = e.ci if e.ci else (e.mean, e.mean)
         ax.plot([100 * low, 100 * high], [y, y], color=color, linewidth=2)
         ax.plot(100 * e.mean, y, "o", color=color)

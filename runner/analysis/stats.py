@@ -30,6 +30,8 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
+        if self.n == 0:
+            return "no paired seeds"
         if self.p_holm is None:
             return "n=1, noise unknown"
         return "beyond noise" if self.p_holm < ALPHA else "within noise"
@@ -115,8 +117,8 @@ MAX_SEEDS = 1000  # a seeds-needed figure beyond this is "more than 1000"
 class Effect:
     """What switching one component on does to test accuracy, from its per-seed differences (on - off)."""
 
-    n: int
-    mean: float
+    n: int  # seeds both sides completed; 0 when no seed did (a variant whose every run failed)
+    mean: float | None  # None without a paired seed
     std: float  # sample std of the differences; 0 for one value
     ci: tuple[float, float] | None  # 95% Student t interval of the mean difference
     p: float | None  # paired t-test, two-sided; None for one seed
@@ -127,6 +129,8 @@ class Effect:
 
     @property
     def verdict(self) -> str:
+        if self.n == 0:
+            return "no paired seeds"
         if self.p_holm is not None and self.p_holm < ALPHA:
             return "helps" if self.mean > 0 else "hurts"
         if self.p_equivalence is not None and self.p_equivalence < ALPHA:
@@ -163,6 +167,8 @@ def equivalence_p(differences: list[float], margin: float) -> float:
 
 def effect(differences: list[float], margin: float = MARGIN) -> Effect:
     """The mean per-seed difference with its 95% interval, its paired test and its equivalence test."""
+    if not differences:
+        return Effect(0, None, 0.0, None, None, None, margin)
     summary = summarize(differences)
     if summary.n < 2:
         return Effect(summary.n, summary.mean, 0.0, None, None, None, margin)

@@ -159,6 +159,11 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             report_sweep(sweep_dir, sweep_dir)
+        except Exception as e:  # noqa: BLE001  Hydra would make it a warning; the runs are kept, report writes it again
+            failures.unwritten_summary = (
+                f"the summary of {sweep_dir} was not written: {failures.describe(e)}; its runs are kept: "
+                f"report {sweep_dir} writes it again"
+            )
         finally:
             failures.announce(sweep_dir)
 

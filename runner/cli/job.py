@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runner import GROUPS, disk, provenance, run_name, tune
+from runner import GROUPS, ablation, disk, provenance, run_name, tune
 from runner.analysis import hparams
 from runner.cli import console
 from runner.cli.app import BASIC_SWEEPER
@@ -53,10 +53,18 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as e:
         if not records_failures(ctx, hydra_cfg):
             raise  # a single run: SetupError is one line and exit 2 (runner.cli.app), the rest Hydra's traceback
-        return job_failed(e, cfg, ctx, hydra_cfg.job.override_dirname)
+        return job_failed(e, cfg, ctx, job_label(hydra_cfg))
     finally:
         if distributed.world().main:
             lock.release(ctx.run_dir)
+
+
+def job_label(hydra_cfg) -> str:
+    """How an error line names a sweep's job: by what it overrides (model=bn,seed=1), or in an
+    ablation study by its variant and seed (full-bn/seed=1, its folder)."""
+    if hydra_cfg.sweeper.get("_target_") == ablation.SWEEPER:
+        return str(hydra_cfg.sweep.subdir)
+    return hydra_cfg.job.override_dirname
 
 
 def context(cfg: DictConfig, hydra_cfg) -> RunContext:
@@ -209,7 +217,7 @@ def hold_job_dir(ctx: RunContext) -> bool:
     if not ctx.in_sweep:
         raise SetupError(f"hydra.run.dir={busy}")
     if world.main:
-        line = f"job #{ctx.job} ({HydraConfig.get().job.override_dirname}): {busy}"
+        line = f"job #{ctx.job} ({job_label(HydraConfig.get())}): {busy}"
         leave_run_log()
         console.log.error(line)
         failures.record(ctx.sweep_dir, ctx.job, line)

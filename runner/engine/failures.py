@@ -28,6 +28,7 @@ STDLIB = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "pl
 LIBRARIES = tuple({*STDLIB, *(Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib"))})
 
 exit_code = 0  # set by announce(): what `run -m` exits with
+unwritten_summary = ""  # why the sweep's summary could not be written, for announce()
 
 
 def record(sweep_dir: Path, job_num: int, line: str) -> None:
@@ -51,8 +52,9 @@ def read(sweep_dir: Path) -> list[str]:
 
 def announce(sweep_dir: Path) -> list[str]:
     """Prints each failed job's line on stderr and sets the sweep's exit code; the lines."""
-    global exit_code
-    lines = read(sweep_dir)
+    global exit_code, unwritten_summary
+    lines = read(sweep_dir) + ([unwritten_summary] if unwritten_summary else [])
+    unwritten_summary = ""
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
     exit_code = FAILED_EXIT if lines else 0
