@@ -32,6 +32,7 @@ from runner import disk
 FILE = "provenance.json"
 FOLDER = "provenance"  # the diff and the user's sources, beside provenance.json
 VERSION = 1
+COMMAND_ENV = "ABLATE_COMMAND"  # the command as the user typed it, set by `run` for its jobs (here or on other hosts)
 PRECISION_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # what decides bf16 on a CPU
 ROOT = Path(__file__).resolve().parent.parent  # the checkout (or site-packages, for a wheel)
 OWN = tuple(ROOT / name for name in ("runner", "models", "optim", "hydra_plugins"))
@@ -174,7 +175,7 @@ def collect(config: dict, config_dir: Path | None) -> tuple[dict, str | None]:
         "python": platform.python_version(),
         "packages": dict(installed()),
         "machine": {"platform": platform.platform(), "cpu": dict(cpu()), "gpu": gpu() and dict(gpu())},
-        "command": " ".join(["run", *sys.argv[1:]]) if sys.argv else None,
+        "command": os.environ.get(COMMAND_ENV) or (" ".join(["run", *sys.argv[1:]]) if sys.argv else None),
     }
     return record, diff
 

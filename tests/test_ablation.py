@@ -166,3 +166,5 @@ def test_a_study_under_joblib_with_a_failing_variant_fails_that_job_alone_and_ju
     assert rows["logging"]["verdict"] == "equivalent (within ±0.005)"
     assert "| mends | full-mends → full | - |" in (sweep_dir / "ablation.md").read_text()
     assert (sweep_dir / "plots" / "ablation_effects.png").is_file()
+    made = json.loads((sweep_dir / "full" / "seed=0" / "provenance.json").read_text())["command"]
+    assert made.startswith("run --config-dir configs -m hydra/sweeper=ablation ") and "exclude_keys" not in made

@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import ablation, tune
+from runner import ablation, provenance, tune
 from runner.cli import hydra_shortcuts
 from runner.config import builtin, hydra_errors, schema
 from runner.data import facts
@@ -304,6 +304,7 @@ def main() -> None:
     elif not {"-m", "--multirun"} & set(sys.argv[1:]):
         hydra_shortcuts.one_composition_per_run()
     importable_cwd()
+    os.environ[provenance.COMMAND_ENV] = " ".join(["run", *sys.argv[1:]])  # as typed, for every job's provenance
     sys.argv = rank_argv(name_jobs_by_swept_keys(sys.argv))
     hold_errors()
     try:
