@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from runner import provenance  # noqa: E402  (the checkout's runner, also when run from elsewhere)
+from runner import provenance  # the checkout's runner, also when run from elsewhere
 
 SHORT = ["data.train_size=10000", "data.val_fraction=0.05"]  # the claims' shortened Fashion-MNIST
 
@@ -92,7 +92,7 @@ TABLES = {
             "speed.md",
             [["benchmarks/throughput.py", "--compute", "--images", "2560", "--rounds", "2"]],
             "benchmark",
-        ),  # fmt: skip
+        ),
         Table("gpu_check", "speed.md", [["benchmarks/gpu_check.sh"]], "benchmark", needs="cuda"),
     ]
 }
@@ -235,7 +235,7 @@ def study_table(folder: Path) -> str:
 
 
 def block(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- claims\.py {re.escape(name)} -->\n)(.*?)(<!-- /claims\.py -->)", re.S)
+    return re.compile(rf"(<!-- claims\.py {re.escape(name)} -->\n)(.*?)(<!-- /claims\.py -->)", re.DOTALL)
 
 
 def write_block(table: Table, text: str, docs: Path = ROOT / "docs") -> None:
