@@ -250,16 +250,20 @@ class RunnerState:
 
         from runner.analysis import runs
         from runner.cli import app
-        from runner.data import facts, image_folder
-        from runner.engine import failures, startup
+        from runner.data import facts, image_folder, splits
+        from runner.engine import failures, preflight, startup
 
         GlobalHydra.instance().clear()
         failures.exit_code = 0  # set by a sweep with failed jobs, read at the end of main()
-        startup._phases.clear()  # phases are recorded once per process
+        startup._record.clear()  # the process's start-up, then the time between its jobs
+        startup._kind[0] = "startup"
         startup._last.clear()
+        startup._taken.clear()
         app._user_full_error.clear()
         facts._known.clear()  # the data's facts and arrays, kept for the process's lifetime
         facts._loaded.clear()
+        preflight._passed.clear()  # the first steps that passed, for a sweep's later jobs
+        splits._kept.clear()  # the last data loaded, for a sweep's later jobs
         facts._resolving.clear()
         image_folder._probed.clear()
         runs._read.clear()  # the run directories read back, kept for the process's lifetime

@@ -168,6 +168,24 @@ def test_one_composition_per_run_gives_the_config_hydra_composes_twice(tmp_path,
     assert "mode: RUN" in shortcut[1] and (tmp_path / "run" / ".hydra" / "hydra.yaml").is_file()
 
 
+SWEEP_COMPOSED_BY = COMPOSED_BY.replace("one_composition_per_run", "one_composition_per_job")
+
+
+def test_one_composition_per_job_gives_each_job_the_config_hydra_composes_three_times(tmp_path):
+    """A sweep composes each job once (hydra_shortcuts.one_composition_per_job) where Hydra composes
+    it three times (ablate's check of every job before the sweep, the sweeper's check of the batch,
+    the launch), and each job sees the same config and Hydra config as with Hydra's compositions."""
+    argv = ["-m", "model=plain,bn", "optimizer.lr=0.1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = python_here(SWEEP_COMPOSED_BY, *argv)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])  # after the sweeps' summaries
+    hydras, shortcut = seen[:2], seen[2:]
+    assert [yamls[:2] for yamls in shortcut] == [yamls[:2] for yamls in hydras]
+    assert "model:\n  _target_: models.PlainNet" in shortcut[0][0] and "num: 1" in shortcut[1][1]
+    composed = hydras[-1][2], shortcut[-1][2]  # compositions by the last job's start
+    assert composed[0] - composed[1] == 4  # two of three for each of the two jobs
+
+
 def test_help_and_cfg_job_do_not_import_torch():
     code = (
         "import sys; sys.argv = ['run', '--cfg', 'job', 'model=residual'];"
@@ -238,7 +256,9 @@ def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_pat
     assert statuses == {"optimizer.lr=1e+30": "diverged", "optimizer.lr=0.05": "completed"}  # named by the swept key
     job = json.loads((sweep / "optimizer.lr=0.05" / "metrics.json").read_text())
     assert job["command"] == " ".join(["run", *quick, "optimizer=sgd", "optimizer.lr=0.05"])  # reruns this job alone
-    assert "startup" not in job  # a sweep's jobs share their process's start-up
+    between = [phase for phase in startup.BETWEEN_JOBS if phase != "test"]  # job #0 diverged: no test set
+    assert "startup" not in job and list(job["between_jobs"]) == between  # since job #0's last step
+    assert all(seconds >= 0 for seconds in job["between_jobs"].values())
 
     with open(sweep / "summary.csv") as f:
         rows = {row["optimizer.lr"]: row for row in csv.DictReader(f)}

@@ -41,7 +41,8 @@ TUNE_SWEEPER = "hydra_plugins.ablate_tune.tune_sweeper.TuneSweeper"
 
 @hydra.main(config_path=str(CONFIGS), config_name="config", version_base="1.3")
 def task(cfg: DictConfig) -> float | None:
-    startup.mark("checks")
+    startup.mark("launch")  # a later job of this process: Hydra set it up
+    startup.mark("checks")  # the process's first: its config checked, Hydra's .hydra/ and log set up
     from runner.cli.job import run_job
     from runner.engine.run import SetupError
 
@@ -303,6 +304,8 @@ def main() -> None:
         hydra_shortcuts.one_repository_for_help()
     elif not {"-m", "--multirun"} & set(sys.argv[1:]):
         hydra_shortcuts.one_composition_per_run()
+    else:
+        hydra_shortcuts.one_composition_per_job()
     importable_cwd()
     os.environ[provenance.COMMAND_ENV] = " ".join(["run", *sys.argv[1:]])  # as typed, for every job's provenance
     sys.argv = rank_argv(name_jobs_by_swept_keys(sys.argv))

@@ -1,7 +1,8 @@
-"""Two places where Hydra repeats work that one answer serves, each taken only where Hydra's
-internals are as expected (otherwise Hydra is left as it is):
+"""Places where Hydra repeats work that one answer serves, each taken only where Hydra's internals
+are as expected (otherwise Hydra is left as it is):
 
 - `one_composition_per_run`: a single run composes its config once instead of twice;
+- `one_composition_per_job`: a sweep composes each job's config once instead of three times;
 - `one_repository_for_help`: `run --help` lists the config groups from one copy of the config
   repository instead of one copy per question.
 """
@@ -61,6 +62,45 @@ def one_composition_per_run() -> None:
         return None
 
     Hydra.get_mode, Hydra.compose_config = get_mode_for_run, compose_for_run
+
+
+KEPT_JOBS = (
+    256  # the sweep's job configs kept at most (the oldest go first): a batch of up to this many is composed once
+)
+
+
+def one_composition_per_job() -> None:
+    """A sweep composes each job's config three times: ablate checks every job's config before
+    anything is written (runner.cli.app.CheckFirst), Hydra's sweeper composes each batch of jobs to
+    check it, and the launcher composes each job to run it (0.13 s each here). Here each job's
+    composition is kept and the next asks get a copy of it, with the sweep's resolved values
+    (Hydra's copy_cache) as Hydra gives them. A job's config is the same whenever it is composed
+    in one process: the same config files, the same overrides."""
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from omegaconf import OmegaConf
+
+    load_sweep_config = ConfigLoaderImpl.load_sweep_config
+    if getattr(load_sweep_config, "__name__", "") != "load_sweep_config":
+        return
+    kept: dict = {}
+
+    def load_job_config(self, master_config, sweep_overrides):
+        key = (
+            master_config.hydra.job.config_name,
+            tuple(master_config.hydra.overrides.hydra),
+            tuple(sweep_overrides),
+        )
+        if key not in kept:
+            if len(kept) >= KEPT_JOBS:
+                del kept[next(iter(kept))]
+            kept[key] = load_sweep_config(self, master_config, sweep_overrides)
+        cfg = copy.deepcopy(kept[key])
+        OmegaConf.copy_cache(from_config=master_config, to_config=cfg)
+        return cfg
+
+    ConfigLoaderImpl.load_sweep_config = load_job_config
 
 
 def one_repository_for_help() -> None:

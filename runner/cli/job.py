@@ -29,7 +29,7 @@ from runner.analysis import hparams
 from runner.cli import console
 from runner.cli.app import BASIC_SWEEPER
 from runner.config import schema
-from runner.engine import distributed, failures, lock
+from runner.engine import distributed, failures, lock, startup
 from runner.engine import records as run_records
 from runner.engine.context import RunContext
 from runner.engine.interrupt import pass_on
@@ -57,6 +57,7 @@ def run_job(cfg: DictConfig) -> float | None:
     finally:
         if distributed.world().main:
             lock.release(ctx.run_dir)
+        startup.mark("records")
 
 
 def job_label(hydra_cfg) -> str:
@@ -112,6 +113,7 @@ def train_job(cfg: DictConfig, ctx: RunContext) -> float | None:
         built.append(True)
         show_in_hparams(root)
 
+    startup.mark("provenance")
     try:
         outcome = train(cfg, ctx, console.TrainingProgress(enabled=world.main), as_running if world.main else None)
     finally:

@@ -75,8 +75,22 @@ def count_classes(arrays: Arrays) -> int:
     return int(max(y.max() for y in labels)) + 1 if labels else 0
 
 
+_kept: dict[str, Data] = {}  # the last data loaded in this process, for a sweep's next jobs (one entry)
+
+
 def load(cfg, device: torch.device) -> Data:
-    """The splits `data=<name>` chooses, on `device`: val held out of train, train capped at train_size."""
+    """The splits `data=<name>` chooses, on `device`: val held out of train, train capped at train_size.
+    The same data config on the same device as the last job of this process gets the same splits,
+    read and decoded once (nothing writes into them: batches are gathered copies)."""
+    key = f"{facts.memo_key(cfg)} {cfg.val_fraction} {cfg.train_size} {device}"
+    if key not in _kept:
+        _kept.clear()
+        _kept[key] = split(cfg, device)
+    return _kept[key]
+
+
+def split(cfg, device: torch.device) -> Data:
+    """The splits of load(), read and made now."""
     arrays = load_arrays(cfg, device)
     images, labels = arrays.train
     train_idx, val_idx = stratified_split(labels, cfg.val_fraction, cfg.split_seed)

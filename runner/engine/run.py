@@ -203,8 +203,8 @@ def train(cfg: DictConfig, ctx: RunContext, progress, built: Callable[[], None] 
         metrics = records.of_run(status, trainer, setup, cfg, ctx)
         if isinstance(failure, Exception):
             metrics["error"] = failures.describe(failure, one_line=isinstance(failure, disk.WriteError))
-        if not ctx.in_sweep and (phases := startup.phases()):
-            metrics["startup"] = phases  # a sweep's jobs share their process's start-up: not theirs to record
+        if recorded := startup.phases():
+            metrics[recorded[0]] = recorded[1]  # the process's start-up, or the time since its previous job
         close_and_record(trainer, metrics, ctx.run_dir, failure)
     return Outcome(metrics, stop_signal=trainer.stop_signal if status == "interrupted" else None)
 

@@ -219,6 +219,7 @@ class Trainer:
         self.step = 0  # optimizer steps taken
         self.epoch_lr = self.lr()  # the learning rate the running epoch started with
         self.totals = Totals(self.device)
+        self.last_step_end: float | None = None  # perf_counter() at the end of the last epoch's last step
         self.stop_signal: int | None = None
         self.last_save = time.monotonic()
         self.result = Result(status="completed")
@@ -311,6 +312,8 @@ class Trainer:
                 break
         self.progress.stop()
         self.result.train_seconds = time.perf_counter() - start
+        startup.between_jobs(self.last_step_end or time.perf_counter())  # the next job's record starts here
+        startup.mark("epoch end")
         if self.stop_signal is not None and self.epoch < self.max_epochs and self.result.status == "completed":
             self.result.status = "interrupted"  # the checkpoint was written where it stopped
         if self.result.status == "completed" and self.meet_test:
@@ -319,6 +322,7 @@ class Trainer:
             if self.result.best_val_acc is not None:
                 final["acc/best_val"] = self.result.best_val_acc
             self.logger.scalars({k: v for k, v in final.items() if v is not None}, self.step)
+            startup.mark("test")
         return self.result
 
     def train_epoch(self, epoch: int) -> tuple[float, float] | None:
@@ -335,7 +339,7 @@ class Trainer:
             self.schedule.after_step()
             self.step += 1
             self.batch = i + 1
-            startup.mark("first step")  # this process's first, once
+            startup.mark("first step")  # once per record: the process's first, or this job's after another's
             totals.add(loss, hits, len(y))
             self.progress.advance()
             if log_now:
@@ -351,7 +355,9 @@ class Trainer:
                 if stop:
                     return None
         self.batch, self.totals = 0, Totals(self.device)  # the next call starts the next epoch
-        return totals.read_epoch(self.world)
+        ended = totals.read_epoch(self.world)
+        self.last_step_end = time.perf_counter()  # where the time between jobs starts (runner.engine.startup)
+        return ended
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, log_now: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss, backward, clipping and the optimizer's step on one batch: the loss and the
