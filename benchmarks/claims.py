@@ -84,6 +84,8 @@ TABLES = {
         study("leave_one_out"),
         study("path", "data.val_fraction=0.1"),
         Table("time_to_accuracy", "speed.md", [["benchmarks/time_to_accuracy.py"]], "benchmark"),
+        Table("peer_lightning", "speed.md", [["benchmarks/time_to_accuracy.py", "--peer", "lightning"]], "benchmark"),
+        Table("job_overhead", "speed.md", [["benchmarks/job_overhead.py"]], "benchmark"),
         Table("startup", "speed.md", [["benchmarks/startup.py"]], "benchmark"),
         Table("sweep_launchers", "speed.md", [["benchmarks/sweep_launchers.py"]], "benchmark"),
         Table("throughput", "speed.md", [["benchmarks/throughput.py"]], "benchmark"),

@@ -248,7 +248,7 @@ class RunnerState:
     def reset() -> None:
         from hydra.core.global_hydra import GlobalHydra
 
-        from runner.analysis import runs
+        from runner.analysis import hparams, runs
         from runner.cli import app
         from runner.data import facts, image_folder, splits
         from runner.engine import failures, preflight, startup
@@ -267,3 +267,4 @@ class RunnerState:
         facts._resolving.clear()
         image_folder._probed.clear()
         runs._read.clear()  # the run directories read back, kept for the process's lifetime
+        hparams._made.clear()  # what each HPARAMS record was made of

@@ -61,15 +61,23 @@ def refresh(root: Path) -> int:
         runs = started_under(root)
         name_trials(runs)
         experiment, columns = experiment_summary(runs)
+        shared = experiment.SerializeToString(deterministic=True)
         written = 0
         for run in runs:
-            content = event_file([experiment, session_start(run, columns), session_end(run)], run.started)
             path = run.dir / FILE
+            made_of = (run.stamp, run.trial, shared)
+            if _made.get(path) == made_of and path.exists():
+                continue  # this process wrote it from the same run files and columns: unchanged
+            content = event_file([experiment, session_start(run, columns), session_end(run)], run.started)
             if not path.exists() or path.read_bytes() != content:
                 with disk.replacing(path) as tmp:  # a full disk leaves no partial file behind
                     tmp.write_bytes(content)
                 written += 1
+            _made[path] = made_of
         return written
+
+
+_made: dict[Path, tuple] = {}  # a record's path: what this process made it of (the run's files, label, columns)
 
 
 def name_trials(runs: list[Run]) -> None:

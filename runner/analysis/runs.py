@@ -28,6 +28,7 @@ class Run:
     sweep: Path | None = None  # the sweep directory of a sweep's job
     job: int | None = None  # its number in the sweep
     trial: str = field(default="")  # TensorBoard's label of the run (runner.analysis.hparams.name_trials)
+    stamp: tuple = ()  # the mtimes of the files it was read from
 
     @property
     def status(self) -> str:
@@ -68,6 +69,7 @@ def read(run_dir: Path) -> Run | None:
         ended=stamp[2] / 1e9 if metrics else None,
         sweep=sweep,
         job=hydra.get("job", {}).get("num") if sweep else None,
+        stamp=stamp,
     )
     _read[run_dir] = (stamp, run)
     return run
