@@ -263,7 +263,7 @@ def measure(table: Table, given: list[Path] | None) -> str:
                     f"error: {table.shown(command)} failed (exit {result.returncode}): {result.stderr[-500:]}"
                 )
             outputs.append(result.stdout.strip())
-        return from_here(shown, time.time() - start) + ":\n\n```text\n" + "\n\n".join(outputs) + "\n```"
+        return from_here(shown, time.time() - start) + ":\n\n```output\n" + "\n\n".join(outputs) + "\n```"
     folders = given or []
     if not folders:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -33,7 +33,10 @@ from omegaconf.errors import OmegaConfBaseException
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 README_MAX_LINES = 230
 SHELL_BLOCKS = ("bash", "sh", "shell", "console")  # their lines are commands (console: after `$ `)
-LISTING_BLOCKS = ("", "text")  # listings; a line in them that starts like a command is one
+LISTING_BLOCKS = (
+    "",
+    "text",
+)  # listings; a line in them that starts like a command is one (```output: a program's output)
 RUN = ("run", ".venv/bin/run")
 
 # Commands with a placeholder (NAME), and the values docs/claims.md puts in its place.
@@ -89,6 +92,7 @@ NOT_RUN = {
     ".venv/bin/pip install optuna-dashboard": "installs from PyPI a viewer that ablate does not depend on",
     'pip install "git+<url of this repository>"': "installs from a git server the wheel tests/test_install.py builds",
     "pip install -e '.[timm]'": "installs timm from PyPI; the Makefile's .venv has it (.[test,timm])",
+    ".venv/bin/pip install -e '.[peers]' -c constraints.txt": "installs Lightning from PyPI, for the peer benchmark alone",
 }
 
 # An inline code span in these docs is run from this folder (the docs' own `cd`).

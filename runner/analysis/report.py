@@ -214,13 +214,14 @@ def importances(tuned: dict) -> dict[str, dict[str, float]]:
     FanovaImportanceEvaluator, seed 0: the share of the validation accuracy's variance over the search
     space that each key explains, from a random forest fit to the trials; Optuna's default, and it
     uses every trial, where PED-ANOVA looks at the top quantile, one trial of eight). A study with fewer
-    than two completed trials has none."""
+    than two completed trials, or whose trials all scored the same (no variance to explain: every
+    trial diverged), has none."""
     import optuna
 
     found = {}
     for label, study in tuned.items():
         completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if len(completed) < 2 or not completed[0].params:
+        if len(completed) < 2 or not completed[0].params or len({t.value for t in completed}) < 2:
             continue
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
         found[label] = {
