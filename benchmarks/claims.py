@@ -113,18 +113,31 @@ def machine_text(machine: dict) -> str:
     return f"{gpu['name']} (driver {gpu['driver']}, CUDA {gpu['cuda']}), {text}" if gpu else text
 
 
-def code_text(ablate: dict) -> str:
-    if ablate.get("commit"):
-        return f"commit {ablate['commit'][:7]}" + (" with uncommitted changes" if ablate.get("dirty") else "")
-    return f"ablate {ablate.get('version') or 'of unknown version'}"
+def code_text(ablate: dict, changed: list[str] | None = None) -> str:
+    """The commit, and whether its tree had changes: to the docs alone where `changed` (the files of
+    the recorded diff) says so."""
+    if not ablate.get("commit"):
+        return f"ablate {ablate.get('version') or 'of unknown version'}"
+    text = f"commit {ablate['commit'][:7]}"
+    if ablate.get("dirty"):
+        docs_only = changed and all(f.startswith("docs/") for f in changed)
+        text += " with uncommitted changes" + (" to docs/ alone" if docs_only else "")
+    return text
+
+
+def changed_files(run_dir: Path) -> list[str]:
+    """The files a run's recorded diff (provenance/ablate.diff) changes."""
+    diff = run_dir / provenance.FOLDER / "ablate.diff"
+    return re.findall(r"^diff --git a/(\S+) ", diff.read_text(), re.MULTILINE) if diff.is_file() else []
 
 
 def from_runs(folders: list[Path], commands: list[str]) -> str:
     """What made the runs under `folders`, from their provenance.json: one line."""
-    records = [json.loads(p.read_text()) for f in folders for p in sorted(f.rglob(provenance.FILE))]
+    files = [p for f in folders for p in sorted(f.rglob(provenance.FILE))]
+    records = [json.loads(p.read_text()) for p in files]
     if not records:
         return "made before runs recorded their provenance"
-    codes = sorted({code_text(r["ablate"]) for r in records})
+    codes = sorted({code_text(r["ablate"], changed_files(p.parent)) for p, r in zip(files, records, strict=True)})
     machines = sorted({machine_text(r["machine"]) for r in records})
     began = min(p.stat().st_mtime for f in folders for p in f.rglob(provenance.FILE))
     ended = max(p.stat().st_mtime for f in folders for p in f.rglob("metrics.json"))
@@ -308,13 +321,24 @@ def main() -> None:
     if args.given and len(args.names) != 1:
         raise SystemExit("error: --from is for one table at a time; allowed: NAME --from DIR [DIR]")
     cuda = provenance.gpu() is not None
+    measured, failed = (
+        {},
+        [],
+    )  # every table first, then the pages: the tree stays as committed while tables are measured
     for name in args.names or list(TABLES):
         table = TABLES[name]
         if table.needs == "cuda" and not cuda:
             if args.all:
                 continue
             raise SystemExit(f"error: {name} is measured on a CUDA GPU; this machine has none")
-        write_block(table, measure(table, [p.resolve() for p in args.given] if args.given else None))
+        try:
+            measured[name] = measure(table, [p.resolve() for p in args.given] if args.given else None)
+        except SystemExit as e:  # one table that fails leaves the others to be written
+            failed.append(str(e))
+    for name, text in measured.items():
+        write_block(TABLES[name], text)
+    if failed:
+        raise SystemExit("\n".join(failed))
 
 
 if __name__ == "__main__":
