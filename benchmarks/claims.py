@@ -114,14 +114,14 @@ def machine_text(machine: dict) -> str:
 
 
 def code_text(ablate: dict, changed: list[str] | None = None) -> str:
-    """The commit, and whether its tree had changes: to the docs alone where `changed` (the files of
-    the recorded diff) says so."""
+    """The commit, and whether its tree had changes: to its Markdown docs alone where `changed` (the
+    files of the recorded diff) says so."""
     if not ablate.get("commit"):
         return f"ablate {ablate.get('version') or 'of unknown version'}"
     text = f"commit {ablate['commit'][:7]}"
     if ablate.get("dirty"):
-        docs_only = changed and all(f.startswith("docs/") for f in changed)
-        text += " with uncommitted changes" + (" to docs/ alone" if docs_only else "")
+        docs_only = changed and all(f.endswith(".md") for f in changed)
+        text += " with uncommitted changes" + (" to its docs alone" if docs_only else "")
     return text
 
 
