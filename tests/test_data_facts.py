@@ -102,7 +102,12 @@ def test_a_data_set_loaded_for_its_facts_is_not_decoded_again_for_the_run(monkey
     assert resolved(cfg, "num_classes", "in_shape") == [10, [3, 8, 6]] and len(decoded) == 1
     data = splits.load(cfg.data, torch.device("cpu"))
     assert len(decoded) == 1 and data.in_shape == (3, 8, 6) and data.num_classes == 10
-    splits.load(cfg.data, torch.device("cpu"))  # handed over once: a later run of the process reads again
+    again = splits.load(cfg.data, torch.device("cpu"))  # a sweep's next job in this process: the splits kept
+    assert again is data and len(decoded) == 1
+    other = with_values(cfg, {"data": {"val_fraction": 0.5}})
+    assert len(splits.load(other.data, torch.device("cpu")).val.labels) > len(
+        data.val.labels
+    )  # another split: read again
     assert len(decoded) == 2
 
 
