@@ -30,8 +30,6 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        if self.n == 0:
-            return "no paired seeds"
         if self.p_holm is None:
             return "n=1, noise unknown"
         return "beyond noise" if self.p_holm < ALPHA else "within noise"
@@ -46,6 +44,7 @@ def t_quantile(q: float, df: float) -> float:
 
 
 def t_cdf(x: float, df: float) -> float:
+    """Student's t distribution's cumulative probability at `x`."""
     from scipy import special
 
     return float(special.stdtr(df, x))

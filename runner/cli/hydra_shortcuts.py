@@ -64,9 +64,9 @@ def one_composition_per_run() -> None:
     Hydra.get_mode, Hydra.compose_config = get_mode_for_run, compose_for_run
 
 
-KEPT_JOBS = (
-    256  # the sweep's job configs kept at most (the oldest go first): a batch of up to this many is composed once
-)
+# The job configs a sweep keeps at most, the oldest going first: a batch of up to this many jobs is
+# composed once per job.
+KEPT_JOBS = 256
 
 
 def one_composition_per_job() -> None:
