@@ -36,10 +36,8 @@ def main() -> None:
             cwd=ROOT,
         )
         wall = time.perf_counter() - start
-        runs = sorted(
-            (json.loads(p.read_text()) for p in sweep_dir.rglob("metrics.json")),
-            key=lambda m: m.get("between_jobs") is not None,
-        )
+        written = sorted(sweep_dir.rglob("metrics.json"), key=lambda p: p.stat().st_mtime_ns)  # in job order
+        runs = [json.loads(p.read_text()) for p in written]
     training = sum(m["train_seconds"] for m in runs)
     between = [m["between_jobs"] for m in runs if "between_jobs" in m]
     first = next((m["startup"] for m in runs if "startup" in m), {})

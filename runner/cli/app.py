@@ -158,15 +158,14 @@ class SweepSummary(Callback):
         from runner.analysis.report import report_sweep
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        unwritten = ()
         try:
             report_sweep(sweep_dir, sweep_dir)
         except Exception as e:  # noqa: BLE001  Hydra would make it a warning; the runs are kept, report writes it again
-            failures.unwritten_summary = (
-                f"the summary of {sweep_dir} was not written: {failures.describe(e)}; its runs are kept: "
-                f"report {sweep_dir} writes it again"
-            )
+            why = f"{failures.describe(e)}; its runs are kept: report {sweep_dir} writes it again"
+            unwritten = (f"the summary of {sweep_dir} was not written: {why}",)
         finally:
-            failures.announce(sweep_dir)
+            failures.announce(sweep_dir, unwritten)
 
 
 def hold_single_run_dir(config: DictConfig) -> Path:

@@ -28,7 +28,6 @@ STDLIB = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("stdlib", "pl
 LIBRARIES = tuple({*STDLIB, *(Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib"))})
 
 exit_code = 0  # set by announce(): what `run -m` exits with
-unwritten_summary = ""  # why the sweep's summary could not be written, for announce()
 
 
 def record(sweep_dir: Path, job_num: int, line: str) -> None:
@@ -50,11 +49,11 @@ def read(sweep_dir: Path) -> list[str]:
     return [p.read_text().strip() for p in files]
 
 
-def announce(sweep_dir: Path) -> list[str]:
-    """Prints each failed job's line on stderr and sets the sweep's exit code; the lines."""
-    global exit_code, unwritten_summary
-    lines = read(sweep_dir) + ([unwritten_summary] if unwritten_summary else [])
-    unwritten_summary = ""
+def announce(sweep_dir: Path, more: tuple[str, ...] = ()) -> list[str]:
+    """Prints each failed job's line, then `more` (the sweep's own: a summary not written), on stderr
+    and sets the sweep's exit code; the lines."""
+    global exit_code
+    lines = read(sweep_dir) + list(more)
     for line in lines:
         print(f"error: {line}", file=sys.stderr)
     exit_code = FAILED_EXIT if lines else 0
