@@ -139,12 +139,13 @@ def from_runs(folders: list[Path], commands: list[str]) -> str:
         return "made before runs recorded their provenance"
     codes = sorted({code_text(r["ablate"], changed_files(p.parent)) for p, r in zip(files, records, strict=True)})
     machines = sorted({machine_text(r["machine"]) for r in records})
-    began = min(p.stat().st_mtime for f in folders for p in f.rglob(provenance.FILE))
-    ended = max(p.stat().st_mtime for f in folders for p in f.rglob("metrics.json"))
+    metrics = [p for f in folders for p in f.rglob("metrics.json")]
+    ended = max(p.stat().st_mtime for p in metrics)
+    training = sum(json.loads(p.read_text()).get("train_seconds") or 0 for p in metrics)  # pauses between runs left out
     typed = list(dict.fromkeys(r.get("command") for r in records if r.get("command"))) or commands
     return (
-        f"Measured at {', '.join(codes)}, on {'; '.join(machines)}, {day(ended)}: {len(records)} runs in "
-        f"{ended - began:.0f} s, by " + "; ".join(f"`{c}`" for c in typed)
+        f"Measured at {', '.join(codes)}, on {'; '.join(machines)}, {day(ended)}: {len(records)} runs, "
+        f"{training:.0f} s of training, by " + "; ".join(f"`{c}`" for c in typed)
     )
 
 

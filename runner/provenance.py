@@ -12,9 +12,12 @@ differs:
 - the machine: the CPU model and the flags that decide bf16 (runner.engine.device), the core count,
   the GPU, its driver and CUDA version where there is one.
 
-The data's fingerprints are in metrics.json (`data`).
+The data's fingerprints are in metrics.json (`data`). A run resumed from its checkpoint keeps the
+record of its first start and adds each later one (`resumed`); a run that had ended is skipped and
+its record left as it was.
 """
 
+import datetime
 import functools
 import hashlib
 import importlib.metadata
@@ -185,9 +188,7 @@ def write(run_dir: Path, config: dict, config_dir: Path | None) -> dict:
     record, diff = collect(config, config_dir)
     folder = run_dir / FOLDER
     if diff:
-        folder.mkdir(parents=True, exist_ok=True)
-        with disk.replacing(folder / "ablate.diff") as tmp:
-            tmp.write_text(diff)
+        write_diff(folder / "ablate.diff", diff)
     for name, module in record["user_modules"].items():
         (folder / "sources").mkdir(parents=True, exist_ok=True)
         with disk.replacing(folder / "sources" / f"{name}.py") as tmp:
@@ -195,6 +196,33 @@ def write(run_dir: Path, config: dict, config_dir: Path | None) -> dict:
     with disk.replacing(run_dir / FILE) as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def write_diff(path: Path, diff: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with disk.replacing(path) as tmp:
+        tmp.write_text(diff)
+
+
+def add_resumption(run_dir: Path, first: dict, config: dict, config_dir: Path | None) -> dict:
+    """A run resumed from its checkpoint keeps the record of its first start; this start is added to
+    its `resumed` list: when, ablate's code (its diff as provenance/ablate.resumed-N.diff), the
+    command and what differs from the first record (`differences`)."""
+    record, diff = collect(config, config_dir)
+    resumed = first.setdefault("resumed", [])
+    if diff:
+        write_diff(run_dir / FOLDER / f"ablate.resumed-{len(resumed) + 1}.diff", diff)
+    resumed.append(
+        {
+            "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "ablate": record["ablate"],
+            "command": record["command"],
+            "differences": differences(first, record),
+        }
+    )
+    with disk.replacing(run_dir / FILE) as tmp:
+        tmp.write_text(json.dumps(first, indent=2) + "\n")
+    return first
 
 
 def read(run_dir: Path) -> dict | None:

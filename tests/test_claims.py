@@ -40,7 +40,7 @@ def test_a_block_is_written_from_a_sweeps_runs_with_their_provenance_and_nothing
     made, _, body = text.partition(":\n\n")
     commit = claims.provenance.code()[0]["commit"][:7]
     assert made.startswith(f"Measured at commit {commit}") and " cores, " in made
-    assert re.search(r"4 runs in \d+ s, by `run -m activation=tanh,sigmoid seed=0,1 ", made), made
+    assert re.search(r"4 runs, \d+ s of training, by `run -m activation=tanh,sigmoid seed=0,1 ", made), made
     header, rows = claims.markdown_tables(body)[0]
     assert header == ["variant", "n", "test acc", "Δ to best", "params", f"`{claims.GRAD_RATIO}`"]
     ratios = {row[0].strip("*"): row[-1] for row in rows}

@@ -75,6 +75,17 @@ def test_a_rerun_from_its_directory_is_bitwise_identical(tmp_path):
     assert verdict.startswith("  verdict: bitwise identical (test accuracy ")
 
 
+def test_a_run_that_ended_is_skipped_with_its_record_as_it_was(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*TINY, f"hydra.run.dir={run_dir}").returncode == 0
+    first = json.loads((run_dir / "provenance.json").read_text())
+    first["ablate"]["commit"] = "0" * 40  # as if the run had been made at another commit
+    (run_dir / "provenance.json").write_text(json.dumps(first))
+    again = run_cli(*TINY, f"hydra.run.dir={run_dir}")
+    assert f"completed already in {run_dir}; skipped" in again.stdout + again.stderr
+    assert json.loads((run_dir / "provenance.json").read_text()) == first  # the record of what made it
+
+
 @pytest.mark.slow  # reruns in processes of their own: `rerun` starts `run`
 def test_after_a_user_module_is_edited_the_rerun_names_it_before_training(tmp_path):
     project = tmp_path / "project"

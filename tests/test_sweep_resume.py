@@ -24,7 +24,7 @@ def start_sweep(sweep_dir) -> subprocess.Popen:
 
 def snapshot(run_dir) -> dict:
     """Bytes and modification times of what a finished run wrote (not Hydra's .hydra/ or run.log)."""
-    files = [run_dir / "metrics.json", run_dir / "model.safetensors", run_dir / "checkpoints" / "last.pt"]
+    files = [run_dir / name for name in ("metrics.json", "model.safetensors", "checkpoints/last.pt", "provenance.json")]
     files += sorted(
         run_dir.glob("events.out.tfevents.[0-9]*")
     )  # the scalars (HPARAMS records follow every run: not these)
@@ -52,6 +52,9 @@ def test_a_sweep_stopped_in_its_second_job_resumes_with_the_same_command(tmp_pat
     assert f"completed already in {sweep / 'seed=0'}; skipped" in log
     assert f"resuming from {sweep / 'seed=1' / 'checkpoints' / 'last.pt'}" in log
     assert snapshot(sweep / "seed=0") == first  # the completed job was not touched
+    record = json.loads((sweep / "seed=1" / "provenance.json").read_text())
+    (start,) = record["resumed"]  # the first start's record, and this one added
+    assert start["command"] == record["command"] and start["differences"] == []
 
     reference = tmp_path / "reference"  # the second job alone, never interrupted
     alone = run_cli(*COMMON, "seed=1", f"hydra.run.dir={reference}")

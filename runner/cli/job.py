@@ -105,12 +105,21 @@ def train_job(cfg: DictConfig, ctx: RunContext) -> float | None:
     world = distributed.world()
     if not world.main:
         quiet()
-    if world.main:  # before it trains: a run that fails or is stopped has it too
-        provenance.write(ctx.run_dir, OmegaConf.to_container(cfg, resolve=True), user_config_dir())
+    config = OmegaConf.to_container(cfg, resolve=True)
+    first = provenance.read(ctx.run_dir) if world.main else None
+    if world.main and first is None:  # before it trains: a run that fails or is stopped has it too
+        provenance.write(ctx.run_dir, config, user_config_dir())
     root, built = hparams_root(ctx), []
 
-    def as_running() -> None:
+    def as_running(resuming: bool) -> None:
+        """A run that ended before is skipped and its record left as it was; one that resumes from
+        its checkpoint adds this start to its record; one that starts over gets a new record."""
         built.append(True)
+        if first is not None:
+            if resuming:
+                provenance.add_resumption(ctx.run_dir, first, config, user_config_dir())
+            else:
+                provenance.write(ctx.run_dir, config, user_config_dir())
         show_in_hparams(root)
 
     startup.mark("provenance")

@@ -92,7 +92,13 @@ def check_provenance(run_dir: Path, overrides: list[str], config_dir: Path | Non
 
     config = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=False)
     now, _ = provenance.collect(config, config_dir)
-    return provenance.differences(provenance.read(run_dir), now)
+    recorded = provenance.read(run_dir)
+    resumed = [
+        f"resumed {entry['at']} with other code or machine than it started with: {'; '.join(entry['differences'])}"
+        for entry in (recorded or {}).get("resumed", [])
+        if entry["differences"]
+    ]
+    return resumed + provenance.differences(recorded, now)
 
 
 def rerun_one(run_dir: Path, out: Path) -> tuple[int, str]:

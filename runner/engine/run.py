@@ -156,12 +156,13 @@ class Outcome:
     stop_signal: int | None = None
 
 
-def train(cfg: DictConfig, ctx: RunContext, progress, built: Callable[[], None] | None = None) -> Outcome:
+def train(cfg: DictConfig, ctx: RunContext, progress, built: Callable[[bool], None] | None = None) -> Outcome:
     """The run in `ctx.run_dir`, which this process holds: build, resume or skip, train, write.
     `progress` shows the training on the terminal (runner.cli.console.TrainingProgress); `built`, if
-    given, is called once the run is built and before it trains (the layer above shows it as
-    running). Raises SetupError on bad input, disk.WriteError when a file cannot be written, and what
-    the training raises, after metrics.json recorded it."""
+    given, is called once the run is built and before it trains, with whether it resumes from its
+    checkpoint (the layer above shows it as running and records it). Raises SetupError on bad input,
+    disk.WriteError when a file cannot be written, and what the training raises, after metrics.json
+    recorded it."""
     setup = build(cfg, ctx.parallel_jobs, ctx.job)
     compute, world = setup.compute, setup.world
     if world.active:
@@ -182,7 +183,7 @@ def train(cfg: DictConfig, ctx: RunContext, progress, built: Callable[[], None] 
         return Outcome(done, skipped=True)
     trainer = make_trainer(cfg, setup, ctx, saved, config, progress)
     if built is not None:
-        built()
+        built(saved is not None)
     if saved:
         trainer.load_state_dict(saved)
         log.info(
