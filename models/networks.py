@@ -27,6 +27,16 @@ Pool = Literal["max", "avg"] | None
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d}
 
 
+class FlattenChannelsLast(nn.Module):
+    """(N, C, H, W) -> (N, H * W * C), the features of each position together: a view of a channels_last
+    tensor, so that neither the forward pass nor the backward pass converts the layout (nn.Flatten's
+    C, H, W order copies it forward and leaves the gradient in the other layout, which the layer
+    before then takes several times as long to go through). The order is the same for either layout."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x.flatten(1)
+
+
 class ConvNet(nn.Module):
     """Convolutional `features`, then flatten -> (Linear -> [BatchNorm1d] -> activation) per
     `hidden` width -> Linear to the classes; weights initialized as `init` says."""
@@ -47,7 +57,7 @@ class ConvNet(nn.Module):
         with torch.no_grad():
             out_shape = features.eval()(torch.zeros(1, *in_shape)).shape[1:]
         features.train()
-        layers: list[nn.Module] = [nn.Flatten()]
+        layers: list[nn.Module] = [FlattenChannelsLast()]
         in_features = math.prod(out_shape)
         for width in hidden:
             bn_before = batch_norm and bn_position == "before"

@@ -11,6 +11,7 @@ from helpers import compose_cfg
 from torch import nn
 
 from models.blocks import Bottleneck, ConcatSkip
+from models.networks import FlattenChannelsLast
 from runner.engine import builders
 
 IN_SHAPE = (1, 6, 6)  # C, H, W of the tiny inputs
@@ -43,7 +44,7 @@ SEED_NETWORK = ("model=plain", "model.channels=[4]", "model.pool=null", "model.h
 
 def test_one_conv_tanh_plain_network_has_the_seed_structure():
     model = build(*SEED_NETWORK)
-    assert leaf_types(model) == [nn.Conv2d, nn.Tanh, nn.Flatten, nn.Linear]
+    assert leaf_types(model) == [nn.Conv2d, nn.Tanh, FlattenChannelsLast, nn.Linear]
     (conv,) = modules_of(model, nn.Conv2d)
     assert conv.in_channels == 1 and conv.out_channels == 4
     assert conv.kernel_size == (3, 3) and conv.padding == (1, 1)
@@ -61,9 +62,20 @@ def test_one_conv_tanh_plain_network_is_the_seed_equation(kernel_size):
     x = torch.randn(2, *IN_SHAPE)
 
     hidden = torch.tanh(F.conv2d(x, conv.weight, conv.bias, padding=kernel_size // 2))
-    expected = hidden.reshape(x.shape[0], -1) @ linear.weight.T + linear.bias
+    flat = hidden.permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # each position's channels together
+    expected = flat @ linear.weight.T + linear.bias
 
     torch.testing.assert_close(model(x), expected)
+
+
+def test_the_flatten_is_one_order_in_either_layout_and_a_view_of_channels_last_features():
+    x = torch.randn(3, 5, 4, 6)
+    last = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    flat = FlattenChannelsLast()
+    assert torch.equal(flat(x), flat(last))
+    assert flat(last).data_ptr() == last.data_ptr()  # no copy forward
+    flat(last).sum().backward()
+    assert last.grad.is_contiguous(memory_format=torch.channels_last)  # nor a gradient in the other layout
 
 
 # --- Activations --------------------------------------------------------------------------------
@@ -107,7 +119,7 @@ def test_bn_sits_after_conv_and_before_activation_by_default():
         nn.Conv2d,
         nn.BatchNorm2d,
         nn.ReLU,  # conv block
-        nn.Flatten,
+        FlattenChannelsLast,
         nn.Linear,
         nn.BatchNorm1d,
         nn.ReLU,  # hidden FC layer
@@ -121,7 +133,7 @@ def test_bn_position_after_puts_bn_after_the_activation():
         nn.Conv2d,
         nn.ReLU,
         nn.BatchNorm2d,
-        nn.Flatten,
+        FlattenChannelsLast,
         nn.Linear,
         nn.ReLU,
         nn.BatchNorm1d,

@@ -334,14 +334,20 @@ ablates = {
     "adamw": train(lambda p: optim.adamw(p, lr=0.01)),
 }
 assert "torch._dynamo" not in sys.modules
-torchs = {
-    "nesterov": train(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3)),
-    "adam": train(lambda p: torch.optim.Adam(p, lr=0.01)),
-    "adamw": train(lambda p: torch.optim.AdamW(p, lr=0.01)),
+torchs = {  # on the CPU, ablate takes torch's fused update
+    "nesterov": train(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, fused=True)),
+    "adam": train(lambda p: torch.optim.Adam(p, lr=0.01, fused=True)),
+    "adamw": train(lambda p: torch.optim.AdamW(p, lr=0.01, fused=True)),
 }
 assert "torch._dynamo" in sys.modules  # torch.optim's own step imports it
+loops = {  # torch's per-parameter loop: the same arithmetic, up to rounding
+    "nesterov": train(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3, foreach=False)),
+    "adam": train(lambda p: torch.optim.Adam(p, lr=0.01, foreach=False)),
+    "adamw": train(lambda p: torch.optim.AdamW(p, lr=0.01, foreach=False)),
+}
 for name in ablates:
     assert torch.equal(ablates[name], torchs[name]), name
+    torch.testing.assert_close(ablates[name], loops[name])
 print("ok")
 """
 
