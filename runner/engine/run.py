@@ -27,7 +27,18 @@ from runner.config import targets
 from runner.config.rules import reason
 from runner.data import batches, splits
 from runner.data.datasets import DataError
-from runner.engine import builders, checkpoint, device, distributed, failures, graphs, preflight, records, startup
+from runner.engine import (
+    allocator,
+    builders,
+    checkpoint,
+    device,
+    distributed,
+    failures,
+    graphs,
+    preflight,
+    records,
+    startup,
+)
 from runner.engine.context import RunContext
 from runner.engine.diagnostics import Diagnostics
 from runner.engine.interrupt import stop_on_signals
@@ -73,6 +84,7 @@ def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Setup:
         world = distributed.world()
         compute = device.pick(cfg.trainer, parallel_jobs, world, job)
         torch.set_num_threads(compute.threads)
+        allocator.keep_freed_memory()
         if compute.device.index is not None:
             torch.cuda.set_device(compute.device)  # nothing of this job's on another GPU
         distributed.start(world, compute.device)
