@@ -202,14 +202,16 @@ def dataloader_loop(cfg, dataset, in_shape, workers: int, dev: torch.device):
 
 
 def epoch_seconds(loops: dict, rounds: int) -> dict[str, list[float]]:
-    """Each loop's epoch time in each of `rounds`, the loops alternating within each round (after
-    one warm-up epoch each: allocator, oneDNN kernels, compilation)."""
+    """Each loop's epoch time in each of `rounds`, the loops alternating within each round, in
+    reverse order every other round, so that neither what drifts through a round nor what one loop
+    leaves behind for the next (a DataLoader's workers ending) favours one of them (after one warm-up
+    epoch each: allocator, oneDNN kernels, compilation)."""
     for loop in loops.values():
         loop()
     times = {name: [] for name in loops}
-    for _ in range(rounds):
-        for name, loop in loops.items():
-            times[name].append(loop())
+    for r in range(rounds):
+        for name in list(loops) if r % 2 == 0 else reversed(list(loops)):
+            times[name].append(loops[name]())
     return times
 
 

@@ -3,6 +3,8 @@
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +117,40 @@ def test_a_compiled_run_trains_and_matches_the_eager_run_closely(tmp_path, quick
     assert runs["true"]["test_acc"] > 0.5
     # fused kernels round differently, so after one epoch the two agree closely but not bitwise
     assert abs(runs["true"]["history"][0]["train_loss"] - runs["false"]["history"][0]["train_loss"]) < 0.05
+
+
+ALLOCATOR_SCRIPT = """
+import resource, sys, torch
+from runner.engine import allocator
+from models import ResidualNet
+set_here = allocator.keep_freed_memory() if sys.argv[1] == "keep" else None
+torch.manual_seed(0)
+model = ResidualNet(in_shape=(1, 28, 28), num_classes=10, activation=torch.nn.ReLU, channels=[16, 32], blocks=1, hidden=[32])
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+def step():
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+for _ in range(5):
+    step()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(set_here, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.slow  # three processes of their own
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="glibc's malloc on Linux")
+def test_the_allocator_keeps_freed_memory_so_a_step_faults_few_new_pages_unless_the_user_tuned_malloc():
+    def run_script(how: str, env: dict) -> tuple[str, float]:
+        command = [sys.executable, "-c", ALLOCATOR_SCRIPT, how]
+        out = subprocess.run(command, capture_output=True, text=True, check=True, env={**os.environ, **env}).stdout
+        return out.split()[0], float(out.split()[1])
+
+    set_here, kept = run_script("keep", {})
+    _, default = run_script("default", {})
+    assert set_here == "True" and kept < default / 5, (kept, default)  # each step reuses the last one's pages
+    tuned, _ = run_script("keep", {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"})
+    assert tuned == "False"  # the user's own setting stands

@@ -8,7 +8,9 @@
 
 Under `probe/`, they sort after loss/, acc/ and lr in TensorBoard, which orders charts by name.
 
-Between logging steps the forward hooks return at once, and nothing is read from the device.
+The forward hooks that count dead units are registered for a logging step alone (`active`): a module
+with a hook takes PyTorch's slower call path, so between logging steps the rectifiers have none, and
+nothing is read from the device.
 """
 
 import torch
@@ -22,19 +24,29 @@ class Diagnostics:
     def __init__(self, model: nn.Module):
         self.layers = [(name, list(m.parameters(recurse=False))) for name, m in model.named_modules()]
         self.layers = [(name, params) for name, params in self.layers if params]
-        self.active = False
         self.dead: dict[str, torch.Tensor] = {}
-        self.rectifiers: list[str] = []  # the layers whose dead units are counted
-        for name, module in model.named_modules():
-            if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
-                self.rectifiers.append(name)
-                module.register_forward_hook(self._dead_units_hook(name))
+        self.modules = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+        self.rectifiers = [name for name, _ in self.modules]  # the layers whose dead units are counted
+        self.hooks: list = []  # the hooks' handles, while active
+
+    @property
+    def active(self) -> bool:
+        """Whether the next forward pass counts dead units (its hooks are registered)."""
+        return bool(self.hooks)
+
+    @active.setter
+    def active(self, on: bool) -> None:
+        if on and not self.hooks:
+            self.hooks = [m.register_forward_hook(self._dead_units_hook(name)) for name, m in self.modules]
+        elif not on:
+            for handle in self.hooks:
+                handle.remove()
+            self.hooks = []
 
     def _dead_units_hook(self, name: str):
         def hook(module, inputs, output):
-            if self.active:
-                off = output < 0 if isinstance(module, nn.LeakyReLU) else output <= 0
-                self.dead[name] = off.flatten(1).all(dim=0).float().mean().detach()
+            off = output < 0 if isinstance(module, nn.LeakyReLU) else output <= 0
+            self.dead[name] = off.flatten(1).all(dim=0).float().mean().detach()
 
         return hook
 
