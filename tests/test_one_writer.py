@@ -132,7 +132,7 @@ def busy_line(run_dir, pid: int, host: str = HOST) -> str:
 
 def test_two_runs_started_together_in_one_directory_one_is_refused_the_other_completes(tmp_path, quick):
     run_dir = tmp_path / "D"
-    args = [*quick, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
+    args = [*quick, "trainer.max_epochs=10", f"hydra.run.dir={run_dir}"]  # the second starts while the first trains
     first = start_cli(*args)
     time.sleep(0.5)
     second = start_cli(*args)
