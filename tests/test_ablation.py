@@ -3,6 +3,7 @@ in one sweep directory whose runs the designs share; its tables, its LaTeX, its 
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 
@@ -66,7 +67,8 @@ def test_every_design_runs_in_one_directory_sharing_its_runs_and_reports_paired_
         and "| bn | full-bn → full |" in (sweep_dir / "ablation.md").read_text()
     )
     summary = (sweep_dir / "summary.md").read_text()
-    assert "the paired t-test" in summary and "| full-bn |" in summary  # variants named as the study names them
+    assert "the paired t-test" in summary  # variants named as the study names them (the best in bold):
+    assert re.search(r"^\| (\*\*)?full-bn(\*\*)? \|", summary, re.MULTILINE)
     hparams = json.loads((sweep_dir / "full-bn" / "seed=0" / "metrics.json").read_text())
     assert hparams["choices"]["model"] == "plain" and hparams["seed"] == 0
 

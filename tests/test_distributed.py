@@ -133,6 +133,9 @@ def test_two_processes_train_one_run_that_rank_0_alone_writes(runs):
     assert "2 processes (cpu)" in output
 
 
+EPOCH_GAP = 0.08  # what separates a synchronized run from one process (below) and an unsynchronized one (above)
+
+
 def epoch_gap(a: dict, b: dict) -> float:
     """The largest relative difference between two runs' per-epoch train and val losses."""
     pairs = zip(a["history"], b["history"], strict=True)
@@ -143,27 +146,27 @@ def epoch_gap(a: dict, b: dict) -> float:
 def test_ddp_with_sync_bn_matches_one_process_with_the_same_global_batch(runs):
     """Tolerances, from seeds 0-2 of this config. Step 1 is the same computation (each process
     normalizes with the global batch's statistics, DDP averages the halves' gradients), so its loss
-    agrees to float32 rounding: at most 3.6e-6 apart, as two one-process runs that differ only in
-    their thread count are (3.7e-6). Rounding differences then grow as training goes on, the same
-    way for both pairs: per-epoch losses at most 1.9e-2 apart (thread counts: 1.7e-2), test accuracy
-    0.003. Bounds: 2e-5 for step 1, 5% for the epochs, one point of test accuracy."""
+    agrees to float32 rounding (at most 1.9e-6 apart). Rounding differences then grow as training
+    goes on: per-epoch losses 0.7% to 6.2% apart, test accuracy at most 0.002. Without sync_bn the
+    epochs end 10.8% to 16.1% away. Bounds: 2e-5 for step 1, 8% for the epochs, one point of test
+    accuracy."""
     base, _ = runs
     (ddp_dir,) = (base / "cwd" / "outputs" / "runs").iterdir()
     single, ddp = (json.loads((d / "metrics.json").read_text()) for d in (base / "single", ddp_dir))
     assert relative(train_losses(ddp_dir)[0], train_losses(base / "single")[0]) < 2e-5
-    assert epoch_gap(ddp, single) < 0.05
+    assert epoch_gap(ddp, single) < EPOCH_GAP
     assert abs(ddp["test_acc"] - single["test_acc"]) <= 0.01
 
 
 @pytest.mark.slow
 def test_without_sync_bn_each_process_normalizes_its_own_part(runs, tmp_path):
-    """Each process's BatchNorm sees 32 images, not 64: the epochs end 14-17% away from one
-    process's (seeds 0-2), beyond the 5% that bounds the synchronized run."""
+    """Each process's BatchNorm sees 32 images, not 64: the epochs end 10.8-16.1% away from one
+    process's (seeds 0-2), beyond the 8% that bounds the synchronized run."""
     base, _ = runs
     ddp = run_cli(*DDP, "trainer.sync_bn=false", f"hydra.run.dir={tmp_path / 'run'}", nproc=2)
     assert ddp.returncode == 0, ddp.stderr
     single, unsynced = (json.loads((d / "metrics.json").read_text()) for d in (base / "single", tmp_path / "run"))
-    assert epoch_gap(unsynced, single) > 0.05
+    assert epoch_gap(unsynced, single) > EPOCH_GAP
 
 
 @pytest.mark.slow
