@@ -137,9 +137,9 @@ def from_runs(folders: list[Path], commands: list[str]) -> str:
     records = [json.loads(p.read_text()) for p in files]
     if not records:
         return "made before runs recorded their provenance"
-    codes = {code_text(r["ablate"], changed_files(p.parent)) for p, r in zip(files, records, strict=True)}
-    codes |= {code_text(start["ablate"]) for r in records for start in r.get("resumed", [])}  # resumed under other code
-    codes = sorted(codes)
+    first = {code_text(r["ablate"], changed_files(p.parent)) for p, r in zip(files, records, strict=True)}
+    resumed = {code_text(start["ablate"]) for r in records for start in r.get("resumed", [])}  # under other code
+    codes = sorted(first | resumed)
     machines = sorted({machine_text(r["machine"]) for r in records})
     metrics = [p for f in folders for p in f.rglob("metrics.json")]
     ended = max(p.stat().st_mtime for p in metrics)
