@@ -284,6 +284,25 @@ def test_augment_flip_mirrors_about_half_the_images_and_moves_none():
     assert 0.4 * n < mirrored < 0.6 * n
 
 
+@pytest.mark.parametrize("augment", [False, "flip", True])
+def test_batches_hold_the_same_normalized_images_in_either_memory_format(augment):
+    images = torch.randint(0, 256, (50, 3, 6, 5), dtype=torch.uint8)
+    split, mean, std = (
+        splits.Split(images, torch.arange(50)),
+        torch.tensor([0.1, 0.5, 0.9]),
+        torch.tensor([0.2, 0.3, 0.4]),
+    )
+    kwargs = {"shuffle": True, "augment": augment, "seed": 2}
+    nchw = batches.Batches(split, 16, mean, std, **kwargs)
+    nhwc = batches.Batches(split, 16, mean, std, memory_format=torch.channels_last, **kwargs)
+    for (a, ya), (b, yb) in zip(nchw.epoch(1), nhwc.epoch(1), strict=True):
+        assert a.is_contiguous() and b.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+        if not augment:  # (x / 255 - mean) / std per channel, of the images of these labels
+            expected = (images[ya].float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+            assert torch.allclose(a, expected, atol=1e-5)
+
+
 def test_crop_flip_shifts_and_mirrors_each_image_of_the_batch():
     x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
     centre = torch.tensor([2, 2])

@@ -1,5 +1,6 @@
 """Gradient-flow and dead-unit diagnostics, on small models whose answers are known."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -19,7 +20,24 @@ def test_dead_units_count_units_off_for_every_sample_of_the_batch():
         assert diagnostics.read() == {}  # inactive: nothing recorded (and no gradients yet)
         diagnostics.active = True
         model(x)
-        assert diagnostics.read()["probe/dead_units/1"] == expected
+        assert diagnostics.read()["probe/dead_units/1"] == pytest.approx(expected)
+
+
+def test_dead_units_of_conv_features_are_the_same_in_either_memory_format():
+    conv = nn.Conv2d(1, 4, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.zero_()
+        conv.weight[:2, 0, 1, 1] = 1.0  # channels 0 and 1 pass the pixel: off only where it is not positive
+        conv.bias.copy_(torch.tensor([0.0, 0.0, -1.0, 1.0]))  # channel 2 off everywhere, channel 3 on everywhere
+    x = torch.randn(8, 1, 5, 5)
+    x[:, :, 0, 0] = -1.0  # channels 0 and 1 are off at position (0, 0) for every sample
+    expected = (25 + 2) / (4 * 25)  # channel 2's 25 positions, and (0, 0) of channels 0 and 1
+    for layout in (torch.contiguous_format, torch.channels_last):
+        model = nn.Sequential(conv, nn.ReLU()).to(memory_format=layout)
+        diagnostics = Diagnostics(model)
+        diagnostics.active = True
+        model(x.contiguous(memory_format=layout))
+        assert diagnostics.read()["probe/dead_units/1"] == pytest.approx(expected)
 
 
 def test_grad_norms_per_layer_and_first_to_last_ratio():

@@ -45,8 +45,10 @@ class Diagnostics:
 
     def _dead_units_hook(self, name: str):
         def hook(module, inputs, output):
-            off = output < 0 if isinstance(module, nn.LeakyReLU) else output <= 0
-            self.dead[name] = off.flatten(1).all(dim=0).float().mean().detach()
+            # a unit is dead when its largest output over the batch is off (ReLU: 0, LeakyReLU: negative)
+            largest = rows(output.detach()).amax(dim=0)
+            off = largest < 0 if isinstance(module, nn.LeakyReLU) else largest <= 0
+            self.dead[name] = off.float().mean()
 
         return hook
 
@@ -70,3 +72,11 @@ class Diagnostics:
         if not values:
             return {}
         return dict(zip(values, torch.stack([v.float() for v in values.values()]).tolist()))
+
+
+def rows(output: torch.Tensor) -> torch.Tensor:
+    """(N, ...) -> (N, units), each sample's values in memory order: a view of a channels_last batch,
+    whose reduction over the batch is then several times as fast as over the (N, C, H, W) view."""
+    if output.dim() == 4 and output.is_contiguous(memory_format=torch.channels_last):
+        output = output.permute(0, 2, 3, 1)
+    return output.reshape(len(output), -1)
