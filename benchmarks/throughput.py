@@ -17,9 +17,11 @@ load time are printed), the DataLoader reads the files through torchvision's Ima
 With --augment all three also crop and flip each image (4-pixel padding): the minimal loop and
 ablate on the device, the DataLoader with RandomCrop and RandomHorizontalFlip. The device is the
 one a run would pick (`trainer.device=auto`: a CUDA GPU if there is one). Rounds alternate the
-paths and each speed is the median over rounds; each ratio is the geometric mean of the per-round
-ratios (the paths of one round share the machine's state) with its 95% interval, `level` where the
-interval holds 1.0. Last line:
+paths; within a round the minimal loop and the runner alternate --pairs times (4: eight epochs),
+each DataLoader path runs once. Each speed is the median over its epochs. runner/minimal is the
+geometric mean of the ratios of neighbouring epochs (which share the machine's state: its speed
+moves by several per cent from one second to the next), runner/dataloader that of the per-round
+ratios, each with its 95% interval, `level` where the interval holds 1.0. Last line:
 
   min runner/minimal=X.XX runner/dataloader=Y.YY   (the worst case over models and shapes)
 
@@ -201,23 +203,35 @@ def dataloader_loop(cfg, dataset, in_shape, workers: int, dev: torch.device):
     return epoch
 
 
-def epoch_seconds(loops: dict, rounds: int) -> dict[str, list[float]]:
-    """Each loop's epoch time in each of `rounds`, the loops alternating within each round, in
-    reverse order every other round, so that neither what drifts through a round nor what one loop
-    leaves behind for the next (a DataLoader's workers ending) favours one of them (after one warm-up
-    epoch each: allocator, oneDNN kernels, compilation)."""
+def epoch_seconds(loops: dict, rounds: int, pairs: int = 1) -> dict[str, list[float]]:
+    """Each loop's epoch times over `rounds`, after one warm-up epoch each (allocator, oneDNN kernels,
+    compilation). In each round the first two loops alternate `pairs` times (A B, B A, A B, ...), so
+    that each of their epochs has the other's next to it, then the others run once; the whole order is
+    reversed every other round, so that neither what drifts through a round nor what one loop leaves
+    behind for the next (a DataLoader's workers ending) favours one of them. The first two loops get
+    `pairs` times per round, the others one, in the order they ran: the i-th times of the first two
+    are neighbours."""
     for loop in loops.values():
         loop()
+    first, second, *others = loops
+    alternating = [name for i in range(pairs) for name in ((first, second) if i % 2 == 0 else (second, first))]
     times = {name: [] for name in loops}
     for r in range(rounds):
-        for name in list(loops) if r % 2 == 0 else reversed(list(loops)):
+        order = alternating + others
+        for name in order if r % 2 == 0 else reversed(order):
             times[name].append(loops[name]())
     return times
 
 
 def images_per_second(times: dict[str, list[float]], n: int) -> dict[str, float]:
-    """Median images/s of each loop over its rounds."""
+    """Median images/s of each loop over its epochs."""
     return {name: n / statistics.median(t) for name, t in times.items()}
+
+
+def per_round(times: list[float], rounds: int) -> list[float]:
+    """A loop's mean epoch time in each round (the first two loops of `epoch_seconds` run several per round)."""
+    k = len(times) // rounds
+    return [statistics.fmean(times[i * k : (i + 1) * k]) for i in range(rounds)]
 
 
 @dataclass
@@ -286,8 +300,9 @@ def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
     """The issue's table: minimal, runner and dataloader per model and shape."""
     print(
         f"compute: {describe(compute)}, {compute.precision}, {compute.layout}, {compute.threads} threads; batch {args.batch_size}; "
-        f"augment {args.augment}; images/s, median of {args.rounds} rounds; ratios: geometric mean of the "
-        "per-round ratios [95% interval], `level` where it holds 1.0"
+        f"augment {args.augment}; images/s, median over {args.rounds} rounds, minimal and runner alternating "
+        f"{args.pairs} times in each; ratios: geometric mean of the paired ratios [95% interval], `level` where it "
+        "holds 1.0"
     )
     worst_minimal, worst_loader = [], []
     for shape in args.shapes:
@@ -306,12 +321,12 @@ def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
                     for w in args.workers
                 },
             }
-            times = epoch_seconds(loops, args.rounds)
+            times = epoch_seconds(loops, args.rounds, args.pairs)
             speed = images_per_second(times, args.images)
             workers = max(args.workers, key=lambda w: speed[f"dataloader-{w}"])
             loader = speed[f"dataloader-{workers}"]
             to_minimal = paired_ratio(times["runner"], times["minimal"])
-            to_loader = paired_ratio(times["runner"], times[f"dataloader-{workers}"])
+            to_loader = paired_ratio(per_round(times["runner"], args.rounds), times[f"dataloader-{workers}"])
             worst_minimal.append(to_minimal)
             worst_loader.append(to_loader)
             print(
@@ -382,6 +397,9 @@ def main() -> None:
         "--images", type=int, default=6400, help="images per timed epoch (default 6400: 50 batches, one logging step)"
     )
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds, paired for the ratios (default 5)")
+    parser.add_argument(
+        "--pairs", type=int, default=4, help="minimal and runner epochs side by side in each round (default 4)"
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument(
