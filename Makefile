@@ -35,7 +35,7 @@ test-all: bytecode lint  ## every test, the slow ones too (what CI runs); the SL
 	$(BIN)/pytest -n auto --durations=20 --ignore=tests/test_slurm.py
 	$(BIN)/pytest -p no:xdist --durations=5 tests/test_slurm.py
 
-bench: $(STAMP)  ## training images/s: a minimal loop vs ablate vs a DataLoader, side by side, 5 alternating rounds (over 20 minutes on 2 cores)
+bench: $(STAMP)  ## training images/s: a minimal loop vs ablate vs a DataLoader, side by side, 5 alternating rounds (about 23 minutes on 2 cores)
 	$(BIN)/python benchmarks/throughput.py
 
 tensorboard: $(STAMP)
