@@ -301,6 +301,10 @@ def test_batches_hold_the_same_normalized_images_in_either_memory_format(augment
         if not augment:  # (x / 255 - mean) / std per channel, of the images of these labels
             expected = (images[ya].float() / 255 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
             assert torch.allclose(a, expected, atol=1e-5)
+    converted = split.images  # in place, once: a sweep's next jobs share the split and its copy
+    assert converted.is_contiguous(memory_format=torch.channels_last) and torch.equal(converted, images)
+    batches.Batches(split, 16, mean, std, memory_format=torch.channels_last, **kwargs)
+    assert split.images.data_ptr() == converted.data_ptr()
 
 
 def test_crop_flip_shifts_and_mirrors_each_image_of_the_batch():

@@ -45,7 +45,7 @@ class Batches:
         self.batch_size = min(batch_size, max(1, len(split)))
         self.drop_last = drop_last
         self.rank, self.ranks, self.split_batches = rank, ranks, split_batches  # ranks divide batch_size: schema
-        images = split.images.contiguous(memory_format=memory_format)  # a copy once, for C > 1 in channels_last
+        images = split.in_layout(memory_format)  # for C > 1 in channels_last, a copy, made once
         self.shape = channels, height, width = images.shape[1:]
         self.channels_last = memory_format == torch.channels_last
         # each image as one row of bytes in the memory format's order: a batch is gathered with
