@@ -4,11 +4,14 @@ its directory ends bitwise equal to a run that was never interrupted (real subpr
 import json
 import signal
 import subprocess
+import time
 
 import pytest
 import torch
 from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from runner.engine.log import RunLogger
 
 # checkpoint_every_minutes=0.0001: a checkpoint after (nearly) every step, so kills land mid-epoch
 RESUMABLE = ["trainer.max_epochs=2", "model.channels=[8,16]", "model.hidden=[32]", "data.batch_size=32",
@@ -49,6 +52,17 @@ def test_a_signal_mid_epoch_checkpoints_exits_128_plus_it_and_the_same_command_c
     events.Reload()
     steps = [e.step for e in events.Scalars("loss/train")]
     assert steps == sorted(set(steps)), "a resumed run logs each step once"
+
+
+def test_a_resumed_runs_event_file_sorts_after_one_written_in_the_same_second(tmp_path):
+    # TensorBoard reads the files in name order: the second, then the host and the process id
+    earlier = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.zzz.99999.0"
+    earlier.write_bytes(b"")
+    logger = RunLogger(tmp_path, purge_step=5)
+    try:
+        assert sorted(p.name for p in tmp_path.glob("events.out.tfevents.*")) == [earlier.name, logger.path.name]
+    finally:
+        logger.close()
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ RunLogger that writes; the others get one with `enabled=False`.
 import json
 import re
 import threading
+import time
 from pathlib import Path
 
 from runner import disk
@@ -63,6 +64,7 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             quiet_writer_thread()
+            after_earlier_event_files(self.path)
             with disk.writing(self.path):
                 self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
                 event_writer = getattr(self.writer.file_writer, "event_writer", None)
@@ -90,6 +92,19 @@ class RunLogger:
             writer, self.writer = self.writer, None  # closed once, also when closing fails
             with disk.writing(self.path):
                 writer.close()
+
+
+def after_earlier_event_files(run_dir: Path) -> None:
+    """Wait, if need be, until a new event file's name sorts after the run directory's earlier ones.
+    TensorBoard reads a directory's event files in name order, and a name starts with the second it
+    was created in, then the host and the process id: a run resumed within the second its previous
+    process wrote its file in (in process, or by a fast restart) could sort first, and its steps then
+    read as if logged before the earlier ones."""
+    seconds = [
+        int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*") if p.name.split(".")[3].isdigit()
+    ]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(max(seconds) + 1 - time.time())
 
 
 def quiet_writer_thread() -> None:
