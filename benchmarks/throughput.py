@@ -236,8 +236,8 @@ def per_round(times: list[float], rounds: int) -> list[float]:
 
 @dataclass
 class Ratio:
-    """A speed ratio a/b from paired rounds: the geometric mean of the per-round ratios with its 95%
-    interval (Student's t on their logs); `level` when the interval holds 1.0."""
+    """A speed ratio a/b from paired times (neighbouring epochs, or rounds): the geometric mean of the
+    pairs' ratios with its 95% interval (Student's t on their logs); `level` when the interval holds 1.0."""
 
     value: float
     low: float
@@ -252,8 +252,8 @@ class Ratio:
 
 
 def paired_ratio(a: list[float], b: list[float]) -> Ratio:
-    """Speed of a over speed of b (= b's time / a's time), round by round; rounds share the machine's
-    state, so the pairs cancel what drifts between rounds. Fewer than 2 rounds: no interval."""
+    """Speed of a over speed of b (= b's time / a's time), pair by pair; the two times of a pair share
+    the machine's state, so the pairs cancel what drifts between them. Fewer than 2 pairs: no interval."""
     logs = [math.log(tb / ta) for ta, tb in zip(a, b, strict=True)]
     center = statistics.fmean(logs)
     if len(logs) < 2:
