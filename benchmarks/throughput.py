@@ -18,7 +18,9 @@ With --augment all three also crop and flip each image (4-pixel padding): the mi
 ablate on the device, the DataLoader with RandomCrop and RandomHorizontalFlip. The device is the
 one a run would pick (`trainer.device=auto`: a CUDA GPU if there is one). Rounds alternate the
 paths; within a round the minimal loop and the runner alternate --pairs times (4: eight epochs),
-each DataLoader path runs once. Each speed is the median over its epochs. runner/minimal is the
+each DataLoader path runs once. The minimal loop and the runner train one model and optimizer (two
+instances of a model can train at speeds a few per cent apart), except where the runner's step is a
+CUDA graph, which keeps its gradients its own. Each speed is the median over its epochs. runner/minimal is the
 geometric mean of the ratios of neighbouring epochs (which share the machine's state: its speed
 moves by several per cent from one second to the next), runner/dataloader that of the per-round
 ratios, each with its 95% interval, `level` where the interval holds 1.0. Last line:
@@ -108,10 +110,15 @@ def build_model(cfg, in_shape, compute: device.Compute) -> torch.nn.Module:
     return model.to(compute.device, memory_format=compute.memory_format)
 
 
-def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, augment: bool):
-    """A hand-written loop over normalized float tensors; returns a function timing one epoch."""
-    model = build_model(cfg, images.shape[1:], compute)
-    opt = builders.build_optimizer(cfg.optimizer, model.parameters())
+def model_and_optimizer(cfg, in_shape, compute: device.Compute) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    model = build_model(cfg, in_shape, compute)
+    return model, builders.build_optimizer(cfg.optimizer, model.parameters())
+
+
+def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, augment: bool, shared=None):
+    """A hand-written loop over normalized float tensors; returns a function timing one epoch. `shared`:
+    the (model, optimizer) to train, else its own."""
+    model, opt = shared or model_and_optimizer(cfg, images.shape[1:], compute)
     dev, batch = compute.device, cfg.data.batch_size
     x_all = ((images.to(dev).float() / 255 - 0.5) / 0.25).contiguous(memory_format=compute.memory_format)
     labels = labels.to(dev)
@@ -138,12 +145,14 @@ def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: devic
     return epoch
 
 
-def runner_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, logdir: Path, augment=False):
-    """ablate's Trainer with its default logging and diagnostics; returns a function timing one epoch."""
-    model = build_model(cfg, images.shape[1:], compute)
+def runner_loop(
+    cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, logdir: Path, augment=False, shared=None
+):
+    """ablate's Trainer with its default logging and diagnostics; returns a function timing one epoch.
+    `shared`: the (model, optimizer) to train, else its own."""
+    model, opt = shared or model_and_optimizer(cfg, images.shape[1:], compute)
     if cfg.trainer.compile:
         model.compile()
-    opt = builders.build_optimizer(cfg.optimizer, model.parameters())
     dev = compute.device
     split = splits.Split(images.to(dev), labels.to(dev))
     mean, std = torch.full((images.shape[1],), 0.5, device=dev), torch.full((images.shape[1],), 0.25, device=dev)
@@ -313,9 +322,14 @@ def compare_paths(args, compute: device.Compute, tmp: Path) -> None:
             images, labels = random_images(shape, args.images)
         for name in args.models:
             cfg = compose_cfg(f"model={name}", f"data.batch_size={args.batch_size}", f"trainer.graphs={args.graphs}")
+            # one model and optimizer for both loops (two instances of a model can differ in speed by a few
+            # per cent), unless the runner's step is a CUDA graph, which keeps the gradients its own
+            shared = model_and_optimizer(cfg, images.shape[1:], compute)
+            if graphs.pick(cfg.trainer.graphs, compute.device, shared[1], cfg.trainer.compile, 1):
+                shared = None
             loops = {
-                "minimal": minimal_loop(cfg, images, labels, compute, args.augment),
-                "runner": runner_loop(cfg, images, labels, compute, tmp / f"logs-{shape}-{name}", args.augment),
+                "minimal": minimal_loop(cfg, images, labels, compute, args.augment, shared),
+                "runner": runner_loop(cfg, images, labels, compute, tmp / f"logs-{shape}-{name}", args.augment, shared),
                 **{
                     f"dataloader-{w}": dataloader_loop(cfg, datasets, SHAPES[shape], w, compute.device)
                     for w in args.workers
