@@ -70,17 +70,17 @@ def main() -> None:
     model = builders.build_model(cfg.model, cfg.activation, (1, 28, 28), 10).to(memory_format=compute.memory_format)
     optimizer = builders.build_optimizer(cfg.optimizer, model.parameters())
     diagnostics = Diagnostics(model)  # one model for both: two models' speeds may differ by a few per cent
-    for with_diagnostics in (False, True):  # warm-up
-        steps_per_second(model, optimizer, batches, args.log_every, diagnostics if with_diagnostics else None, autocast)
+
+    def speed(with_diagnostics: bool) -> float:
+        watching = diagnostics if with_diagnostics else None
+        return steps_per_second(model, optimizer, batches, args.log_every, watching, autocast)
+
+    speed(False)  # warm-up
+    speed(True)
     off, on = [], []
     for r in range(args.rounds):
         for with_diagnostics in (False, True) if r % 2 == 0 else (True, False):
-            speeds = on if with_diagnostics else off
-            speeds.append(
-                steps_per_second(
-                    model, optimizer, batches, args.log_every, diagnostics if with_diagnostics else None, autocast
-                )
-            )
+            (on if with_diagnostics else off).append(speed(with_diagnostics))
     ratio = paired_ratio([1 / v for v in on], [1 / v for v in off])
     print(
         f"model={args.model} log_every={args.log_every} rounds={args.rounds} "

@@ -100,11 +100,10 @@ def after_earlier_event_files(run_dir: Path) -> None:
     was created in, then the host and the process id: a run resumed within the second its previous
     process wrote its file in (in process, or by a fast restart) could sort first, and its steps then
     read as if logged before the earlier ones."""
-    seconds = [
-        int(p.name.split(".")[3]) for p in run_dir.glob("events.out.tfevents.*") if p.name.split(".")[3].isdigit()
-    ]
-    while seconds and time.time() < max(seconds) + 1:
-        time.sleep(max(seconds) + 1 - time.time())
+    names = (p.name.split(".") for p in run_dir.glob("events.out.tfevents.*"))
+    latest = max((int(parts[3]) for parts in names if parts[3].isdigit()), default=None)
+    if latest is not None:
+        time.sleep(max(0.0, latest + 1 - time.time()))
 
 
 def quiet_writer_thread() -> None:
