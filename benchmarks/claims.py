@@ -86,6 +86,7 @@ TABLES = {
         Table("time_to_accuracy", "speed.md", [["benchmarks/time_to_accuracy.py"]], "benchmark"),
         Table("peer_lightning", "speed.md", [["benchmarks/time_to_accuracy.py", "--peer", "lightning"]], "benchmark"),
         Table("job_overhead", "speed.md", [["benchmarks/job_overhead.py"]], "benchmark"),
+        Table("step_costs", "speed.md", [["benchmarks/step_costs.py"]], "benchmark"),
         Table("startup", "speed.md", [["benchmarks/startup.py"]], "benchmark"),
         Table("sweep_launchers", "speed.md", [["benchmarks/sweep_launchers.py"]], "benchmark"),
         Table("throughput", "speed.md", [["benchmarks/throughput.py"]], "benchmark"),
