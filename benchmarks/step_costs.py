@@ -131,7 +131,7 @@ def main() -> None:
         t, work = ms[kind], ""
         if flop.get(kind) and t:
             work = f"{flop[kind] / 1e9:11.3f} {flop[kind] / 1e6 / t:8.0f}"
-        print(f"{kind:18s} {t:8.2f} {t / total:6.0%} {work}")
+        print(f"{kind:18s} {t:8.2f} {t / total:6.0%} {work}".rstrip())
     print(f"{'all ops':18s} {total:8.2f}")
     rate, all_flop = matmul_rate(dtype), sum(flop.values())
     floor = all_flop / rate * 1e3
