@@ -1,8 +1,9 @@
 """What a sweep's jobs cost besides their training: one sweep in one process (the basic launcher),
 as a user runs it, and for each job after the first the seconds from the previous job's last
 training step to its own first step, phase by phase (each job's `between_jobs` record in its
-metrics.json: runner/engine/startup.py). Prints the phases of every job, their medians, and the
-sweep's wall time against its training time.
+metrics.json: runner/engine/startup.py; its first step counts what it costs beyond an ordinary
+step). Prints the phases of every job, their medians, and the sweep's wall time against its
+training time.
 
     .venv/bin/python benchmarks/job_overhead.py [OVERRIDES ...]    # default: experiment=quick
 """
@@ -46,7 +47,10 @@ def main() -> None:
     if not between:
         print("no job ran after another in this process")
         return
-    print(f"\nseconds from a job's last training step to the next job's first step ({len(between)} gaps):")
+    print(
+        f"\nseconds from a job's last training step to the next job's first step, less that step's training "
+        f"(an ordinary step's time) ({len(between)} gaps):"
+    )
     print(f"{'phase':12s} " + " ".join(f"{'gap ' + str(i + 1):>7s}" for i in range(len(between))) + f" {'median':>7s}")
     for phase in BETWEEN_JOBS:
         values = [b.get(phase, 0.0) for b in between]

@@ -56,7 +56,8 @@ def phases(repeats: int, data: str, overrides: list[str]) -> None:
             seconds([*command, f"hydra.run.dir={run_dir}"], env)
             runs.append(json.loads((run_dir / "metrics.json").read_text())["startup"])
     first, after = runs[0], runs[1:]
-    print(f"\nrun data={data} {' '.join(overrides)}: seconds from the command to the first training step")
+    shown = f"run data={data} {' '.join(overrides)}"
+    print(f"\n{shown}: seconds from the command to the first training step, less that step's training")
     print(f"{'phase':12s} {'first run':>9s} {'after':>7s}   (after: median of {repeats})")
     for phase in first:
         print(f"{phase:12s} {first[phase]:9.2f} {statistics.median(r[phase] for r in after):7.2f}")

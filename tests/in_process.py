@@ -259,6 +259,7 @@ class RunnerState:
         startup._kind[0] = "startup"
         startup._last.clear()
         startup._taken.clear()
+        startup._ordinary.clear()
         app._user_full_error.clear()
         facts._known.clear()  # the data's facts and arrays, kept for the process's lifetime
         facts._loaded.clear()

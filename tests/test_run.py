@@ -4,6 +4,7 @@ MNIST digits, the run directory read back (metrics.json, checkpoint, TensorBoard
 import csv
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -246,6 +247,21 @@ def test_eval_flip_scores_the_mean_output_for_each_image_and_its_mirror_image(tm
     assert metrics["test_loss"] != pytest.approx(
         torch.nn.functional.cross_entropy(plain, data.test.labels).item(), rel=1e-4
     )
+
+
+def test_a_records_first_step_counts_what_it_costs_beyond_an_ordinary_step(monkeypatch):
+    for name, value in {"_record": {}, "_kind": ["startup"], "_last": [], "_taken": [], "_ordinary": []}.items():
+        monkeypatch.setattr(startup, name, value)  # this process's own records stay as they are
+    startup.between_jobs(time.perf_counter())
+    for phase in startup.BETWEEN_JOBS[:-1]:
+        startup.mark(phase)
+    time.sleep(0.3)
+    startup.step_taken(0.3)  # the first step: 0.3 s since the model was built
+    startup.step_taken(0.2)  # the second, an ordinary step: 0.2 s of its own
+    startup.step_taken(0.05)  # the later ones change nothing
+    kind, record = startup.phases()
+    assert kind == "between_jobs" and list(record) == list(startup.BETWEEN_JOBS)
+    assert record["first step"] == pytest.approx(0.1, abs=0.04)
 
 
 def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_path, quick):

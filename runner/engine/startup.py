@@ -11,11 +11,15 @@ over fresh processes:
     engine       ablate's training modules imported (TensorBoard's writer among them)
     data         the data set read and put on the device
     model        model, optimizer, schedule and batches built
-    first step   the TensorBoard writer opened and the first training step
+    first step   the TensorBoard writer opened and the first training step, less the second step's
+                 own time: what the first step costs beyond its training (kernels picked and made
+                 for the model's shapes, memory first allocated)
 
 Each later job of the same process (a sweep under the basic launcher, or a joblib worker's next
 job) records instead the phases from the previous job's last training step to its own first step
-(`between_jobs`); benchmarks/job_overhead.py prints them:
+(`between_jobs`); benchmarks/job_overhead.py prints them. Training is counted on neither side: the
+record starts where the previous job's last step ended, and its first step counts what it costs
+beyond an ordinary step.
 
     epoch end    the previous job's last validation and checkpoint
     test         its test set
@@ -44,6 +48,7 @@ _record: dict[str, float] = {}  # the phases so far of the record being taken
 _kind = ["startup"]  # which record: the process's start-up, or the time between two jobs
 _last: list[float] = []  # perf_counter() at the end of the last phase
 _taken: list[tuple[str, dict[str, float]]] = []  # the record that reached its first step, until a run keeps it
+_ordinary: list[float] = []  # the second step's own seconds, once taken off the record's first step
 
 
 def process_age() -> float:
@@ -71,10 +76,22 @@ def mark(phase: str) -> None:
         _taken[:] = [(_kind[0], {p: _record[p] for p in RECORDS[_kind[0]] if p in _record})]
 
 
+def step_taken(seconds: float) -> None:
+    """A training step ended now, after `seconds` of its own (train_step's). The record's first step
+    ends its last phase; the second step's seconds, an ordinary step's, are taken off that phase."""
+    if "first step" not in _record:
+        mark("first step")
+    elif not _ordinary and _taken:
+        _ordinary.append(seconds)
+        _record["first step"] = round(max(0.0, _record["first step"] - seconds), 3)
+        _taken[0][1]["first step"] = _record["first step"]
+
+
 def between_jobs(last_step_end: float) -> None:
     """A job's last training step ended at `last_step_end` (perf_counter()): from there, the phases up
     to the next job's first step in this process are that job's `between_jobs` record."""
     _record.clear()
+    _ordinary.clear()
     _kind[0] = "between_jobs"
     _last[:] = [last_step_end]
 

@@ -335,11 +335,12 @@ class Trainer:
             log_now = (self.step + 1) % self.log_every == 0 or i == last  # and at the end of each epoch
             if self.diagnostics:
                 self.diagnostics.active = log_now
+            started = time.perf_counter()
             loss, hits = self.train_step(x, y, log_now)
             self.schedule.after_step()
             self.step += 1
             self.batch = i + 1
-            startup.mark("first step")  # once per record: the process's first, or this job's after another's
+            startup.step_taken(time.perf_counter() - started)  # the record's first step, then an ordinary one
             totals.add(loss, hits, len(y))
             self.progress.advance()
             if log_now:
