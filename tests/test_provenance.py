@@ -87,6 +87,23 @@ def test_a_run_that_ended_is_skipped_with_its_record_as_it_was(tmp_path):
 
 
 @pytest.mark.slow  # reruns in processes of their own: `rerun` starts `run`
+def test_a_run_made_from_another_checkout_reruns_with_the_code_its_provenance_was_checked_against(tmp_path):
+    commit = provenance.code()[0]["commit"]
+    if commit is None:
+        pytest.skip("this checkout is not a git repository: its code has no commit to tell it by")
+    other = tmp_path / "other"  # another checkout of ablate, without a commit
+    for part in ("runner", "models", "optim", "hydra_plugins", "configs"):
+        shutil.copytree(ROOT / part, other / part, ignore=shutil.ignore_patterns("__pycache__"))
+    made = run_cli(*TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=other, process=True)
+    assert made.returncode == 0, made.stderr
+    assert provenance.read(tmp_path / "run")["ablate"]["commit"] is None  # the other checkout's code made it
+    again = rerun_cli(str(tmp_path / "run"), "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr
+    assert f"ablate's commit: None then, {commit} now" in again.stdout  # said before it trains
+    assert provenance.read(tmp_path / "again")["ablate"]["commit"] == commit  # this checkout's code made it again
+
+
+@pytest.mark.slow  # reruns in processes of their own: `rerun` starts `run`
 def test_after_a_user_module_is_edited_the_rerun_names_it_before_training(tmp_path):
     project = tmp_path / "project"
     (project / "configs" / "model").mkdir(parents=True)

@@ -4,7 +4,8 @@ A run directory holds what made it: Hydra's `.hydra/overrides.yaml` (the run's o
 also of a sweep's job), `.hydra/hydra.yaml` (the folder it ran in, its `--config-dir`) and
 `provenance.json` (runner.provenance). `rerun` lists what differs from the recorded provenance
 before it trains (the commit, a user module's hash, packages, CPU flags: why a mismatch may come),
-runs `run` with the same overrides in the same folder, and ends with a verdict: `bitwise identical`
+runs `run` with the same overrides in the same folder (with this ablate's code, also for a run made
+from another checkout), and ends with a verdict: `bitwise identical`
 (every final weight and the test accuracy), or the largest difference in the final weights and the
 test accuracies of both. A sweep or a study (a directory of run directories) reruns job by job, and
 its summary is compared.
@@ -15,6 +16,7 @@ its summary is compared.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from datetime import datetime
@@ -112,10 +114,14 @@ def rerun_one(run_dir: Path, out: Path) -> tuple[int, str]:
     print(f"rerun of {run_dir} into {out}")
     for line in differing or ["provenance: the same commit, user modules, configs, packages and machine"]:
         print(f"  {line}")
-    command = [sys.executable, "-m", "runner", *overrides, f"hydra.run.dir='{out.resolve()}'"]
+    # this ablate's code, the one the provenance was checked against, first on the path, and not a
+    # `runner` package in the run's folder (another checkout): -P leaves the folder off the front of
+    # the path; `run` adds it at the end, for the user's modules
+    command = [sys.executable, "-P", "-m", "runner", *overrides, f"hydra.run.dir='{out.resolve()}'"]
     if config_dir is not None:
-        command[3:3] = ["--config-dir", str(config_dir)]
-    result = subprocess.run(command, cwd=cwd, check=False)
+        command[4:4] = ["--config-dir", str(config_dir)]
+    path = os.pathsep.join([str(provenance.ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run(command, cwd=cwd, env={**os.environ, "PYTHONPATH": path}, check=False)
     said = verdict(run_dir, out)
     print(f"  verdict: {said}")
     return result.returncode, said
