@@ -261,7 +261,7 @@ def test_a_records_first_step_counts_what_it_costs_beyond_an_ordinary_step(monke
     startup.step_taken(0.05)  # the later ones change nothing
     kind, record = startup.phases()
     assert kind == "between_jobs" and list(record) == list(startup.BETWEEN_JOBS)
-    assert record["first step"] == pytest.approx(0.1, abs=0.04)
+    assert 0.09 <= record["first step"] < 0.2  # 0.3 s less the second step's 0.2 (a late wake-up adds to it)
 
 
 def test_a_diverged_job_does_not_stop_the_sweep_and_the_summary_shows_it(tmp_path, quick):
