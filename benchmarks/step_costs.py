@@ -21,11 +21,10 @@ import timeit
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from runner.engine import allocator, builders, device
+from runner.engine import allocator, builders, device, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # Hydra composition of configs/
 from fixtures import compose_cfg
@@ -97,13 +96,10 @@ def main() -> None:
         for _ in range(20)
     ]
 
-    def step(i: int) -> None:
+    def step(i: int) -> None:  # the Trainer's step (runner.engine.train), its loss and hit count included
         x, y = batches[i % len(batches)]
-        with torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext():
-            loss = F.cross_entropy(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        autocast = torch.autocast("cpu", dtype=dtype) if dtype else contextlib.nullcontext()
+        train.train_step(model, optimizer, x, y, autocast, cfg.trainer.grad_clip)
 
     for i in range(20):  # warm-up: oneDNN's kernels, the allocator
         step(i)
