@@ -12,6 +12,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from models import kernels
+
 
 class ConvBlock(nn.Sequential):
     """Conv (kernel K, padding K//2) -> [pool] -> [BN] -> activation, or conv -> [pool] -> activation -> BN.
@@ -40,6 +42,12 @@ class ConvBlock(nn.Sequential):
         else:
             layers += [activation()]
         super().__init__(*layers)
+        self.fused = False  # models.kernels in training where they apply (trainer.fused turns it on)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and kernels.takes(self, x):
+            return kernels.forward(self, x)
+        return super().forward(x)
 
 
 class ConcatSkip(nn.Module):

@@ -19,7 +19,7 @@ from runner.cli import app
 from runner.config import hydra_errors, schema
 
 TRAINER_KEYS = (
-    "max_epochs, device, precision, layout, threads, compile, graphs, deterministic, checkpoint_every_minutes, grad_clip, "
+    "max_epochs, device, precision, layout, threads, compile, graphs, fused, deterministic, checkpoint_every_minutes, grad_clip, "
     "eval_flip, log_every_n_steps, diagnostics, histograms, sync_bn"
 )
 

@@ -117,6 +117,7 @@ RULES: dict[str, tuple[str, ...] | tuple[Callable[[Any], bool], str]] = {
     "trainer.threads": (lambda v: v == "auto" or integer(1)(v), "auto or an integer >= 1"),
     "trainer.compile": (boolean, "true or false"),
     "trainer.graphs": (lambda v: v == "auto" or boolean(v), "auto, true or false"),
+    "trainer.fused": (lambda v: v == "auto" or boolean(v), "auto, true or false"),
     "trainer.deterministic": (boolean, "true or false"),
     "trainer.checkpoint_every_minutes": (or_null(number(above=0)), "a number > 0 or null"),
     "trainer.grad_clip": (or_null(number(above=0)), "a number > 0 or null"),

@@ -60,6 +60,8 @@ ADDED_KEYS: dict[str, tuple] = {
     "model.pool_position": ("after_block",),
     "trainer.eval_flip": (False,),
     "trainer.graphs": (False, "auto"),  # it trained without the graph; auto trains so on CPUs, on GPUs it captures
+    # it trained with torch's ops; under auto a block with the kernels goes on with them (close, not bit for bit)
+    "trainer.fused": (False, "auto"),
 }
 
 

@@ -35,6 +35,7 @@ def of_run(status: str, trainer, setup, cfg, ctx: RunContext) -> dict:
         "layout": setup.compute.layout,
         "threads": setup.compute.threads,
         "graphs": learner.graphed_step is not None,
+        "fused": [name for name, m in learner.model.named_modules() if getattr(m, "fused", False)],
         "processes": setup.world.size,
         "data": setup.dataset.info,
         "history": result.history,

@@ -22,10 +22,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import optim
+from models import kernels
 from runner import disk
 from runner.config import targets
 from runner.config.rules import reason
-from runner.data import batches, splits
+from runner.data import batches, cache, splits
 from runner.data.datasets import DataError
 from runner.engine import (
     allocator,
@@ -99,6 +100,14 @@ def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Setup:
             model.compile()  # in place: parameter names and checkpoints stay those of the model
         else:
             optim.eager.mark_not_compiled()
+        kernels.switch_on(
+            model,
+            cfg.trainer.fused,
+            compute.device,
+            compute.autocast_dtype,
+            cfg.trainer.compile,
+            cache.cache_dir() / "kernels",
+        )
         train_model = distributed.wrap(model, compute.device, cfg.trainer.sync_bn) if world.active else model
         optimizer = builders.build_optimizer(cfg.optimizer, model.parameters())
         split_batches = make_batches(cfg, dataset, compute, world)

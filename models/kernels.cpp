@@ -1,0 +1,377 @@
+// ablate's fused CPU kernels for the conv block `conv -> 2x2 max pooling -> batch norm -> ReLU`
+// in training (batch statistics), on bf16 tensors in channels_last (NHWC) order, forward and
+// backward; models/kernels.py compiles this file and calls it (its docstring says when).
+//
+// - block: the conv's output in, the block's output out. Forward: pooled values, the position of
+//   each maximum (0-3, one byte) and per-image channel sums in one pass, the variance in a second,
+//   the normalized and rectified output in a third. Backward: the sums of batch norm's gradient in
+//   one pass, then each 2x2 window of the input's gradient written whole (the maximum's entry and
+//   three zeros), so that no zero fill comes first.
+// - stem: the same with the convolution itself (K x K, stride 1, zero padding K/2, no bias) of a
+//   few input channels computed inside: its full-size output is never written, and the weight's
+//   gradient is summed from each window's maximum alone.
+//
+// Every sum is taken per image in a fixed order, then over the images in order in double, so that
+// results do not depend on the number of threads. Values are rounded to bf16 where autocast's
+// eager ops round them (the conv's output, the pooled values, the gradients passed on).
+// Channels go LANES at a time in GCC vector types (16 with AVX-512, else 8): the number of
+// channels must be a multiple of LANES.
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#if defined(__AVX512F__)
+#define LANES 16  // channels at a time: one AVX-512 register of floats
+#else
+#define LANES 8
+#endif
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+typedef uint32_t vu __attribute__((vector_size(4 * LANES)));
+typedef uint16_t vh __attribute__((vector_size(2 * LANES)));
+typedef uint8_t vb __attribute__((vector_size(LANES)));
+
+static const vf ZERO = {};
+
+static inline vf load(const uint16_t *p) {
+  vh h;
+  memcpy(&h, p, sizeof h);
+  vu w = __builtin_convertvector(h, vu) << 16;
+  vf f;
+  memcpy(&f, &w, sizeof f);
+  return f;
+}
+static inline vf loadf(const float *p) {
+  vf f;
+  memcpy(&f, p, sizeof f);
+  return f;
+}
+static inline void storef(float *p, vf f) { memcpy(p, &f, sizeof f); }
+// to bf16, rounding to nearest even as torch does; a NaN stays a NaN
+static inline vh bf16(vf f) {
+  vu u;
+  memcpy(&u, &f, sizeof u);
+  vu r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  r = (f != f) ? ((u >> 16) | 0x40u) : r;
+  return __builtin_convertvector(r, vh);
+}
+static inline void store(uint16_t *p, vf f) {
+  vh h = bf16(f);
+  memcpy(p, &h, sizeof h);
+}
+static inline vf rounded(vf f) {
+  vu w = __builtin_convertvector(bf16(f), vu) << 16;
+  memcpy(&f, &w, sizeof f);
+  return f;
+}
+static inline void pick(vf v, int at, vf &m, vi &k) {  // the first maximum; a NaN wins
+  vi take = (v > m) | (v != v);
+  m = take ? v : m;
+  k = take ? at : k;
+}
+
+struct Shape {
+  long N, H, W, C, Ho, Wo, P;
+  Shape(int n, int h, int w, int c) : N(n), H(h), W(w), C(c), Ho(h / 2), Wo(w / 2), P((long)(h / 2) * (w / 2)) {}
+  long in(long n, long y, long x) const { return ((n * H + y) * W + x) * C; }      // input, (y, x)
+  long out(long n, long i, long j) const { return ((n * Ho + i) * Wo + j) * C; }   // pooled, (i, j)
+};
+
+// The first pass's end and the two after it: mean from the per-image sums in `partial` [N][C],
+// the variance, the normalized and rectified output.
+static void normalize(const Shape &s, const float *gamma, const float *beta, float eps, const uint16_t *pooled,
+                      float *partial, float *mean, float *invstd, float *var_unbiased, uint16_t *out, int threads) {
+  const double M = (double)s.N * s.P;
+  for (long c = 0; c < s.C; c++) {
+    double t = 0;
+    for (long n = 0; n < s.N; n++) t += partial[n * s.C + c];
+    mean[c] = (float)(t / M);
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++) {
+    const uint16_t *p = pooled + n * s.P * s.C;
+    for (long c = 0; c < s.C; c += LANES) {
+      vf acc = ZERO, mu = loadf(mean + c);
+      for (long q = 0; q < s.P; q++) {
+        vf d = load(p + q * s.C + c) - mu;
+        acc += d * d;
+      }
+      storef(partial + n * s.C + c, acc);
+    }
+  }
+  for (long c = 0; c < s.C; c++) {
+    double t = 0;
+    for (long n = 0; n < s.N; n++) t += partial[n * s.C + c];
+    invstd[c] = (float)(1.0 / sqrt(t / M + eps));
+    var_unbiased[c] = (float)(t / (M > 1 ? M - 1 : 1));
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++) {
+    const uint16_t *p = pooled + n * s.P * s.C;
+    uint16_t *o = out + n * s.P * s.C;
+    for (long c = 0; c < s.C; c += LANES) {
+      vf scale = loadf(invstd + c) * loadf(gamma + c), shift = loadf(beta + c) - loadf(mean + c) * scale;
+      for (long q = 0; q < s.P; q++) {
+        vf y = load(p + q * s.C + c) * scale + shift;
+        store(o + q * s.C + c, y > 0 ? y : ZERO);
+      }
+    }
+  }
+}
+
+// Backward's first pass: dbeta and dgamma (sums over the images of sums over the pixels), and in
+// `coef` [3][C] the factors of the pooled values' gradient:
+// d = gamma * invstd * (g' - dbeta / M - xhat * dgamma / M), g' the output's gradient where it is positive.
+static void norm_sums(const Shape &s, const uint16_t *gout, const uint16_t *pooled, const float *gamma,
+                      const float *beta, const float *mean, const float *invstd, float *partial, float *dgamma,
+                      float *dbeta, float *coef, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++) {
+    const uint16_t *p = pooled + n * s.P * s.C, *g = gout + n * s.P * s.C;
+    for (long c = 0; c < s.C; c += LANES) {
+      vf mu = loadf(mean + c), is = loadf(invstd + c), ga = loadf(gamma + c), be = loadf(beta + c);
+      vf sb = ZERO, sg = ZERO;
+      for (long q = 0; q < s.P; q++) {
+        vf xh = (load(p + q * s.C + c) - mu) * is;
+        vf gy = xh * ga + be > 0 ? load(g + q * s.C + c) : ZERO;
+        sb += gy;
+        sg += gy * xh;
+      }
+      storef(partial + n * 2 * s.C + c, sb);
+      storef(partial + n * 2 * s.C + s.C + c, sg);
+    }
+  }
+  const double M = (double)s.N * s.P;
+  for (long c = 0; c < s.C; c++) {
+    double tb = 0, tg = 0;
+    for (long n = 0; n < s.N; n++) {
+      tb += partial[n * 2 * s.C + c];
+      tg += partial[n * 2 * s.C + s.C + c];
+    }
+    dbeta[c] = (float)tb;
+    dgamma[c] = (float)tg;
+    coef[c] = gamma[c] * invstd[c];
+    coef[s.C + c] = (float)(tb / M);
+    coef[2 * s.C + c] = (float)(tg / M);
+  }
+}
+
+// The gradient of the pooled value at pooled offset q, channels c..c+LANES-1, rounded to bf16.
+static inline vf pooled_grad(const Shape &s, long q, long c, const uint16_t *gout, const uint16_t *pooled,
+                              const float *gamma, const float *beta, const float *mean, const float *invstd,
+                              const float *coef) {
+  vf xh = (load(pooled + q) - loadf(mean + c)) * loadf(invstd + c);
+  vf gy = xh * loadf(gamma + c) + loadf(beta + c) > 0 ? load(gout + q) : ZERO;
+  return rounded(loadf(coef + c) * (gy - loadf(coef + s.C + c) - xh * loadf(coef + 2 * s.C + c)));
+}
+
+extern "C" {
+
+// x: the conv's output [N][H][W][C] bf16, H and W even. Writes pooled and arg [N][H/2][W/2][C]
+// (saved for backward), mean, invstd and the unbiased variance [C], and out [N][H/2][W/2][C].
+// partial: scratch of N * C floats.
+void block_forward(const uint16_t *x, int N, int H, int W, int C, const float *gamma, const float *beta, float eps,
+                   uint16_t *pooled, uint8_t *arg, float *partial, float *mean, float *invstd, float *var_unbiased,
+                   uint16_t *out, int threads) {
+  const Shape s(N, H, W, C);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++) {
+    for (long c = 0; c < s.C; c += LANES) {
+      vf acc = ZERO;
+      for (long i = 0; i < s.Ho; i++)
+        for (long j = 0; j < s.Wo; j++) {
+          const uint16_t *a = x + s.in(n, 2 * i, 2 * j) + c;
+          vf m = load(a);
+          vi k = {};
+          pick(load(a + s.C), 1, m, k);
+          pick(load(a + s.W * s.C), 2, m, k);
+          pick(load(a + s.W * s.C + s.C), 3, m, k);
+          const long o = s.out(n, i, j) + c;
+          store(pooled + o, m);
+          vb kb = __builtin_convertvector(k, vb);
+          memcpy(arg + o, &kb, sizeof kb);
+          acc += m;
+        }
+      storef(partial + n * s.C + c, acc);
+    }
+  }
+  normalize(s, gamma, beta, eps, pooled, partial, mean, invstd, var_unbiased, out, threads);
+}
+
+// gout: the output's gradient [N][H/2][W/2][C] bf16. Writes gin [N][H][W][C] bf16 (the conv
+// output's gradient), dgamma and dbeta [C]. partial: scratch of N * 2 * C + 3 * C floats.
+void block_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t *arg, int N, int H, int W, int C,
+                    const float *gamma, const float *beta, const float *mean, const float *invstd, float *partial,
+                    float *dgamma, float *dbeta, uint16_t *gin, int threads) {
+  const Shape s(N, H, W, C);
+  float *coef = partial + s.N * 2 * s.C;
+  norm_sums(s, gout, pooled, gamma, beta, mean, invstd, partial, dgamma, dbeta, coef, threads);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++) {
+    for (long c = 0; c < s.C; c += LANES)
+      for (long i = 0; i < s.Ho; i++)
+        for (long j = 0; j < s.Wo; j++) {
+          const long q = s.out(n, i, j) + c;
+          vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
+          vb kb;
+          memcpy(&kb, arg + q, sizeof kb);
+          vi k = __builtin_convertvector(kb, vi);
+          uint16_t *a = gin + s.in(n, 2 * i, 2 * j) + c;
+          store(a, k == 0 ? d : ZERO);
+          store(a + s.C, k == 1 ? d : ZERO);
+          store(a + s.W * s.C, k == 2 ? d : ZERO);
+          store(a + s.W * s.C + s.C, k == 3 ? d : ZERO);
+        }
+  }
+}
+
+}  // extern "C"
+
+// The stem's input x [N][H][W][CI] bf16 padded with zeros into `image` [(H + K - 1)][(W + K - 1)][CI] floats.
+static void pad(const uint16_t *x, long n, int H, int W, int CI, int K, float *image) {
+  const long Wp = W + K - 1, r = K / 2;
+  std::fill(image, image + (H + K - 1) * Wp * CI, 0.f);
+  for (long y = 0; y < H; y++)
+    for (long xx = 0; xx < W; xx++)
+      for (long ci = 0; ci < CI; ci++) {
+        uint32_t u = (uint32_t)x[((n * H + y) * W + xx) * CI + ci] << 16;
+        memcpy(&image[((y + r) * Wp + xx + r) * CI + ci], &u, 4);
+      }
+}
+
+// The (K + 1) x (K + 1) inputs of the 2x2 window at pooled (i, j), each broadcast to every lane.
+template <int CI, int K>
+static inline void patch(const float *image, long Wp, long i, long j, vf xs[CI][K + 1][K + 1]) {
+  for (int ci = 0; ci < CI; ci++)
+    for (int y = 0; y < K + 1; y++)
+      for (int x = 0; x < K + 1; x++) xs[ci][y][x] = ZERO + image[((2 * i + y) * Wp + 2 * j + x) * CI + ci];
+}
+
+template <int CI, int K>
+static void stem_pool(const uint16_t *x, const float *wt, const Shape &s, uint16_t *pooled, uint8_t *arg,
+                      float *partial, int threads) {
+  constexpr int taps = CI * K * K;
+  const long Wp = s.W + K - 1;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> image((s.H + K - 1) * Wp * CI);
+#pragma omp for schedule(static)
+    for (long n = 0; n < s.N; n++) {
+      pad(x, n, s.H, s.W, CI, K, image.data());
+      for (long c = 0; c < s.C; c += LANES) {
+        vf w[taps];
+        for (int t = 0; t < taps; t++) w[t] = loadf(wt + t * s.C + c);
+        vf acc = ZERO;
+        for (long i = 0; i < s.Ho; i++)
+          for (long j = 0; j < s.Wo; j++) {
+            vf xs[CI][K + 1][K + 1];  // the window's inputs, each in every lane
+            patch<CI, K>(image.data(), Wp, i, j, xs);
+            vf m = ZERO;
+            vi k = {};
+            for (int at = 0; at < 4; at++) {
+              vf v = ZERO;
+              for (int ci = 0; ci < CI; ci++)
+                for (int ky = 0; ky < K; ky++)
+                  for (int kx = 0; kx < K; kx++) v += xs[ci][ky + at / 2][kx + at % 2] * w[(ci * K + ky) * K + kx];
+              v = rounded(v);  // the eager conv's bf16 output: its ties are the pooling's
+              if (at == 0)
+                m = v;
+              else
+                pick(v, at, m, k);
+            }
+            const long o = s.out(n, i, j) + c;
+            store(pooled + o, m);
+            vb kb = __builtin_convertvector(k, vb);
+            memcpy(arg + o, &kb, sizeof kb);
+            acc += m;
+          }
+        storef(partial + n * s.C + c, acc);
+      }
+    }
+  }
+}
+
+template <int CI, int K>
+static void stem_weight_grad(const uint16_t *gout, const uint16_t *pooled, const uint8_t *arg, const uint16_t *x,
+                             const Shape &s, const float *gamma, const float *beta, const float *mean,
+                             const float *invstd, const float *coef, float *partial, long per, int threads) {
+  constexpr int taps = CI * K * K;
+  const long Wp = s.W + K - 1;
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> image((s.H + K - 1) * Wp * CI);
+#pragma omp for schedule(static)
+    for (long n = 0; n < s.N; n++) {
+      pad(x, n, s.H, s.W, CI, K, image.data());
+      for (long c = 0; c < s.C; c += LANES) {
+        vf acc[taps];
+        for (int t = 0; t < taps; t++) acc[t] = ZERO;
+        for (long i = 0; i < s.Ho; i++)
+          for (long j = 0; j < s.Wo; j++) {
+            const long q = s.out(n, i, j) + c;
+            vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
+            vb kb;
+            memcpy(&kb, arg + q, sizeof kb);
+            vi k = __builtin_convertvector(kb, vi);
+            vf xs[CI][K + 1][K + 1];
+            patch<CI, K>(image.data(), Wp, i, j, xs);
+            for (int at = 0; at < 4; at++) {
+              vf g = k == at ? d : ZERO;
+              for (int ci = 0; ci < CI; ci++)
+                for (int ky = 0; ky < K; ky++)
+                  for (int kx = 0; kx < K; kx++) acc[(ci * K + ky) * K + kx] += g * xs[ci][ky + at / 2][kx + at % 2];
+            }
+          }
+        for (int t = 0; t < taps; t++) storef(partial + n * per + t * s.C + c, acc[t]);
+      }
+    }
+  }
+}
+
+// The stem's sizes: input channels 1 to 4, kernel 3 or 5 (stem_takes says which).
+#define STEM_SIZES(F, ...)                                                                                 \
+  switch (CI * 10 + K) {                                                                                   \
+    case 13: F<1, 3>(__VA_ARGS__); break; case 23: F<2, 3>(__VA_ARGS__); break;                            \
+    case 33: F<3, 3>(__VA_ARGS__); break; case 43: F<4, 3>(__VA_ARGS__); break;                            \
+    case 15: F<1, 5>(__VA_ARGS__); break; case 25: F<2, 5>(__VA_ARGS__); break;                            \
+    case 35: F<3, 5>(__VA_ARGS__); break; case 45: F<4, 5>(__VA_ARGS__); break;                            \
+  }
+
+extern "C" {
+
+int lanes(void) { return LANES; }
+
+int stem_takes(int CI, int K) { return CI >= 1 && CI <= 4 && (K == 3 || K == 5); }
+
+// x: the block's input [N][H][W][CI] bf16; wt: the conv's weight [CI][K][K][C] (bf16 values as
+// floats). Writes what block_forward writes. partial: scratch of N * C floats.
+void stem_forward(const uint16_t *x, int CI, int K, const float *wt, int N, int H, int W, int C, const float *gamma,
+                  const float *beta, float eps, uint16_t *pooled, uint8_t *arg, float *partial, float *mean,
+                  float *invstd, float *var_unbiased, uint16_t *out, int threads) {
+  const Shape s(N, H, W, C);
+  STEM_SIZES(stem_pool, x, wt, s, pooled, arg, partial, threads)
+  normalize(s, gamma, beta, eps, pooled, partial, mean, invstd, var_unbiased, out, threads);
+}
+
+// Writes dgamma, dbeta [C] and the conv weight's gradient dwt [CI][K][K][C]. partial: scratch of
+// N * max(2, CI * K * K) * C + 3 * C floats.
+void stem_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t *arg, const uint16_t *x, int CI, int K,
+                   int N, int H, int W, int C, const float *gamma, const float *beta, const float *mean,
+                   const float *invstd, float *partial, float *dgamma, float *dbeta, float *dwt, int threads) {
+  const Shape s(N, H, W, C);
+  const long taps = (long)CI * K * K, per = (taps > 2 ? taps : 2) * s.C;
+  float *coef = partial + s.N * per;
+  norm_sums(s, gout, pooled, gamma, beta, mean, invstd, partial, dgamma, dbeta, coef, threads);
+  STEM_SIZES(stem_weight_grad, gout, pooled, arg, x, s, gamma, beta, mean, invstd, coef, partial, per, threads)
+  for (long t = 0; t < taps; t++)
+    for (long c = 0; c < s.C; c++) {
+      double sum = 0;
+      for (long n = 0; n < s.N; n++) sum += partial[n * per + t * s.C + c];
+      dwt[t * s.C + c] = (float)sum;
+    }
+}
+
+}  // extern "C"

@@ -1,0 +1,309 @@
+"""ablate's fused CPU kernels (`trainer.fused`) for the conv block `conv -> 2x2 max pooling ->
+batch norm -> ReLU` (`model.pool_position: after_conv`, batch norm before the activation).
+
+On a 2-core CPU the memory-bound ops of such a block, max pooling, the zero fill of its gradient,
+batch norm and ReLU, forward and backward, take as long as its convolution. models/kernels.cpp does
+them in one pass or three instead of a dozen, on bf16 channels_last tensors: the block's pooling,
+batch norm and ReLU after torch's convolution, and for a block whose input has 1 to 4 channels,
+a 3x3 or 5x5 kernel and needs no gradient (the first block, on the images) the convolution too, so that its full-size
+output is never written. The results are those of the eager ops up to the order of sums (the
+kernels sum in a fixed order: a run repeats bit for bit, whatever the threads).
+
+A block takes the kernels in training, under bf16 autocast on the CPU, with an even height and
+width and no hooks on its modules (the diagnostics' logging steps run it eagerly); anywhere else,
+and in evaluation (batch norm's running statistics), it runs torch's ops. The kernels are compiled
+with the machine's C++ compiler (`$CXX`, else c++) on first use, once per machine, source and
+compiler, into `<cache>/kernels/` (the cache of runner.data.cache).
+"""
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.modules import module as module_hooks
+
+SOURCE = Path(__file__).with_name("kernels.cpp")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+CL = torch.channels_last
+
+_library: list = []  # the loaded library, once per process
+
+
+class BuildError(Exception):
+    """The kernels could not be compiled or loaded here (no compiler, a compiler error)."""
+
+
+def compiler() -> str | None:
+    """$CXX where it is set, else c++ or g++ on PATH."""
+    chosen = os.environ.get("CXX")
+    return shutil.which(chosen) if chosen else shutil.which("c++") or shutil.which("g++")
+
+
+def cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def library(folder: Path) -> ctypes.CDLL:
+    """The compiled kernels, built into `folder` if this source, compiler and CPU have none there."""
+    if _library:
+        return _library[0]
+    cxx = compiler()
+    if cxx is None:
+        chosen = os.environ.get("CXX")
+        raise BuildError(
+            f"no C++ compiler: $CXX={chosen} is not one" if chosen else "no C++ compiler: c++ or g++ on PATH"
+        )
+    source = SOURCE.read_bytes()
+    stat = Path(cxx).resolve().stat()
+    key = hashlib.sha256(
+        b"\0".join(
+            [
+                source,
+                " ".join(FLAGS).encode(),
+                f"{cxx} {stat.st_size} {stat.st_mtime_ns}".encode(),
+                cpu_flags().encode(),
+            ]
+        )
+    )
+    path = folder / f"kernels-{key.hexdigest()[:16]}.so"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:  # another process may build it at once
+            built = Path(tmp) / path.name
+            done = subprocess.run(
+                [cxx, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=False
+            )
+            if done.returncode != 0:
+                first = next((line for line in done.stderr.splitlines() if "error" in line), done.stderr.strip()[:200])
+                raise BuildError(f"{Path(cxx).name} failed on {SOURCE.name}: {first}")
+            os.replace(built, path)
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise BuildError(f"{path} does not load: {e}") from e
+    _declare(lib)
+    _library.append(lib)
+    return lib
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    shape = [I, I, I, I]
+    lib.block_forward.argtypes = [P, *shape, P, P, F, P, P, P, P, P, P, P, I]
+    lib.block_backward.argtypes = [P, P, P, *shape, P, P, P, P, P, P, P, P, I]
+    lib.stem_takes.argtypes = [I, I]
+    lib.lanes.argtypes = []
+    lib.stem_forward.argtypes = [P, I, I, P, *shape, P, P, F, P, P, P, P, P, P, P, I]
+    lib.stem_backward.argtypes = [P, P, P, P, I, I, *shape, P, P, P, P, P, P, P, P, I]
+
+
+def why_not(block: nn.Module, lanes: int = 8) -> str | None:
+    """Why `block` cannot take the kernels (its modules are not those they compute), or None;
+    `lanes`: the channels the kernels take at a time (the library's `lanes()`, 16 with AVX-512)."""
+    layers = list(block.children())
+    kinds = [type(m) for m in layers]
+    if kinds != [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]:
+        return "a block of Conv2d, MaxPool2d, BatchNorm2d and ReLU (model.pool_position=after_conv, batch norm before ReLU)"
+    conv, pool, bn, _ = layers
+    k = conv.kernel_size[0]
+    if conv.kernel_size != (k, k) or k % 2 == 0 or conv.stride != (1, 1) or conv.dilation != (1, 1):
+        return "a square convolution of odd size, stride 1"
+    if conv.padding not in ((k // 2, k // 2), "same") or conv.groups != 1 or conv.padding_mode != "zeros":
+        return "a convolution with zero padding that keeps the size, in one group"
+    if conv.bias is not None or conv.out_channels % lanes:
+        return f"a convolution with no bias, to a multiple of {lanes} channels"
+    if (pool.kernel_size, pool.stride, pool.padding, pool.dilation) not in ((2, 2, 0, 1), ((2, 2), (2, 2), 0, 1)):
+        return "2x2 max pooling"
+    if pool.ceil_mode or pool.return_indices or not (bn.affine and bn.track_running_stats):
+        return "2x2 max pooling and batch norm with its affine parameters and running statistics"
+    return None
+
+
+def switch_on(
+    model: nn.Module, setting, device: torch.device, autocast_dtype, compiled: bool, folder: Path
+) -> list[str]:
+    """`trainer.fused`: the names of the blocks of `model` that now take the kernels in training.
+    auto: every block that has them (why_not), where the run trains on the CPU in bf16 without
+    torch.compile and the kernels build; true where none can is refused (ValueError); false: none."""
+    blocks = [(name, m) for name, m in model.named_modules() if hasattr(m, "fused")]
+    for _, block in blocks:
+        block.fused = False
+    if setting is False:
+        return []
+    reason, lanes = None, 8
+    if device.type != "cpu":
+        reason = f"a CPU (this run trains on {device.type})"
+    elif autocast_dtype != torch.bfloat16:
+        reason = "bf16 autocast (trainer.precision=bf16; this run computes in fp32)"
+    elif compiled:
+        reason = "trainer.compile=false (torch.compile fuses ops itself)"
+    elif not blocks or all(why_not(m) for _, m in blocks):
+        why = why_not(blocks[0][1]) if blocks else "a conv block of ablate's (model.block=null)"
+        reason = f"{why}; this model has none"
+    else:
+        try:
+            lanes = library(folder).lanes()
+        except BuildError as e:
+            reason = f"its kernels built here ({e})"
+            if setting == "auto":
+                logging.getLogger("ablate").warning(f"trainer.fused=auto: torch's ops instead of ablate's kernels: {e}")
+    takers = [(name, m) for name, m in blocks if why_not(m, lanes) is None]
+    if not reason and not takers:
+        reason = f"{why_not(blocks[0][1], lanes)}; this model has none"
+    if reason:
+        if setting is True:
+            raise ValueError(f"trainer.fused=true needs {reason}; allowed here: auto, false")
+        return []
+    for _, block in takers:
+        block.fused = True
+    return [name for name, _ in takers]
+
+
+def takes(block: nn.Module, x: torch.Tensor) -> bool:
+    """Whether this call of `block` (its why_not None) computes with the kernels."""
+    return (
+        block.training
+        and bool(_library)
+        and block[0].out_channels % _library[0].lanes() == 0
+        and x.device.type == "cpu"
+        and x.dim() == 4
+        and x.shape[2] % 2 == 0
+        and x.shape[3] % 2 == 0
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and not _hooked(block)
+    )
+
+
+def _hooked(block: nn.Module) -> bool:
+    if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
+
+
+def forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's training forward pass with the kernels; its batch norm's running statistics updated."""
+    conv, _, bn, _ = block.children()
+    stem = not x.requires_grad and _library[0].stem_takes(conv.in_channels, conv.kernel_size[0])
+    if stem:
+        out, mean, var = Stem.apply(
+            x.to(torch.bfloat16).contiguous(memory_format=CL), conv.weight, bn.weight, bn.bias, bn.eps
+        )
+    else:
+        out, mean, var = Block.apply(conv(x).contiguous(memory_format=CL), bn.weight, bn.bias, bn.eps)
+    update_running(bn, mean, var)
+    return out
+
+
+def update_running(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
+    """As nn.BatchNorm2d does in training: the running mean and (unbiased) variance move by `momentum`."""
+    bn.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+    bn.running_var.mul_(1 - momentum).add_(var, alpha=momentum)
+
+
+def _p(t: torch.Tensor) -> ctypes.c_void_p:
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def _pooled(n: int, c: int, h: int, w: int, dtype=torch.bfloat16) -> torch.Tensor:
+    return torch.empty((n, c, h // 2, w // 2), dtype=dtype, memory_format=CL)
+
+
+def _normalized(lib_call, shape, gamma, beta, eps, leading: list) -> tuple:
+    """Run a forward kernel: (out, mean, unbiased var) and what its backward needs."""
+    n, c, h, w = shape
+    pooled, arg, out = _pooled(n, c, h, w), _pooled(n, c, h, w, torch.uint8), _pooled(n, c, h, w)
+    partial, mean, invstd, var = torch.empty(n * c), torch.empty(c), torch.empty(c), torch.empty(c)
+    gamma, beta = gamma.detach().float().contiguous(), beta.detach().float().contiguous()
+    lib_call(
+        *leading,
+        n,
+        h,
+        w,
+        c,
+        _p(gamma),
+        _p(beta),
+        eps,
+        _p(pooled),
+        _p(arg),
+        _p(partial),
+        _p(mean),
+        _p(invstd),
+        _p(var),
+        _p(out),
+        torch.get_num_threads(),
+    )
+    return out, mean, var, (pooled, arg, gamma, beta, mean, invstd)
+
+
+class Block(torch.autograd.Function):
+    """2x2 max pooling -> batch norm (batch statistics) -> ReLU of a bf16 channels_last tensor."""
+
+    @staticmethod
+    def forward(ctx, y, gamma, beta, eps):
+        lib = _library[0]
+        out, mean, var, saved = _normalized(lib.block_forward, y.shape, gamma, beta, eps, [_p(y)])
+        ctx.save_for_backward(*saved)
+        ctx.shape = y.shape
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, gout, _mean, _var):
+        pooled, arg, gamma, beta, mean, invstd = ctx.saved_tensors
+        n, c, h, w = ctx.shape
+        gout = gout.contiguous(memory_format=CL)
+        gin = torch.empty((n, c, h, w), dtype=torch.bfloat16, memory_format=CL)
+        partial, dgamma, dbeta = torch.empty(n * 2 * c + 3 * c), torch.empty(c), torch.empty(c)
+        _library[0].block_backward(
+            _p(gout), _p(pooled), _p(arg), n, h, w, c, _p(gamma), _p(beta), _p(mean), _p(invstd),
+            _p(partial), _p(dgamma), _p(dbeta), _p(gin), torch.get_num_threads(),
+        )  # fmt: skip
+        return gin, dgamma, dbeta, None
+
+
+class Stem(torch.autograd.Function):
+    """K x K convolution (no bias) of a bf16 channels_last input of a few channels -> 2x2 max pooling
+    -> batch norm (batch statistics) -> ReLU; the input gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, gamma, beta, eps):
+        lib = _library[0]
+        c, ci, k, _ = weight.shape
+        wt = weight.detach().to(torch.bfloat16).float().permute(1, 2, 3, 0).contiguous()  # as autocast rounds it
+        shape = (x.shape[0], c, x.shape[2], x.shape[3])
+        out, mean, var, saved = _normalized(lib.stem_forward, shape, gamma, beta, eps, [_p(x), ci, k, _p(wt)])
+        ctx.save_for_backward(x, *saved)
+        ctx.shape, ctx.kernel = shape, (ci, k)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, gout, _mean, _var):
+        x, pooled, arg, gamma, beta, mean, invstd = ctx.saved_tensors
+        (n, c, h, w), (ci, k) = ctx.shape, ctx.kernel
+        gout = gout.contiguous(memory_format=CL)
+        taps = ci * k * k
+        partial = torch.empty(n * max(2, taps) * c + 3 * c)
+        dgamma, dbeta, dwt = torch.empty(c), torch.empty(c), torch.empty(taps * c)
+        _library[0].stem_backward(
+            _p(gout), _p(pooled), _p(arg), _p(x), ci, k, n, h, w, c, _p(gamma), _p(beta), _p(mean), _p(invstd),
+            _p(partial), _p(dgamma), _p(dbeta), _p(dwt), torch.get_num_threads(),
+        )  # fmt: skip
+        return None, dwt.view(ci, k, k, c).permute(3, 0, 1, 2).contiguous(), dgamma, dbeta, None

@@ -1,0 +1,171 @@
+"""trainer.fused: ablate's fused CPU kernels (models/kernels.py, compiled from models/kernels.cpp
+with this machine's compiler) compute what torch's ops compute for a conv -> max pool -> BN -> ReLU
+block, forward and backward, repeat bit for bit whatever the threads, and train a real run."""
+
+import json
+
+import pytest
+import torch
+from helpers import run_cli
+from torch import nn
+
+from models import kernels
+from models.blocks import ConvBlock
+from runner.data import cache
+
+pytestmark = pytest.mark.skipif(kernels.compiler() is None, reason="no C++ compiler")
+CL = torch.channels_last
+BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+@pytest.fixture(scope="module")
+def lanes(tmp_path_factory) -> int:
+    return kernels.library(tmp_path_factory.mktemp("kernels")).lanes()
+
+
+def block(cin: int, cout: int, k: int = 3, seed: int = 0) -> ConvBlock:
+    torch.manual_seed(seed)
+    b = ConvBlock(cin, cout, k, nn.ReLU, batch_norm=True, pool=nn.MaxPool2d(2)).to(memory_format=CL)
+    with torch.no_grad():  # away from BN's initial gamma 1, beta 0, so that both matter
+        b[2].weight.uniform_(0.5, 1.5)
+        b[2].bias.uniform_(-0.3, 0.3)
+    return b
+
+
+def step(b: ConvBlock, x: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One training forward and backward: the output, every gradient, the running statistics."""
+    x = x.detach().clone().requires_grad_(x.requires_grad)
+    with BF16:
+        y = b(x)
+    y.backward(grad)
+    got = {"out": y.detach().float()} | {name: p.grad.clone() for name, p in b.named_parameters()}
+    got |= {"running_mean": b[2].running_mean.clone(), "running_var": b[2].running_var.clone()}
+    return got | ({"input": x.grad.float()} if x.requires_grad else {})
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / a.float().norm()).item()
+
+
+# (input channels, output channels, kernel, size, input needs a gradient): the stem kernel (the
+# convolution inside) for the first block on images, the block kernel after torch's convolution
+CASES = [
+    (1, 16, 3, 28, False),
+    (3, 16, 3, 32, False),
+    (1, 16, 5, 12, False),
+    (16, 48, 3, 14, True),
+    (1, 32, 3, 8, True),
+]
+
+
+@pytest.mark.parametrize(("cin", "cout", "k", "size", "needs"), CASES)
+def test_the_kernels_compute_what_torchs_ops_compute_forward_and_backward(lanes, cin, cout, k, size, needs):
+    if cout % lanes:
+        pytest.skip(f"{cout} channels on a CPU that takes {lanes} at a time")
+    eager, fused = block(cin, cout, k), block(cin, cout, k)
+    fused.fused = True
+    torch.manual_seed(1)
+    x = torch.randn(32, cin, size, size).contiguous(memory_format=CL).requires_grad_(needs)
+    grad = torch.randn(32, cout, size // 2, size // 2).to(torch.bfloat16).contiguous(memory_format=CL)
+    want, got = step(eager, x, grad), step(fused, x, grad)
+    assert got["out"].dtype == torch.float32 and got.keys() == want.keys()
+    # bf16 values: the output and the input's gradient to bf16's rounding; the sums far closer
+    assert relative(want["out"], got["out"]) < 2e-3
+    assert (want["out"] == 0).float().mean() == pytest.approx((got["out"] == 0).float().mean().item(), abs=2e-3)
+    if needs:
+        assert relative(want["input"], got["input"]) < 1e-2
+    assert relative(want["0.weight"], got["0.weight"]) < 1e-2  # eager's is the gradient of the bf16 weight
+    for name in ("2.weight", "2.bias", "running_mean", "running_var"):
+        assert relative(want[name], got[name]) < 1e-4, name
+
+
+@pytest.mark.parametrize(("cin", "needs"), [(1, False), (16, True)])  # the stem kernel, the block kernel
+def test_the_kernels_repeat_bit_for_bit_whatever_the_number_of_threads(lanes, cin, needs):
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        try:
+            b = block(cin, 16)
+            b.fused = True
+            torch.manual_seed(1)
+            x = torch.randn(16, cin, 14, 14).contiguous(memory_format=CL).requires_grad_(needs)
+            grad = torch.randn(16, 16, 7, 7).to(torch.bfloat16).contiguous(memory_format=CL)
+            results.append(step(b, x, grad))
+        finally:
+            torch.set_num_threads(2)
+    ours = [name for name in results[0] if needs is False or name not in ("0.weight", "input")]  # not torch's conv's
+    for got in results[1:]:
+        assert [name for name in ours if not torch.equal(results[0][name], got[name])] == []
+
+
+def test_only_the_blocks_the_kernels_compute_take_them_and_evaluation_runs_torchs_ops(tmp_path, lanes):
+    assert kernels.why_not(block(1, 16)) is None
+    after_block = ConvBlock(1, 16, 3, nn.ReLU, batch_norm=True)
+    assert "a block of Conv2d, MaxPool2d, BatchNorm2d and ReLU" in kernels.why_not(after_block)
+    leaky = ConvBlock(1, 16, 3, nn.LeakyReLU, batch_norm=True, pool=nn.MaxPool2d(2))
+    assert kernels.why_not(leaky) is not None
+    assert kernels.why_not(ConvBlock(1, 16, 3, nn.ReLU, batch_norm=True, pool=nn.AvgPool2d(2))) is not None
+    assert kernels.why_not(block(1, 12), lanes=8) == "a convolution with no bias, to a multiple of 8 channels"
+
+    model = nn.Sequential(block(1, 16), block(16, 32), after_block)
+    assert kernels.switch_on(model, "auto", torch.device("cpu"), torch.bfloat16, False, tmp_path) == ["0", "1"]
+    assert [m.fused for m in model] == [True, True, False]
+    fp32 = kernels.switch_on(model, "auto", torch.device("cpu"), None, False, tmp_path)
+    assert fp32 == [] and not any(m.fused for m in model)
+    with pytest.raises(ValueError, match=r"^trainer.fused=true needs bf16 autocast .*; allowed here: auto, false$"):
+        kernels.switch_on(model, True, torch.device("cpu"), None, False, tmp_path)
+    with pytest.raises(ValueError, match=r"^trainer.fused=true needs a CPU \(this run trains on cuda\)"):
+        kernels.switch_on(model, True, torch.device("cuda"), torch.bfloat16, False, tmp_path)
+
+    fused = block(1, 16)
+    fused.fused = True
+    x = torch.randn(8, 1, 12, 12).contiguous(memory_format=CL)
+    with BF16:
+        assert kernels.takes(fused, x)
+        assert not kernels.takes(fused, x[:, :, :11, :11])  # an odd size: torch's pooling drops the edge
+        fused.eval()
+        assert not kernels.takes(fused, x)  # batch norm's running statistics: torch's ops
+        fused.train()
+        handle = fused[3].register_forward_hook(lambda *_: None)  # the diagnostics' dead units
+        assert not kernels.takes(fused, x)
+        handle.remove()
+    assert not kernels.takes(fused, x)  # fp32: outside bf16 autocast
+
+
+def test_a_run_records_its_fused_blocks_and_trains_as_closely_as_torchs_ops_do(tmp_path, quick):
+    small = [*quick, "model=bn", "model.pool_position=after_conv", "model.channels=[16,32]", "trainer.max_epochs=2"]
+    outcomes = {}
+    for fused in ("auto", "false"):  # auto in a fresh process: it builds the kernels in its cache
+        result = run_cli(*small, f"trainer.fused={fused}", f"hydra.run.dir={tmp_path / fused}", process=fused == "auto")
+        assert result.returncode == 0, result.stderr
+        outcomes[fused] = json.loads((tmp_path / fused / "metrics.json").read_text())
+    assert outcomes["auto"]["fused"] == ["features.0", "features.1"] and outcomes["false"]["fused"] == []
+    assert outcomes["auto"]["precision"] == "bf16" or pytest.skip("fp32 here: the kernels are bf16 only")
+    assert outcomes["auto"]["test_acc"] > 0.85
+    assert outcomes["auto"]["test_acc"] == pytest.approx(outcomes["false"]["test_acc"], abs=0.03)
+    assert list((cache.cache_dir() / "kernels").glob("kernels-*.so"))  # built in the run's cache, once
+
+
+def test_trainer_fused_true_where_no_block_has_the_kernels_is_one_line(tmp_path, quick):
+    result = run_cli(*quick, "trainer.fused=true", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(
+        "error: trainer.fused=true needs a block of Conv2d, MaxPool2d, BatchNorm2d and ReLU"
+    )
+    assert result.stderr.endswith("; allowed here: auto, false\n")
+
+
+def test_without_a_compiler_auto_runs_torchs_ops_and_says_so(tmp_path, quick, monkeypatch):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(kernels, "_library", [])  # as in a fresh process
+    small = [*quick, "model=bn", "model.pool_position=after_conv", "model.channels=[16,32]"]
+    result = run_cli(*small, f"hydra.run.dir={tmp_path / 'run'}")
+    assert result.returncode == 0, result.stderr
+    assert (
+        "trainer.fused=auto: torch's ops instead of ablate's kernels: no C++ compiler" in result.stdout + result.stderr
+    )
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["fused"] == []
+    refused = run_cli(*small, "trainer.fused=true", f"hydra.run.dir={tmp_path / 'refused'}")
+    assert (
+        refused.returncode == 2 and "trainer.fused=true needs its kernels built here (no C++ compiler" in refused.stderr
+    )
