@@ -67,6 +67,10 @@ static inline vf rounded(vf f) {
   memcpy(&f, &w, sizeof f);
   return f;
 }
+static inline float round_bf16(float f) {
+  vf v = ZERO + f;
+  return rounded(v)[0];
+}
 static inline void pick(vf v, int at, vf &m, vi &k) {  // the first maximum; a NaN wins
   vi take = (v > m) | (v != v);
   m = take ? v : m;
@@ -81,9 +85,11 @@ struct Shape {
 };
 
 // The first pass's end and the two after it: mean from the per-image sums in `partial` [N][C],
-// the variance, the normalized and rectified output.
-static void normalize(const Shape &s, const float *gamma, const float *beta, float eps, const uint16_t *pooled,
-                      float *partial, float *mean, float *invstd, float *var_unbiased, uint16_t *out, int threads) {
+// the variance, the normalized and rectified output; the running mean and (unbiased) variance
+// moved by `momentum`.
+static void normalize(const Shape &s, const float *gamma, const float *beta, float eps, float momentum,
+                      float *running_mean, float *running_var, const uint16_t *pooled, float *partial, float *mean,
+                      float *invstd, uint16_t *out, int threads) {
   const double M = (double)s.N * s.P;
   for (long c = 0; c < s.C; c++) {
     double t = 0;
@@ -106,7 +112,8 @@ static void normalize(const Shape &s, const float *gamma, const float *beta, flo
     double t = 0;
     for (long n = 0; n < s.N; n++) t += partial[n * s.C + c];
     invstd[c] = (float)(1.0 / sqrt(t / M + eps));
-    var_unbiased[c] = (float)(t / (M > 1 ? M - 1 : 1));
+    running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c];  // as nn.BatchNorm2d in training
+    running_var[c] = (1 - momentum) * running_var[c] + momentum * (float)(t / (M > 1 ? M - 1 : 1));
   }
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (long n = 0; n < s.N; n++) {
@@ -171,11 +178,11 @@ static inline vf pooled_grad(const Shape &s, long q, long c, const uint16_t *gou
 extern "C" {
 
 // x: the conv's output [N][H][W][C] bf16, H and W even. Writes pooled and arg [N][H/2][W/2][C]
-// (saved for backward), mean, invstd and the unbiased variance [C], and out [N][H/2][W/2][C].
-// partial: scratch of N * C floats.
+// (saved for backward), mean and invstd [C] and out [N][H/2][W/2][C], and moves the running
+// statistics [C]. partial: scratch of N * C floats.
 void block_forward(const uint16_t *x, int N, int H, int W, int C, const float *gamma, const float *beta, float eps,
-                   uint16_t *pooled, uint8_t *arg, float *partial, float *mean, float *invstd, float *var_unbiased,
-                   uint16_t *out, int threads) {
+                   float momentum, float *running_mean, float *running_var, uint16_t *pooled, uint8_t *arg,
+                   float *partial, float *mean, float *invstd, uint16_t *out, int threads) {
   const Shape s(N, H, W, C);
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (long n = 0; n < s.N; n++) {
@@ -198,7 +205,7 @@ void block_forward(const uint16_t *x, int N, int H, int W, int C, const float *g
       storef(partial + n * s.C + c, acc);
     }
   }
-  normalize(s, gamma, beta, eps, pooled, partial, mean, invstd, var_unbiased, out, threads);
+  normalize(s, gamma, beta, eps, momentum, running_mean, running_var, pooled, partial, mean, invstd, out, threads);
 }
 
 // gout: the output's gradient [N][H/2][W/2][C] bf16. Writes gin [N][H][W][C] bf16 (the conv
@@ -346,21 +353,27 @@ int lanes(void) { return LANES; }
 
 int stem_takes(int CI, int K) { return CI >= 1 && CI <= 4 && (K == 3 || K == 5); }
 
-// x: the block's input [N][H][W][CI] bf16; wt: the conv's weight [CI][K][K][C] (bf16 values as
-// floats). Writes what block_forward writes. partial: scratch of N * C floats.
-void stem_forward(const uint16_t *x, int CI, int K, const float *wt, int N, int H, int W, int C, const float *gamma,
-                  const float *beta, float eps, uint16_t *pooled, uint8_t *arg, float *partial, float *mean,
-                  float *invstd, float *var_unbiased, uint16_t *out, int threads) {
+// x: the block's input [N][H][W][CI] bf16; weight: the conv's [C][CI][K][K] floats, rounded to
+// bf16 as autocast rounds it. Writes what block_forward writes. partial: scratch of
+// N * C + CI * K * K * C floats.
+void stem_forward(const uint16_t *x, int CI, int K, const float *weight, int N, int H, int W, int C,
+                  const float *gamma, const float *beta, float eps, float momentum, float *running_mean,
+                  float *running_var, uint16_t *pooled, uint8_t *arg, float *partial, float *mean, float *invstd,
+                  uint16_t *out, int threads) {
   const Shape s(N, H, W, C);
+  const long taps = (long)CI * K * K;
+  float *wt = partial + s.N * s.C;  // [CI][K][K][C]
+  for (long c = 0; c < s.C; c++)
+    for (long t = 0; t < taps; t++) wt[t * s.C + c] = round_bf16(weight[c * taps + t]);
   STEM_SIZES(stem_pool, x, wt, s, pooled, arg, partial, threads)
-  normalize(s, gamma, beta, eps, pooled, partial, mean, invstd, var_unbiased, out, threads);
+  normalize(s, gamma, beta, eps, momentum, running_mean, running_var, pooled, partial, mean, invstd, out, threads);
 }
 
 // Writes dgamma, dbeta [C] and the conv weight's gradient dwt [CI][K][K][C]. partial: scratch of
 // N * max(2, CI * K * K) * C + 3 * C floats.
 void stem_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t *arg, const uint16_t *x, int CI, int K,
                    int N, int H, int W, int C, const float *gamma, const float *beta, const float *mean,
-                   const float *invstd, float *partial, float *dgamma, float *dbeta, float *dwt, int threads) {
+                   const float *invstd, float *partial, float *dgamma, float *dbeta, float *dweight, int threads) {
   const Shape s(N, H, W, C);
   const long taps = (long)CI * K * K, per = (taps > 2 ? taps : 2) * s.C;
   float *coef = partial + s.N * per;
@@ -370,7 +383,7 @@ void stem_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t *
     for (long c = 0; c < s.C; c++) {
       double sum = 0;
       for (long n = 0; n < s.N; n++) sum += partial[n * per + t * s.C + c];
-      dwt[t * s.C + c] = (float)sum;
+      dweight[c * taps + t] = (float)sum;
     }
 }
 

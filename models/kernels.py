@@ -103,11 +103,11 @@ def library(folder: Path) -> ctypes.CDLL:
 def _declare(lib: ctypes.CDLL) -> None:
     P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     shape = [I, I, I, I]
-    lib.block_forward.argtypes = [P, *shape, P, P, F, P, P, P, P, P, P, P, I]
+    lib.block_forward.argtypes = [P, *shape, P, P, F, F, P, P, P, P, P, P, P, P, I]
     lib.block_backward.argtypes = [P, P, P, *shape, P, P, P, P, P, P, P, P, I]
     lib.stem_takes.argtypes = [I, I]
     lib.lanes.argtypes = []
-    lib.stem_forward.argtypes = [P, I, I, P, *shape, P, P, F, P, P, P, P, P, P, P, I]
+    lib.stem_forward.argtypes = [P, I, I, P, *shape, P, P, F, F, P, P, P, P, P, P, P, P, I]
     lib.stem_backward.argtypes = [P, P, P, P, I, I, *shape, P, P, P, P, P, P, P, P, I]
 
 
@@ -183,6 +183,7 @@ def takes(block: nn.Module, x: torch.Tensor) -> bool:
         and x.dim() == 4
         and x.shape[2] % 2 == 0
         and x.shape[3] % 2 == 0
+        and all(p.dtype == torch.float32 for p in (block[0].weight, block[2].weight, block[2].running_mean))
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and not _hooked(block)
@@ -196,25 +197,14 @@ def _hooked(block: nn.Module) -> bool:
 
 
 def forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The block's training forward pass with the kernels; its batch norm's running statistics updated."""
+    """The block's training forward pass with the kernels; its batch norm's running statistics moved."""
     conv, _, bn, _ = block.children()
-    stem = not x.requires_grad and _library[0].stem_takes(conv.in_channels, conv.kernel_size[0])
-    if stem:
-        out, mean, var = Stem.apply(
-            x.to(torch.bfloat16).contiguous(memory_format=CL), conv.weight, bn.weight, bn.bias, bn.eps
-        )
-    else:
-        out, mean, var = Block.apply(conv(x).contiguous(memory_format=CL), bn.weight, bn.bias, bn.eps)
-    update_running(bn, mean, var)
-    return out
-
-
-def update_running(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor) -> None:
-    """As nn.BatchNorm2d does in training: the running mean and (unbiased) variance move by `momentum`."""
     bn.num_batches_tracked.add_(1)
-    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    bn.running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-    bn.running_var.mul_(1 - momentum).add_(var, alpha=momentum)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # as nn.BatchNorm2d
+    norm = (bn.eps, momentum, bn.running_mean, bn.running_var)
+    if not x.requires_grad and _library[0].stem_takes(conv.in_channels, conv.kernel_size[0]):
+        return Stem.apply(x.to(torch.bfloat16).contiguous(memory_format=CL), conv.weight, bn.weight, bn.bias, norm)
+    return Block.apply(conv(x).contiguous(memory_format=CL), bn.weight, bn.bias, norm)
 
 
 def _p(t: torch.Tensor) -> ctypes.c_void_p:
@@ -225,47 +215,32 @@ def _pooled(n: int, c: int, h: int, w: int, dtype=torch.bfloat16) -> torch.Tenso
     return torch.empty((n, c, h // 2, w // 2), dtype=dtype, memory_format=CL)
 
 
-def _normalized(lib_call, shape, gamma, beta, eps, leading: list) -> tuple:
-    """Run a forward kernel: (out, mean, unbiased var) and what its backward needs."""
+def _normalized(lib_call, shape, gamma, beta, norm, leading: list, scratch: int = 0) -> tuple:
+    """Run a forward kernel: its output, and what its backward needs."""
     n, c, h, w = shape
+    eps, momentum, running_mean, running_var = norm
     pooled, arg, out = _pooled(n, c, h, w), _pooled(n, c, h, w, torch.uint8), _pooled(n, c, h, w)
-    partial, mean, invstd, var = torch.empty(n * c), torch.empty(c), torch.empty(c), torch.empty(c)
-    gamma, beta = gamma.detach().float().contiguous(), beta.detach().float().contiguous()
+    partial, mean, invstd = torch.empty(n * c + scratch), torch.empty(c), torch.empty(c)
+    gamma, beta = gamma.detach(), beta.detach()
     lib_call(
-        *leading,
-        n,
-        h,
-        w,
-        c,
-        _p(gamma),
-        _p(beta),
-        eps,
-        _p(pooled),
-        _p(arg),
-        _p(partial),
-        _p(mean),
-        _p(invstd),
-        _p(var),
-        _p(out),
-        torch.get_num_threads(),
-    )
-    return out, mean, var, (pooled, arg, gamma, beta, mean, invstd)
+        *leading, n, h, w, c, _p(gamma), _p(beta), eps, momentum, _p(running_mean), _p(running_var),
+        _p(pooled), _p(arg), _p(partial), _p(mean), _p(invstd), _p(out), torch.get_num_threads(),
+    )  # fmt: skip
+    return out, (pooled, arg, gamma, beta, mean, invstd)
 
 
 class Block(torch.autograd.Function):
     """2x2 max pooling -> batch norm (batch statistics) -> ReLU of a bf16 channels_last tensor."""
 
     @staticmethod
-    def forward(ctx, y, gamma, beta, eps):
-        lib = _library[0]
-        out, mean, var, saved = _normalized(lib.block_forward, y.shape, gamma, beta, eps, [_p(y)])
+    def forward(ctx, y, gamma, beta, norm):
+        out, saved = _normalized(_library[0].block_forward, y.shape, gamma, beta, norm, [_p(y)])
         ctx.save_for_backward(*saved)
         ctx.shape = y.shape
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
+        return out
 
     @staticmethod
-    def backward(ctx, gout, _mean, _var):
+    def backward(ctx, gout):
         pooled, arg, gamma, beta, mean, invstd = ctx.saved_tensors
         n, c, h, w = ctx.shape
         gout = gout.contiguous(memory_format=CL)
@@ -283,27 +258,25 @@ class Stem(torch.autograd.Function):
     -> batch norm (batch statistics) -> ReLU; the input gets no gradient."""
 
     @staticmethod
-    def forward(ctx, x, weight, gamma, beta, eps):
-        lib = _library[0]
+    def forward(ctx, x, weight, gamma, beta, norm):
         c, ci, k, _ = weight.shape
-        wt = weight.detach().to(torch.bfloat16).float().permute(1, 2, 3, 0).contiguous()  # as autocast rounds it
-        shape = (x.shape[0], c, x.shape[2], x.shape[3])
-        out, mean, var, saved = _normalized(lib.stem_forward, shape, gamma, beta, eps, [_p(x), ci, k, _p(wt)])
+        weight = weight.detach().contiguous()  # [C][CI][K][K]: a channels_last weight of several channels is not
+        shape, leading = (x.shape[0], c, x.shape[2], x.shape[3]), [_p(x), ci, k, _p(weight)]
+        out, saved = _normalized(_library[0].stem_forward, shape, gamma, beta, norm, leading, ci * k * k * c)
         ctx.save_for_backward(x, *saved)
         ctx.shape, ctx.kernel = shape, (ci, k)
-        ctx.mark_non_differentiable(mean, var)
-        return out, mean, var
+        return out
 
     @staticmethod
-    def backward(ctx, gout, _mean, _var):
+    def backward(ctx, gout):
         x, pooled, arg, gamma, beta, mean, invstd = ctx.saved_tensors
         (n, c, h, w), (ci, k) = ctx.shape, ctx.kernel
         gout = gout.contiguous(memory_format=CL)
         taps = ci * k * k
         partial = torch.empty(n * max(2, taps) * c + 3 * c)
-        dgamma, dbeta, dwt = torch.empty(c), torch.empty(c), torch.empty(taps * c)
+        dgamma, dbeta, dweight = torch.empty(c), torch.empty(c), torch.empty(c, ci, k, k)
         _library[0].stem_backward(
             _p(gout), _p(pooled), _p(arg), _p(x), ci, k, n, h, w, c, _p(gamma), _p(beta), _p(mean), _p(invstd),
-            _p(partial), _p(dgamma), _p(dbeta), _p(dwt), torch.get_num_threads(),
+            _p(partial), _p(dgamma), _p(dbeta), _p(dweight), torch.get_num_threads(),
         )  # fmt: skip
-        return None, dwt.view(ci, k, k, c).permute(3, 0, 1, 2).contiguous(), dgamma, dbeta, None
+        return None, dweight, dgamma, dbeta, None
