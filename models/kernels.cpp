@@ -84,6 +84,23 @@ struct Shape {
   long out(long n, long i, long j) const { return ((n * Ho + i) * Wo + j) * C; }   // pooled, (i, j)
 };
 
+// out = ReLU(pooled * scale + shift), per channel.
+static void affine_relu(const Shape &s, const float *scale, const float *shift, const uint16_t *pooled, uint16_t *out,
+                        int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++) {
+    const uint16_t *p = pooled + n * s.P * s.C;
+    uint16_t *o = out + n * s.P * s.C;
+    for (long c = 0; c < s.C; c += LANES) {
+      vf a = loadf(scale + c), b = loadf(shift + c);
+      for (long q = 0; q < s.P; q++) {
+        vf y = load(p + q * s.C + c) * a + b;
+        store(o + q * s.C + c, y > 0 ? y : ZERO);
+      }
+    }
+  }
+}
+
 // The first pass's end and the two after it: mean from the per-image sums in `partial` [N][C],
 // the variance, the normalized and rectified output; the running mean and (unbiased) variance
 // moved by `momentum`.
@@ -115,16 +132,47 @@ static void normalize(const Shape &s, const float *gamma, const float *beta, flo
     running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c];  // as nn.BatchNorm2d in training
     running_var[c] = (1 - momentum) * running_var[c] + momentum * (float)(t / (M > 1 ? M - 1 : 1));
   }
+std::vector<float> scale(s.C), shift(s.C);
+  for (long c = 0; c < s.C; c++) {
+    scale[c] = invstd[c] * gamma[c];
+    shift[c] = beta[c] - mean[c] * scale[c];
+  }
+  affine_relu(s, scale.data(), shift.data(), pooled, out, threads);
+}
+
+// Evaluation: the pooled values normalized with the running statistics, rectified.
+static void infer(const Shape &s, const float *gamma, const float *beta, float eps, const float *running_mean,
+                  const float *running_var, const uint16_t *pooled, uint16_t *out, int threads) {
+  std::vector<float> scale(s.C), shift(s.C);
+  for (long c = 0; c < s.C; c++) {
+    scale[c] = (float)(gamma[c] / sqrt((double)running_var[c] + eps));
+    shift[c] = beta[c] - running_mean[c] * scale[c];
+  }
+  affine_relu(s, scale.data(), shift.data(), pooled, out, threads);
+}
+
+// The first pass of the block: each 2x2 window's maximum (pooled) and its place (arg), and the
+// per-image sums of the pooled values in `partial` [N][C].
+static void block_pool(const Shape &s, const uint16_t *x, uint16_t *pooled, uint8_t *arg, float *partial, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (long n = 0; n < s.N; n++) {
-    const uint16_t *p = pooled + n * s.P * s.C;
-    uint16_t *o = out + n * s.P * s.C;
     for (long c = 0; c < s.C; c += LANES) {
-      vf scale = loadf(invstd + c) * loadf(gamma + c), shift = loadf(beta + c) - loadf(mean + c) * scale;
-      for (long q = 0; q < s.P; q++) {
-        vf y = load(p + q * s.C + c) * scale + shift;
-        store(o + q * s.C + c, y > 0 ? y : ZERO);
-      }
+      vf acc = ZERO;
+      for (long i = 0; i < s.Ho; i++)
+        for (long j = 0; j < s.Wo; j++) {
+          const uint16_t *a = x + s.in(n, 2 * i, 2 * j) + c;
+          vf m = load(a);
+          vi k = {};
+          pick(load(a + s.C), 1, m, k);
+          pick(load(a + s.W * s.C), 2, m, k);
+          pick(load(a + s.W * s.C + s.C), 3, m, k);
+          const long o = s.out(n, i, j) + c;
+          store(pooled + o, m);
+          vb kb = __builtin_convertvector(k, vb);
+          memcpy(arg + o, &kb, sizeof kb);
+          acc += m;
+        }
+      storef(partial + n * s.C + c, acc);
     }
   }
 }
@@ -184,28 +232,17 @@ void block_forward(const uint16_t *x, int N, int H, int W, int C, const float *g
                    float momentum, float *running_mean, float *running_var, uint16_t *pooled, uint8_t *arg,
                    float *partial, float *mean, float *invstd, uint16_t *out, int threads) {
   const Shape s(N, H, W, C);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (long n = 0; n < s.N; n++) {
-    for (long c = 0; c < s.C; c += LANES) {
-      vf acc = ZERO;
-      for (long i = 0; i < s.Ho; i++)
-        for (long j = 0; j < s.Wo; j++) {
-          const uint16_t *a = x + s.in(n, 2 * i, 2 * j) + c;
-          vf m = load(a);
-          vi k = {};
-          pick(load(a + s.C), 1, m, k);
-          pick(load(a + s.W * s.C), 2, m, k);
-          pick(load(a + s.W * s.C + s.C), 3, m, k);
-          const long o = s.out(n, i, j) + c;
-          store(pooled + o, m);
-          vb kb = __builtin_convertvector(k, vb);
-          memcpy(arg + o, &kb, sizeof kb);
-          acc += m;
-        }
-      storef(partial + n * s.C + c, acc);
-    }
-  }
+  block_pool(s, x, pooled, arg, partial, threads);
   normalize(s, gamma, beta, eps, momentum, running_mean, running_var, pooled, partial, mean, invstd, out, threads);
+}
+
+// Evaluation: block_forward's output with the running statistics; pooled, arg and partial are scratch.
+void block_infer(const uint16_t *x, int N, int H, int W, int C, const float *gamma, const float *beta, float eps,
+                 const float *running_mean, const float *running_var, uint16_t *pooled, uint8_t *arg, float *partial,
+                 uint16_t *out, int threads) {
+  const Shape s(N, H, W, C);
+  block_pool(s, x, pooled, arg, partial, threads);
+  infer(s, gamma, beta, eps, running_mean, running_var, pooled, out, threads);
 }
 
 // gout: the output's gradient [N][H/2][W/2][C] bf16. Writes gin [N][H][W][C] bf16 (the conv
@@ -347,6 +384,16 @@ static void stem_weight_grad(const uint16_t *gout, const uint16_t *pooled, const
     case 35: F<3, 5>(__VA_ARGS__); break; case 45: F<4, 5>(__VA_ARGS__); break;                            \
   }
 
+// The weight [C][CI][K][K] rounded to bf16 as autocast rounds it, as [CI][K][K][C], after the
+// N * C floats of `partial`.
+static float *stem_weight(const float *weight, int CI, int K, const Shape &s, float *partial) {
+  const long taps = (long)CI * K * K;
+  float *wt = partial + s.N * s.C;
+  for (long c = 0; c < s.C; c++)
+    for (long t = 0; t < taps; t++) wt[t * s.C + c] = round_bf16(weight[c * taps + t]);
+  return wt;
+}
+
 extern "C" {
 
 int lanes(void) { return LANES; }
@@ -361,12 +408,19 @@ void stem_forward(const uint16_t *x, int CI, int K, const float *weight, int N, 
                   float *running_var, uint16_t *pooled, uint8_t *arg, float *partial, float *mean, float *invstd,
                   uint16_t *out, int threads) {
   const Shape s(N, H, W, C);
-  const long taps = (long)CI * K * K;
-  float *wt = partial + s.N * s.C;  // [CI][K][K][C]
-  for (long c = 0; c < s.C; c++)
-    for (long t = 0; t < taps; t++) wt[t * s.C + c] = round_bf16(weight[c * taps + t]);
+  float *wt = stem_weight(weight, CI, K, s, partial);
   STEM_SIZES(stem_pool, x, wt, s, pooled, arg, partial, threads)
   normalize(s, gamma, beta, eps, momentum, running_mean, running_var, pooled, partial, mean, invstd, out, threads);
+}
+
+// Evaluation: stem_forward's output with the running statistics; pooled, arg and partial are scratch.
+void stem_infer(const uint16_t *x, int CI, int K, const float *weight, int N, int H, int W, int C, const float *gamma,
+                const float *beta, float eps, const float *running_mean, const float *running_var, uint16_t *pooled,
+                uint8_t *arg, float *partial, uint16_t *out, int threads) {
+  const Shape s(N, H, W, C);
+  float *wt = stem_weight(weight, CI, K, s, partial);
+  STEM_SIZES(stem_pool, x, wt, s, pooled, arg, partial, threads)
+  infer(s, gamma, beta, eps, running_mean, running_var, pooled, out, threads);
 }
 
 // Writes dgamma, dbeta [C] and the conv weight's gradient dwt [CI][K][K][C]. partial: scratch of

@@ -104,10 +104,12 @@ def _declare(lib: ctypes.CDLL) -> None:
     P, I, F = ctypes.c_void_p, ctypes.c_int, ctypes.c_float
     shape = [I, I, I, I]
     lib.block_forward.argtypes = [P, *shape, P, P, F, F, P, P, P, P, P, P, P, P, I]
+    lib.block_infer.argtypes = [P, *shape, P, P, F, P, P, P, P, P, P, I]
     lib.block_backward.argtypes = [P, P, P, *shape, P, P, P, P, P, P, P, P, I]
     lib.stem_takes.argtypes = [I, I]
     lib.lanes.argtypes = []
     lib.stem_forward.argtypes = [P, I, I, P, *shape, P, P, F, F, P, P, P, P, P, P, P, P, I]
+    lib.stem_infer.argtypes = [P, I, I, P, *shape, P, P, F, P, P, P, P, P, P, I]
     lib.stem_backward.argtypes = [P, P, P, P, I, I, *shape, P, P, P, P, P, P, P, P, I]
 
 
@@ -174,9 +176,10 @@ def switch_on(
 
 
 def takes(block: nn.Module, x: torch.Tensor) -> bool:
-    """Whether this call of `block` (its why_not None) computes with the kernels."""
+    """Whether this call of `block` (its why_not None) computes with the kernels: in training, or in
+    evaluation without gradients."""
     return (
-        block.training
+        (block.training or not torch.is_grad_enabled())
         and bool(_library)
         and block[0].out_channels % _library[0].lanes() == 0
         and x.device.type == "cpu"
@@ -197,14 +200,51 @@ def _hooked(block: nn.Module) -> bool:
 
 
 def forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The block's training forward pass with the kernels; its batch norm's running statistics moved."""
+    """The block's forward pass with the kernels: in training, batch norm with the batch's statistics,
+    its running statistics moved; in evaluation, with the running statistics."""
     conv, _, bn, _ = block.children()
+    stem = not x.requires_grad and _library[0].stem_takes(conv.in_channels, conv.kernel_size[0])
+    if not block.training:
+        return infer(conv, bn, x, stem)
     bn.num_batches_tracked.add_(1)
     momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # as nn.BatchNorm2d
     norm = (bn.eps, momentum, bn.running_mean, bn.running_var)
-    if not x.requires_grad and _library[0].stem_takes(conv.in_channels, conv.kernel_size[0]):
+    if stem:
         return Stem.apply(x.to(torch.bfloat16).contiguous(memory_format=CL), conv.weight, bn.weight, bn.bias, norm)
     return Block.apply(conv(x).contiguous(memory_format=CL), bn.weight, bn.bias, norm)
+
+
+def infer(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, stem: bool) -> torch.Tensor:
+    """The block's output in evaluation (no gradient)."""
+    lib = _library[0]
+    if stem:
+        x, c = x.to(torch.bfloat16).contiguous(memory_format=CL), conv.out_channels
+        weight = conv.weight.detach().contiguous()
+        leading, call = [_p(x), conv.in_channels, conv.kernel_size[0], _p(weight)], lib.stem_infer
+        scratch = conv.weight.numel()
+    else:
+        x = conv(x).contiguous(memory_format=CL)
+        c, leading, call, scratch = x.shape[1], [_p(x)], lib.block_infer, 0
+    n, _, h, w = x.shape
+    pooled, arg, out = _pooled(n, c, h, w), _pooled(n, c, h, w, torch.uint8), _pooled(n, c, h, w)
+    partial = torch.empty(n * c + scratch)
+    norm = [_p(t.detach()) for t in (bn.weight, bn.bias)], [_p(bn.running_mean), _p(bn.running_var)]
+    call(
+        *leading,
+        n,
+        h,
+        w,
+        c,
+        *norm[0],
+        bn.eps,
+        *norm[1],
+        _p(pooled),
+        _p(arg),
+        _p(partial),
+        _p(out),
+        torch.get_num_threads(),
+    )
+    return out
 
 
 def _p(t: torch.Tensor) -> ctypes.c_void_p:

@@ -79,6 +79,25 @@ def test_the_kernels_compute_what_torchs_ops_compute_forward_and_backward(lanes,
         assert relative(want[name], got[name]) < 1e-4, name
 
 
+@pytest.mark.parametrize(("cin", "cout", "k", "size", "needs"), CASES)
+def test_in_evaluation_the_kernels_normalize_with_the_running_statistics_as_torch_does(
+    lanes, cin, cout, k, size, needs
+):
+    if cout % lanes:
+        pytest.skip(f"{cout} channels on a CPU that takes {lanes} at a time")
+    eager, fused = block(cin, cout, k), block(cin, cout, k)
+    fused.fused = True
+    torch.manual_seed(1)
+    x = torch.randn(32, cin, size, size).contiguous(memory_format=CL)
+    for b in (eager, fused):  # running statistics of their own, from a training step each
+        step(b, x.requires_grad_(needs), torch.ones(32, cout, size // 2, size // 2, dtype=torch.bfloat16))
+        b.eval()
+    with torch.inference_mode(), BF16:
+        want, got = eager(x.detach() * 1.5), fused(x.detach() * 1.5)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
+    assert relative(want, got) < 2e-3
+
+
 @pytest.mark.parametrize(("cin", "needs"), [(1, False), (16, True)])  # the stem kernel, the block kernel
 def test_the_kernels_repeat_bit_for_bit_whatever_the_number_of_threads(lanes, cin, needs):
     results = []
@@ -98,7 +117,7 @@ def test_the_kernels_repeat_bit_for_bit_whatever_the_number_of_threads(lanes, ci
         assert [name for name in ours if not torch.equal(results[0][name], got[name])] == []
 
 
-def test_only_the_blocks_the_kernels_compute_take_them_and_evaluation_runs_torchs_ops(tmp_path, lanes):
+def test_only_the_blocks_the_kernels_compute_take_them(tmp_path, lanes):
     assert kernels.why_not(block(1, 16)) is None
     after_block = ConvBlock(1, 16, 3, nn.ReLU, batch_norm=True)
     assert "a block of Conv2d, MaxPool2d, BatchNorm2d and ReLU" in kernels.why_not(after_block)
@@ -124,7 +143,9 @@ def test_only_the_blocks_the_kernels_compute_take_them_and_evaluation_runs_torch
         assert kernels.takes(fused, x)
         assert not kernels.takes(fused, x[:, :, :11, :11])  # an odd size: torch's pooling drops the edge
         fused.eval()
-        assert not kernels.takes(fused, x)  # batch norm's running statistics: torch's ops
+        assert not kernels.takes(fused, x)  # evaluation with gradients: torch's ops
+        with torch.no_grad():
+            assert kernels.takes(fused, x)
         fused.train()
         handle = fused[3].register_forward_hook(lambda *_: None)  # the diagnostics' dead units
         assert not kernels.takes(fused, x)
