@@ -50,23 +50,26 @@ static inline vf loadf(const float *p) {
   return f;
 }
 static inline void storef(float *p, vf f) { memcpy(p, &f, sizeof f); }
-// to bf16, rounding to nearest even as torch does; a NaN stays a NaN
-static inline vh bf16(vf f) {
+// rounded to bf16 (its top 16 bits, the rest zero), to nearest even as torch rounds; a NaN stays a NaN
+static inline vf rounded(vf f) {
   vu u;
   memcpy(&u, &f, sizeof u);
-  vu r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  r = (f != f) ? ((u >> 16) | 0x40u) : r;
-  return __builtin_convertvector(r, vh);
-}
-static inline void store(uint16_t *p, vf f) {
-  vh h = bf16(f);
-  memcpy(p, &h, sizeof h);
-}
-static inline vf rounded(vf f) {
-  vu w = __builtin_convertvector(bf16(f), vu) << 16;
-  memcpy(&f, &w, sizeof f);
+  vu r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+  r = (f != f) ? (u | 0x400000u) & 0xffff0000u : r;
+  memcpy(&f, &r, sizeof f);
   return f;
 }
+// the top 16 bits of each value: the bf16 of a value rounded already
+static inline vh top(vf f) {
+  vu u;
+  memcpy(&u, &f, sizeof u);
+  return __builtin_convertvector(u >> 16, vh);
+}
+static inline void store_exact(uint16_t *p, vf f) {  // f holds bf16 values
+  vh h = top(f);
+  memcpy(p, &h, sizeof h);
+}
+static inline void store(uint16_t *p, vf f) { store_exact(p, rounded(f)); }
 static inline float round_bf16(float f) {
   vf v = ZERO + f;
   return rounded(v)[0];
@@ -167,7 +170,7 @@ static void block_pool(const Shape &s, const uint16_t *x, uint16_t *pooled, uint
           pick(load(a + s.W * s.C), 2, m, k);
           pick(load(a + s.W * s.C + s.C), 3, m, k);
           const long o = s.out(n, i, j) + c;
-          store(pooled + o, m);
+          store_exact(pooled + o, m);
           vb kb = __builtin_convertvector(k, vb);
           memcpy(arg + o, &kb, sizeof kb);
           acc += m;
@@ -263,11 +266,14 @@ void block_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t 
           vb kb;
           memcpy(&kb, arg + q, sizeof kb);
           vi k = __builtin_convertvector(kb, vi);
+          const vh dh = top(d), none = {};  // d is rounded: its bf16, and zeros
+          const vh kh = __builtin_convertvector(k, vh);
           uint16_t *a = gin + s.in(n, 2 * i, 2 * j) + c;
-          store(a, k == 0 ? d : ZERO);
-          store(a + s.C, k == 1 ? d : ZERO);
-          store(a + s.W * s.C, k == 2 ? d : ZERO);
-          store(a + s.W * s.C + s.C, k == 3 ? d : ZERO);
+          const vh w0 = kh == 0 ? dh : none, w1 = kh == 1 ? dh : none, w2 = kh == 2 ? dh : none, w3 = kh == 3 ? dh : none;
+          memcpy(a, &w0, sizeof w0);
+          memcpy(a + s.C, &w1, sizeof w1);
+          memcpy(a + s.W * s.C, &w2, sizeof w2);
+          memcpy(a + s.W * s.C + s.C, &w3, sizeof w3);
         }
   }
 }
@@ -327,7 +333,7 @@ static void stem_pool(const uint16_t *x, const float *wt, const Shape &s, uint16
                 pick(v, at, m, k);
             }
             const long o = s.out(n, i, j) + c;
-            store(pooled + o, m);
+            store_exact(pooled + o, m);
             vb kb = __builtin_convertvector(k, vb);
             memcpy(arg + o, &kb, sizeof kb);
             acc += m;
