@@ -10,9 +10,11 @@ Under torchrun (`torchrun --nproc_per_node=N -m runner ...`) every rank runs thi
 `started` and `new_dir` resolvers give every rank rank 0's values, so all name one run directory,
 and only rank 0 writes Hydra's .hydra/ files (runner.engine.distributed)."""
 
+import atexit
 import itertools
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 from typing import NoReturn
@@ -294,6 +296,28 @@ def rank_argv(argv: list[str]) -> list[str]:
 OmegaConf.register_new_resolver("new_dir", new_dir, use_cache=True, replace=True)
 OmegaConf.register_new_resolver("started", distributed.started, use_cache=True, replace=True)
 facts.register()  # ${data:num_classes} and the data's other facts, in a part's YAML (runner.data.facts)
+
+
+def command() -> NoReturn:
+    """The `run` command (and `python -m runner`): main(), then the process ends as soon as what it
+    wrote is flushed, without tearing down its modules one by one (about 0.6 s for torch's on 2
+    cores, a twentieth of a short run). Threads are joined and exit handlers run as at a normal exit
+    (logging's closes run.log); an exception that escapes main() ends the process the usual way."""
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    if code is not None and not isinstance(code, int):  # sys.exit("message"), as Python prints it
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code or 0)
 
 
 def main() -> None:
