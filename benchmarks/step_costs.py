@@ -5,7 +5,7 @@ config the overrides compose), profiled op by op, beside what this machine's mat
 
 The model and optimizer are built from the composed config and compute as a run on this machine
 does (`trainer.precision`, `trainer.layout` and `trainer.threads` auto, the run's allocator
-settings); `--steps` steps on batches of the data's shape run under torch's profiler. Printed, per
+settings, ablate's fused kernels where `trainer.fused` takes them); `--steps` steps on batches of the data's shape run under torch's profiler. Printed, per
 kind of work: milliseconds per step (the ops' own time), share of the step, and for convolutions
 and matrix products their floating-point operations (torch.utils.flop_counter) and the rate they
 ran at. Then what the step would take if its convolutions and matrix products ran at the rate of a
@@ -24,6 +24,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from models import kernels
+from runner.data import cache
 from runner.engine import allocator, builders, device, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # Hydra composition of configs/
@@ -46,6 +48,7 @@ KINDS = {  # kind of work: the profiler's op names, by how they start
     ),
     "optimizer": ("Optimizer.", "aten::_fused_", "aten::_foreach_"),
     "casts and copies": ("aten::copy_", "aten::_to_copy", "aten::to"),
+    "fused kernels": ("Stem", "Block"),  # models.kernels (trainer.fused): a block's pooling, batch norm and ReLU
 }
 CONVOLUTION = {"aten::mkldnn_convolution": 1, "aten::convolution_backward": 2}  # the weight's place among the inputs
 
@@ -91,6 +94,9 @@ def main() -> None:
     shape, batch, dtype = SHAPES[args.shape], cfg.data.batch_size, compute.autocast_dtype
     model = builders.build_model(cfg.model, cfg.activation, shape, 10).to(memory_format=compute.memory_format)
     optimizer = builders.build_optimizer(cfg.optimizer, model.parameters())
+    fused = kernels.switch_on(
+        model, cfg.trainer.fused, compute.device, dtype, cfg.trainer.compile, cache.cache_dir() / "kernels"
+    )
     batches = [
         (torch.randn(batch, *shape).contiguous(memory_format=compute.memory_format), torch.randint(0, 10, (batch,)))
         for _ in range(20)
@@ -120,7 +126,8 @@ def main() -> None:
     total = sum(ms.values())
     print(
         f"{' '.join(args.overrides)}: {compute.precision}, {compute.layout}, {compute.threads} threads; batches of "
-        f"{batch} images of {'x'.join(map(str, shape))}; {args.steps} steps under torch's profiler"
+        f"{batch} images of {'x'.join(map(str, shape))}; fused kernels in {len(fused)} blocks; "
+        f"{args.steps} steps under torch's profiler"
     )
     print(f"{'work':18s} {'ms/step':>8s} {'share':>6s} {'GFLOP/step':>11s} {'GFLOP/s':>8s}")
     for kind in sorted(ms, key=lambda k: (k == "the rest", -ms[k])):
