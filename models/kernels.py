@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.modules import module as module_hooks
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
+FLAGS = ["-O2", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c++17"]
 CL = torch.channels_last
 
 _library: list = []  # the loaded library, once per process

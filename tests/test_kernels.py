@@ -20,7 +20,8 @@ BF16 = torch.autocast("cpu", dtype=torch.bfloat16)
 
 @pytest.fixture(scope="module")
 def lanes(tmp_path_factory) -> int:
-    return kernels.library(tmp_path_factory.mktemp("kernels")).lanes()
+    """The kernels, built once for all of pytest-xdist's workers (in the folder their temporary ones share)."""
+    return kernels.library(tmp_path_factory.getbasetemp().parent / "kernels").lanes()
 
 
 def block(cin: int, cout: int, k: int = 3, seed: int = 0) -> ConvBlock:
@@ -154,7 +155,7 @@ def test_only_the_blocks_the_kernels_compute_take_them(tmp_path, lanes):
 
 
 def test_a_run_records_its_fused_blocks_and_trains_as_closely_as_torchs_ops_do(tmp_path, quick):
-    small = [*quick, "model=bn", "model.pool_position=after_conv", "model.channels=[16,32]", "trainer.max_epochs=2"]
+    small = [*quick, "model=bn", "model.pool_position=after_conv", "model.channels=[16,32]"]
     outcomes = {}
     for fused in ("auto", "false"):  # auto in a fresh process: it builds the kernels in its cache
         result = run_cli(*small, f"trainer.fused={fused}", f"hydra.run.dir={tmp_path / fused}", process=fused == "auto")
@@ -162,7 +163,7 @@ def test_a_run_records_its_fused_blocks_and_trains_as_closely_as_torchs_ops_do(t
         outcomes[fused] = json.loads((tmp_path / fused / "metrics.json").read_text())
     assert outcomes["auto"]["fused"] == ["features.0", "features.1"] and outcomes["false"]["fused"] == []
     assert outcomes["auto"]["precision"] == "bf16" or pytest.skip("fp32 here: the kernels are bf16 only")
-    assert outcomes["auto"]["test_acc"] > 0.85
+    assert outcomes["auto"]["test_acc"] > 0.8
     assert outcomes["auto"]["test_acc"] == pytest.approx(outcomes["false"]["test_acc"], abs=0.03)
     assert list((cache.cache_dir() / "kernels").glob("kernels-*.so"))  # built in the run's cache, once
 
