@@ -30,6 +30,8 @@ ratios, each with its 95% interval, `level` where the interval holds 1.0. Last l
 Other questions, same method:
   --compute   ablate's runner in fp32 and bf16 autocast, contiguous and channels_last (ratios to fp32)
   --compile   ablate's runner with and without trainer.compile=true
+  --fused     ablate's runner with trainer.fused=auto (its fused CPU kernels) against false, on
+              experiment=fmnist_speed's net, batches and trainer settings
 """
 
 import argparse
@@ -50,8 +52,9 @@ import torchvision
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+from models import kernels
 from runner.cli.console import TrainingProgress
-from runner.data import batches, splits
+from runner.data import batches, cache, splits
 from runner.data.augment import crop_flip
 from runner.engine import builders, device, graphs
 from runner.engine.diagnostics import Diagnostics
@@ -154,6 +157,8 @@ def runner_loop(
     if cfg.trainer.compile:
         model.compile()
     dev = compute.device
+    folder = cache.cache_dir() / "kernels"  # the blocks that take the fused kernels, as a run decides (trainer.fused)
+    kernels.switch_on(model, cfg.trainer.fused, dev, compute.autocast_dtype, cfg.trainer.compile, folder)
     split = splits.Split(images.to(dev), labels.to(dev))
     mean, std = torch.full((images.shape[1],), 0.5, device=dev), torch.full((images.shape[1],), 0.25, device=dev)
     train = batches.Batches(
@@ -403,6 +408,27 @@ def compare_compile(args, compute: device.Compute, tmp: Path) -> None:
             )
 
 
+PRESET = "experiment=fmnist_speed"  # --fused: the net the kernels were written for
+
+
+def compare_fused(args, compute: device.Compute, tmp: Path) -> None:
+    """ablate's runner with its fused CPU kernels (trainer.fused=auto) against torch's ops (false)."""
+    for shape in args.shapes:
+        images, labels = random_images(shape, args.images)
+        cfgs = {setting: compose_cfg(PRESET, f"trainer.fused={setting}") for setting in ("auto", "false")}
+        loops = {
+            setting: runner_loop(cfg, images, labels, compute, tmp / f"{shape}-{setting}", args.augment)
+            for setting, cfg in cfgs.items()
+        }
+        times = epoch_seconds(loops, args.rounds, args.pairs)
+        speed = images_per_second(times, args.images)
+        print(
+            f"{shape:8s} {PRESET} (batches of {cfgs['auto'].data.batch_size}): torch's ops {speed['false']:7.0f}  fused {speed['auto']:7.0f} images/s  "
+            f"fused/torch={paired_ratio(times['auto'], times['false'])}",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -429,6 +455,7 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--compute", action="store_true", help="fp32/bf16 x contiguous/channels_last")
     mode.add_argument("--compile", action="store_true", help="trainer.compile=true against eager")
+    mode.add_argument("--fused", action="store_true", help="trainer.fused=auto against false (fmnist_speed)")
     args = parser.parse_args()
     torch.manual_seed(0)
     np.random.seed(0)
@@ -438,6 +465,8 @@ def main() -> None:
             compare_compute(args, Path(tmp))
         elif args.compile:
             compare_compile(args, compute, Path(tmp))
+        elif args.fused:
+            compare_fused(args, compute, Path(tmp))
         else:
             compare_paths(args, compute, Path(tmp))
 

@@ -1,14 +1,15 @@
-// ablate's fused CPU kernels for the conv block `conv -> 2x2 max pooling -> batch norm -> ReLU`
-// in training (batch statistics), on bf16 tensors in channels_last (NHWC) order, forward and
-// backward; models/kernels.py compiles this file and calls it (its docstring says when).
+// ablate's fused CPU kernels for the conv block `conv -> 2x2 max pooling -> batch norm -> ReLU`,
+// on bf16 tensors in channels_last (NHWC) order: in training (batch statistics) forward and
+// backward, in evaluation (running statistics) forward; models/kernels.py compiles this file and
+// calls it (its docstring says when).
 //
 // - block: the conv's output in, the block's output out. Forward: pooled values, the position of
 //   each maximum (0-3, one byte) and per-image channel sums in one pass, the variance in a second,
 //   the normalized and rectified output in a third. Backward: the sums of batch norm's gradient in
 //   one pass, then each 2x2 window of the input's gradient written whole (the maximum's entry and
 //   three zeros), so that no zero fill comes first.
-// - stem: the same with the convolution itself (K x K, stride 1, zero padding K/2, no bias) of a
-//   few input channels computed inside: its full-size output is never written, and the weight's
+// - stem: the same with the convolution itself (K x K, stride 1, zero padding K/2, no bias) of
+//   one input channel computed inside: its full-size output is never written, and the weight's
 //   gradient is summed from each window's maximum alone.
 //
 // Every sum is taken per image in a fixed order, then over the images in order in double, so that
@@ -381,13 +382,12 @@ static void stem_weight_grad(const uint16_t *gout, const uint16_t *pooled, const
   }
 }
 
-// The stem's sizes: input channels 1 to 4, kernel 3 or 5 (stem_takes says which).
-#define STEM_SIZES(F, ...)                                                                                 \
-  switch (CI * 10 + K) {                                                                                   \
-    case 13: F<1, 3>(__VA_ARGS__); break; case 23: F<2, 3>(__VA_ARGS__); break;                            \
-    case 33: F<3, 3>(__VA_ARGS__); break; case 43: F<4, 3>(__VA_ARGS__); break;                            \
-    case 15: F<1, 5>(__VA_ARGS__); break; case 25: F<2, 5>(__VA_ARGS__); break;                            \
-    case 35: F<3, 5>(__VA_ARGS__); break; case 45: F<4, 5>(__VA_ARGS__); break;                            \
+// The stem's sizes (stem_takes): one input channel, kernel 3 or 5. With 3 input channels (RGB) the
+// convolution here is slower than torch's followed by the block kernel.
+#define STEM_SIZES(F, ...)                       \
+  switch (CI * 10 + K) {                         \
+    case 13: F<1, 3>(__VA_ARGS__); break;        \
+    case 15: F<1, 5>(__VA_ARGS__); break;        \
   }
 
 // The weight [C][CI][K][K] rounded to bf16 as autocast rounds it, as [CI][K][K][C], after the
@@ -404,7 +404,7 @@ extern "C" {
 
 int lanes(void) { return LANES; }
 
-int stem_takes(int CI, int K) { return CI >= 1 && CI <= 4 && (K == 3 || K == 5); }
+int stem_takes(int CI, int K) { return CI == 1 && (K == 3 || K == 5); }
 
 // x: the block's input [N][H][W][CI] bf16; weight: the conv's [C][CI][K][K] floats, rounded to
 // bf16 as autocast rounds it. Writes what block_forward writes. partial: scratch of

@@ -4,16 +4,16 @@ batch norm -> ReLU` (`model.pool_position: after_conv`, batch norm before the ac
 On a 2-core CPU the memory-bound ops of such a block, max pooling, the zero fill of its gradient,
 batch norm and ReLU, forward and backward, take as long as its convolution. models/kernels.cpp does
 them in one pass or three instead of a dozen, on bf16 channels_last tensors: the block's pooling,
-batch norm and ReLU after torch's convolution, and for a block whose input has 1 to 4 channels,
-a 3x3 or 5x5 kernel and needs no gradient (the first block, on the images) the convolution too, so that its full-size
-output is never written. The results are those of the eager ops up to the order of sums (the
-kernels sum in a fixed order: a run repeats bit for bit, whatever the threads).
+batch norm and ReLU after torch's convolution, and for a block on one-channel images (a 3x3 or
+5x5 kernel, an input that needs no gradient: the first block) the convolution too, so that its
+full-size output is never written. The results are those of the eager ops up to the order of sums
+(the kernels sum in a fixed order: a run repeats bit for bit, whatever the threads).
 
-A block takes the kernels in training, under bf16 autocast on the CPU, with an even height and
-width and no hooks on its modules (the diagnostics' logging steps run it eagerly); anywhere else,
-and in evaluation (batch norm's running statistics), it runs torch's ops. The kernels are compiled
-with the machine's C++ compiler (`$CXX`, else c++) on first use, once per machine, source and
-compiler, into `<cache>/kernels/` (the cache of runner.data.cache).
+A block takes the kernels in training, and in evaluation without gradients (batch norm with its
+running statistics), under bf16 autocast on the CPU, with an even height and width and no hooks on
+its modules (the diagnostics' logging steps run it with torch's ops); anywhere else it runs torch's
+ops. The kernels are compiled with the machine's C++ compiler (`$CXX`, else c++ or g++) on first
+use, once per machine, source and compiler, into `<cache>/kernels/` (the cache of runner.data.cache).
 """
 
 import ctypes

@@ -3,10 +3,11 @@ with this machine's compiler) compute what torch's ops compute for a conv -> max
 block, forward and backward, repeat bit for bit whatever the threads, and train a real run."""
 
 import json
+import signal
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from torch import nn
 
 from models import kernels
@@ -191,3 +192,20 @@ def test_without_a_compiler_auto_runs_torchs_ops_and_says_so(tmp_path, quick, mo
     assert (
         refused.returncode == 2 and "trainer.fused=true needs its kernels built here (no C++ compiler" in refused.stderr
     )
+
+
+@pytest.mark.slow
+def test_a_run_with_the_kernels_stopped_mid_epoch_resumes_bitwise_equal(tmp_path, quick):
+    resumable = [*quick, "model=bn", "model.pool_position=after_conv", "model.channels=[16,32]",
+                 "trainer.max_epochs=2", "trainer.checkpoint_every_minutes=0.0001"]  # fmt: skip
+    whole = run_cli(*resumable, f"hydra.run.dir={tmp_path / 'whole'}")
+    assert whole.returncode == 0, whole.stderr
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["fused"] == ["features.0", "features.1"]
+    process = start_cli(*resumable, f"hydra.run.dir={tmp_path / 'stopped'}")
+    wait_for_checkpoint_at_step(tmp_path / "stopped", 20)  # an epoch has 78 steps
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 143, output
+    again = run_cli(*resumable, f"hydra.run.dir={tmp_path / 'stopped'}")
+    assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stderr
+    assert_bitwise_equal(outcome(tmp_path / "stopped"), outcome(tmp_path / "whole"))
