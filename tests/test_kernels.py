@@ -161,6 +161,8 @@ def test_a_run_records_its_fused_blocks_and_trains_as_closely_as_torchs_ops_do(t
     for fused in ("auto", "false"):  # auto in a fresh process: it builds the kernels in its cache
         result = run_cli(*small, f"trainer.fused={fused}", f"hydra.run.dir={tmp_path / fused}", process=fused == "auto")
         assert result.returncode == 0, result.stderr
+        said = "threads, fused kernels in 2 blocks)" in result.stdout + result.stderr  # the run's first line
+        assert said == (fused == "auto"), result.stdout + result.stderr
         outcomes[fused] = json.loads((tmp_path / fused / "metrics.json").read_text())
     assert outcomes["auto"]["fused"] == ["features.0", "features.1"] and outcomes["false"]["fused"] == []
     assert outcomes["auto"]["precision"] == "bf16" or pytest.skip("fp32 here: the kernels are bf16 only")
