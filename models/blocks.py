@@ -42,7 +42,7 @@ class ConvBlock(nn.Sequential):
         else:
             layers += [activation()]
         super().__init__(*layers)
-        self.fused = False  # models.kernels in training where they apply (trainer.fused turns it on)
+        self.fused = False  # models.kernels where they apply (trainer.fused turns it on)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused and kernels.takes(self, x):
