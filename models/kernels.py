@@ -219,7 +219,7 @@ def infer(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, stem: bool) -> t
     lib = _library[0]
     if stem:
         x, c = x.to(torch.bfloat16).contiguous(memory_format=CL), conv.out_channels
-        weight = conv.weight.detach().contiguous()
+        weight = conv.weight.detach()  # one input channel: [C][1][K][K] in either layout
         leading, call = [_p(x), conv.in_channels, conv.kernel_size[0], _p(weight)], lib.stem_infer
         scratch = conv.weight.numel()
     else:
@@ -294,17 +294,17 @@ class Block(torch.autograd.Function):
 
 
 class Stem(torch.autograd.Function):
-    """K x K convolution (no bias) of a bf16 channels_last input of a few channels -> 2x2 max pooling
-    -> batch norm (batch statistics) -> ReLU; the input gets no gradient."""
+    """K x K convolution (no bias) of a bf16 one-channel input -> 2x2 max pooling -> batch norm (batch
+    statistics) -> ReLU; the input gets no gradient. With one input channel, the weight's values lie in
+    the order [C][1][K][K] in either layout."""
 
     @staticmethod
     def forward(ctx, x, weight, gamma, beta, norm):
         c, ci, k, _ = weight.shape
-        weight = weight.detach().contiguous()  # [C][CI][K][K]: a channels_last weight of several channels is not
         shape, leading = (x.shape[0], c, x.shape[2], x.shape[3]), [_p(x), ci, k, _p(weight)]
         out, saved = _normalized(_library[0].stem_forward, shape, gamma, beta, norm, leading, ci * k * k * c)
         ctx.save_for_backward(x, *saved)
-        ctx.shape, ctx.kernel = shape, (ci, k)
+        ctx.shape, ctx.kernel, ctx.weight_strides = shape, (ci, k), weight.stride()
         return out
 
     @staticmethod
@@ -314,7 +314,8 @@ class Stem(torch.autograd.Function):
         gout = gout.contiguous(memory_format=CL)
         taps = ci * k * k
         partial = torch.empty(n * max(2, taps) * c + 3 * c)
-        dgamma, dbeta, dweight = torch.empty(c), torch.empty(c), torch.empty(c, ci, k, k)
+        dweight = torch.empty_strided((c, ci, k, k), ctx.weight_strides)  # the weight's strides, as DDP expects
+        dgamma, dbeta = torch.empty(c), torch.empty(c)
         _library[0].stem_backward(
             _p(gout), _p(pooled), _p(arg), _p(x), ci, k, n, h, w, c, _p(gamma), _p(beta), _p(mean), _p(invstd),
             _p(partial), _p(dgamma), _p(dbeta), _p(dweight), torch.get_num_threads(),

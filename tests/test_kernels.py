@@ -211,3 +211,14 @@ def test_a_run_with_the_kernels_stopped_mid_epoch_resumes_bitwise_equal(tmp_path
     again = run_cli(*resumable, f"hydra.run.dir={tmp_path / 'stopped'}")
     assert again.returncode == 0 and "resuming from" in again.stdout + again.stderr, again.stderr
     assert_bitwise_equal(outcome(tmp_path / "stopped"), outcome(tmp_path / "whole"))
+
+
+@pytest.mark.slow
+def test_under_torchrun_each_process_takes_the_kernels_and_ddp_gets_gradients_in_its_layout(tmp_path, quick):
+    small = [*quick, "model=bn", "model.pool_position=after_conv", "model.channels=[16,32]"]
+    result = run_cli(*small, f"hydra.run.dir={tmp_path}", nproc=2)
+    assert result.returncode == 0, result.stderr
+    assert "Grad strides do not match" not in result.stdout + result.stderr  # the stem's weight gradient
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["fused"] == ["features.0", "features.1"]
+    assert metrics["test_acc"] > 0.8
