@@ -136,7 +136,7 @@ static void normalize(const Shape &s, const float *gamma, const float *beta, flo
     running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c];  // as nn.BatchNorm2d in training
     running_var[c] = (1 - momentum) * running_var[c] + momentum * (float)(t / (M > 1 ? M - 1 : 1));
   }
-std::vector<float> scale(s.C), shift(s.C);
+  std::vector<float> scale(s.C), shift(s.C);
   for (long c = 0; c < s.C; c++) {
     scale[c] = invstd[c] * gamma[c];
     shift[c] = beta[c] - mean[c] * scale[c];
