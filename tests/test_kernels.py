@@ -49,8 +49,8 @@ def relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / a.float().norm()).item()
 
 
-# (input channels, output channels, kernel, size, input needs a gradient): the stem kernel (the
-# convolution inside) for the first block on images, the block kernel after torch's convolution
+# (input channels, output channels, kernel, size, input needs a gradient): one channel and no
+# gradient take the stem kernel (the convolution inside), the others the block kernel after torch's conv
 CASES = [
     (1, 16, 3, 28, False),
     (3, 16, 3, 32, False),
@@ -69,6 +69,8 @@ def test_the_kernels_compute_what_torchs_ops_compute_forward_and_backward(lanes,
     torch.manual_seed(1)
     x = torch.randn(32, cin, size, size).contiguous(memory_format=CL).requires_grad_(needs)
     grad = torch.randn(32, cout, size // 2, size // 2).to(torch.bfloat16).contiguous(memory_format=CL)
+    with BF16:
+        assert kernels.takes(fused, x)  # not torch's ops on both sides
     want, got = step(eager, x, grad), step(fused, x, grad)
     assert got["out"].dtype == torch.float32 and got.keys() == want.keys()
     # bf16 values: the output and the input's gradient to bf16's rounding; the sums far closer
@@ -95,6 +97,7 @@ def test_in_evaluation_the_kernels_normalize_with_the_running_statistics_as_torc
         step(b, x.requires_grad_(needs), torch.ones(32, cout, size // 2, size // 2, dtype=torch.bfloat16))
         b.eval()
     with torch.inference_mode(), BF16:
+        assert kernels.takes(fused, x.detach())
         want, got = eager(x.detach() * 1.5), fused(x.detach() * 1.5)
     assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=CL)
     assert relative(want, got) < 2e-3
