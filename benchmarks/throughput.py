@@ -423,8 +423,8 @@ def compare_fused(args, compute: device.Compute, tmp: Path) -> None:
         times = epoch_seconds(loops, args.rounds, args.pairs)
         speed = images_per_second(times, args.images)
         print(
-            f"{shape:8s} {PRESET} (batches of {cfgs['auto'].data.batch_size}): torch's ops {speed['false']:7.0f}  fused {speed['auto']:7.0f} images/s  "
-            f"fused/torch={paired_ratio(times['auto'], times['false'])}",
+            f"{shape:8s} {PRESET} (batches of {cfgs['auto'].data.batch_size}): torch's ops {speed['false']:7.0f}  "
+            f"fused {speed['auto']:7.0f} images/s  fused/torch={paired_ratio(times['auto'], times['false'])}",
             flush=True,
         )
 
