@@ -8,9 +8,10 @@ does (`trainer.precision`, `trainer.layout` and `trainer.threads` auto, the run'
 settings, ablate's fused kernels where `trainer.fused` takes them); `--steps` steps on batches of
 the data's shape run under torch's profiler. Printed, per kind of work: milliseconds per step (the
 ops' own time), share of the step, and for convolutions and matrix products their floating-point
-operations (torch.utils.flop_counter) and the rate they ran at. Then what the step would take if its convolutions and matrix products ran at the rate of a
-large matrix product in the same precision, measured here, and the other ops (pooling, batch norm,
-activations, the optimizer: memory-bound work) took what they take now.
+operations (torch.utils.flop_counter) and the rate they ran at. Then what the step would take if
+its convolutions and matrix products ran at the rate of a large matrix product in the same
+precision, measured here, and the other ops (pooling, batch norm, activations, the optimizer:
+memory-bound work) took what they take now.
 """
 
 import argparse
