@@ -81,6 +81,18 @@ static inline void pick(vf v, int at, vf &m, vi &k) {  // the first maximum; a N
   k = take ? at : k;
 }
 
+// The pooled maximum m of LANES channels and the place of each (0-3) at offset o.
+static inline void put_max(uint16_t *pooled, uint8_t *arg, long o, vf m, vi k) {
+  store_exact(pooled + o, m);  // a bf16 value already
+  vb kb = __builtin_convertvector(k, vb);
+  memcpy(arg + o, &kb, sizeof kb);
+}
+static inline vi load_arg(const uint8_t *arg) {
+  vb kb;
+  memcpy(&kb, arg, sizeof kb);
+  return __builtin_convertvector(kb, vi);
+}
+
 struct Shape {
   long N, H, W, C, Ho, Wo, P;
   Shape(int n, int h, int w, int c) : N(n), H(h), W(w), C(c), Ho(h / 2), Wo(w / 2), P((long)(h / 2) * (w / 2)) {}
@@ -170,10 +182,7 @@ static void block_pool(const Shape &s, const uint16_t *x, uint16_t *pooled, uint
           pick(load(a + s.C), 1, m, k);
           pick(load(a + s.W * s.C), 2, m, k);
           pick(load(a + s.W * s.C + s.C), 3, m, k);
-          const long o = s.out(n, i, j) + c;
-          store_exact(pooled + o, m);
-          vb kb = __builtin_convertvector(k, vb);
-          memcpy(arg + o, &kb, sizeof kb);
+          put_max(pooled, arg, s.out(n, i, j) + c, m, k);
           acc += m;
         }
       storef(partial + n * s.C + c, acc);
@@ -264,9 +273,7 @@ void block_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t 
         for (long j = 0; j < s.Wo; j++) {
           const long q = s.out(n, i, j) + c;
           vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
-          vb kb;
-          memcpy(&kb, arg + q, sizeof kb);
-          vi k = __builtin_convertvector(kb, vi);
+          const vi k = load_arg(arg + q);
           const vh dh = top(d), none = {};  // d is rounded: its bf16, and zeros
           const vh kh = __builtin_convertvector(k, vh);
           uint16_t *a = gin + s.in(n, 2 * i, 2 * j) + c;
@@ -281,119 +288,106 @@ void block_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t 
 
 }  // extern "C"
 
-// The stem's input x [N][H][W][CI] bf16 padded with zeros into `image` [(H + K - 1)][(W + K - 1)][CI] floats.
-static void pad(const uint16_t *x, long n, int H, int W, int CI, int K, float *image) {
+// Image n of the stem's one-channel input x [N][H][W] bf16, padded with zeros into `image` [H + K - 1][W + K - 1] floats.
+static void pad(const uint16_t *x, long n, int H, int W, int K, float *image) {
   const long Wp = W + K - 1, r = K / 2;
-  std::fill(image, image + (H + K - 1) * Wp * CI, 0.f);
+  std::fill(image, image + (H + K - 1) * Wp, 0.f);
   for (long y = 0; y < H; y++)
-    for (long xx = 0; xx < W; xx++)
-      for (long ci = 0; ci < CI; ci++) {
-        uint32_t u = (uint32_t)x[((n * H + y) * W + xx) * CI + ci] << 16;
-        memcpy(&image[((y + r) * Wp + xx + r) * CI + ci], &u, 4);
-      }
+    for (long xx = 0; xx < W; xx++) {
+      uint32_t u = (uint32_t)x[(n * H + y) * W + xx] << 16;
+      memcpy(&image[(y + r) * Wp + xx + r], &u, 4);
+    }
+}
+
+// body(n, c, image) for every image n, padded (a buffer per thread), and every LANES channels c, in parallel.
+template <int K, class Body>
+static void over_padded_images(const uint16_t *x, const Shape &s, int threads, Body body) {
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> image((s.H + K - 1) * (s.W + K - 1));
+#pragma omp for schedule(static)
+    for (long n = 0; n < s.N; n++) {
+      pad(x, n, s.H, s.W, K, image.data());
+      for (long c = 0; c < s.C; c += LANES) body(n, c, image.data());
+    }
+  }
 }
 
 // The (K + 1) x (K + 1) inputs of the 2x2 window at pooled (i, j), each broadcast to every lane.
-template <int CI, int K>
-static inline void patch(const float *image, long Wp, long i, long j, vf xs[CI][K + 1][K + 1]) {
-  for (int ci = 0; ci < CI; ci++)
-    for (int y = 0; y < K + 1; y++)
-      for (int x = 0; x < K + 1; x++) xs[ci][y][x] = ZERO + image[((2 * i + y) * Wp + 2 * j + x) * CI + ci];
+template <int K>
+static inline void patch(const float *image, long Wp, long i, long j, vf xs[K + 1][K + 1]) {
+  for (int y = 0; y < K + 1; y++)
+    for (int x = 0; x < K + 1; x++) xs[y][x] = ZERO + image[(2 * i + y) * Wp + 2 * j + x];
 }
 
-template <int CI, int K>
+template <int K>
 static void stem_pool(const uint16_t *x, const float *wt, const Shape &s, uint16_t *pooled, uint8_t *arg,
                       float *partial, int threads) {
-  constexpr int taps = CI * K * K;
   const long Wp = s.W + K - 1;
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> image((s.H + K - 1) * Wp * CI);
-#pragma omp for schedule(static)
-    for (long n = 0; n < s.N; n++) {
-      pad(x, n, s.H, s.W, CI, K, image.data());
-      for (long c = 0; c < s.C; c += LANES) {
-        vf w[taps];
-        for (int t = 0; t < taps; t++) w[t] = loadf(wt + t * s.C + c);
-        vf acc = ZERO;
-        for (long i = 0; i < s.Ho; i++)
-          for (long j = 0; j < s.Wo; j++) {
-            vf xs[CI][K + 1][K + 1];  // the window's inputs, each in every lane
-            patch<CI, K>(image.data(), Wp, i, j, xs);
-            vf m = ZERO;
-            vi k = {};
-            for (int at = 0; at < 4; at++) {
-              vf v = ZERO;
-              for (int ci = 0; ci < CI; ci++)
-                for (int ky = 0; ky < K; ky++)
-                  for (int kx = 0; kx < K; kx++) v += xs[ci][ky + at / 2][kx + at % 2] * w[(ci * K + ky) * K + kx];
-              v = rounded(v);  // the eager conv's bf16 output: its ties are the pooling's
-              if (at == 0)
-                m = v;
-              else
-                pick(v, at, m, k);
-            }
-            const long o = s.out(n, i, j) + c;
-            store_exact(pooled + o, m);
-            vb kb = __builtin_convertvector(k, vb);
-            memcpy(arg + o, &kb, sizeof kb);
-            acc += m;
-          }
-        storef(partial + n * s.C + c, acc);
+  over_padded_images<K>(x, s, threads, [&](long n, long c, const float *image) {
+    vf w[K * K];
+    for (int t = 0; t < K * K; t++) w[t] = loadf(wt + t * s.C + c);
+    vf acc = ZERO;
+    for (long i = 0; i < s.Ho; i++)
+      for (long j = 0; j < s.Wo; j++) {
+        vf xs[K + 1][K + 1];  // the window's inputs, each in every lane
+        patch<K>(image, Wp, i, j, xs);
+        vf m = ZERO;
+        vi k = {};
+        for (int at = 0; at < 4; at++) {
+          vf v = ZERO;
+          for (int ky = 0; ky < K; ky++)
+            for (int kx = 0; kx < K; kx++) v += xs[ky + at / 2][kx + at % 2] * w[ky * K + kx];
+          v = rounded(v);  // the eager conv's bf16 output: its ties are the pooling's
+          if (at == 0)
+            m = v;
+          else
+            pick(v, at, m, k);
+        }
+        put_max(pooled, arg, s.out(n, i, j) + c, m, k);
+        acc += m;
       }
-    }
-  }
+    storef(partial + n * s.C + c, acc);
+  });
 }
 
-template <int CI, int K>
+template <int K>
 static void stem_weight_grad(const uint16_t *gout, const uint16_t *pooled, const uint8_t *arg, const uint16_t *x,
                              const Shape &s, const float *gamma, const float *beta, const float *mean,
                              const float *invstd, const float *coef, float *partial, long per, int threads) {
-  constexpr int taps = CI * K * K;
   const long Wp = s.W + K - 1;
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> image((s.H + K - 1) * Wp * CI);
-#pragma omp for schedule(static)
-    for (long n = 0; n < s.N; n++) {
-      pad(x, n, s.H, s.W, CI, K, image.data());
-      for (long c = 0; c < s.C; c += LANES) {
-        vf acc[taps];
-        for (int t = 0; t < taps; t++) acc[t] = ZERO;
-        for (long i = 0; i < s.Ho; i++)
-          for (long j = 0; j < s.Wo; j++) {
-            const long q = s.out(n, i, j) + c;
-            vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
-            vb kb;
-            memcpy(&kb, arg + q, sizeof kb);
-            vi k = __builtin_convertvector(kb, vi);
-            vf xs[CI][K + 1][K + 1];
-            patch<CI, K>(image.data(), Wp, i, j, xs);
-            for (int at = 0; at < 4; at++) {
-              vf g = k == at ? d : ZERO;
-              for (int ci = 0; ci < CI; ci++)
-                for (int ky = 0; ky < K; ky++)
-                  for (int kx = 0; kx < K; kx++) acc[(ci * K + ky) * K + kx] += g * xs[ci][ky + at / 2][kx + at % 2];
-            }
-          }
-        for (int t = 0; t < taps; t++) storef(partial + n * per + t * s.C + c, acc[t]);
+  over_padded_images<K>(x, s, threads, [&](long n, long c, const float *image) {
+    vf acc[K * K];
+    for (int t = 0; t < K * K; t++) acc[t] = ZERO;
+    for (long i = 0; i < s.Ho; i++)
+      for (long j = 0; j < s.Wo; j++) {
+        const long q = s.out(n, i, j) + c;
+        vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
+        vi k = load_arg(arg + q);
+        vf xs[K + 1][K + 1];
+        patch<K>(image, Wp, i, j, xs);
+        for (int at = 0; at < 4; at++) {
+          vf g = k == at ? d : ZERO;
+          for (int ky = 0; ky < K; ky++)
+            for (int kx = 0; kx < K; kx++) acc[ky * K + kx] += g * xs[ky + at / 2][kx + at % 2];
+        }
       }
-    }
-  }
+    for (int t = 0; t < K * K; t++) storef(partial + n * per + t * s.C + c, acc[t]);
+  });
 }
 
-// The stem's sizes (stem_takes): one input channel, kernel 3 or 5. With 3 input channels (RGB) the
+// The stem's sizes (stem_takes): one input channel, kernel 3 or 5. With 3 input channels (RGB) a
 // convolution here is slower than torch's followed by the block kernel.
-#define STEM_SIZES(F, ...)                       \
-  switch (CI * 10 + K) {                         \
-    case 13: F<1, 3>(__VA_ARGS__); break;        \
-    case 15: F<1, 5>(__VA_ARGS__); break;        \
-  }
+#define STEM_SIZES(F, ...)   \
+  if (K == 3)                \
+    F<3>(__VA_ARGS__);       \
+  else                       \
+    F<5>(__VA_ARGS__);
 
-// The weight [C][CI][K][K] rounded to bf16 as autocast rounds it, as [CI][K][K][C], after the
-// N * C floats of `partial`.
-static float *stem_weight(const float *weight, int CI, int K, const Shape &s, float *partial) {
-  const long taps = (long)CI * K * K;
+// The weight [C][1][K][K] rounded to bf16 as autocast rounds it, as [K][K][C], after the N * C
+// floats of `partial`.
+static float *stem_weight(const float *weight, int K, const Shape &s, float *partial) {
+  const long taps = (long)K * K;
   float *wt = partial + s.N * s.C;
   for (long c = 0; c < s.C; c++)
     for (long t = 0; t < taps; t++) wt[t * s.C + c] = round_bf16(weight[c * taps + t]);
@@ -406,36 +400,36 @@ int lanes(void) { return LANES; }
 
 int stem_takes(int CI, int K) { return CI == 1 && (K == 3 || K == 5); }
 
-// x: the block's input [N][H][W][CI] bf16; weight: the conv's [C][CI][K][K] floats, rounded to
-// bf16 as autocast rounds it. Writes what block_forward writes. partial: scratch of
-// N * C + CI * K * K * C floats.
-void stem_forward(const uint16_t *x, int CI, int K, const float *weight, int N, int H, int W, int C,
+// x: the block's input [N][H][W] bf16 (one channel, CI = 1: stem_takes); weight: the conv's
+// [C][1][K][K] floats, rounded to bf16 as autocast rounds it. Writes what block_forward writes.
+// partial: scratch of N * C + K * K * C floats.
+void stem_forward(const uint16_t *x, int K, const float *weight, int N, int H, int W, int C,
                   const float *gamma, const float *beta, float eps, float momentum, float *running_mean,
                   float *running_var, uint16_t *pooled, uint8_t *arg, float *partial, float *mean, float *invstd,
                   uint16_t *out, int threads) {
   const Shape s(N, H, W, C);
-  float *wt = stem_weight(weight, CI, K, s, partial);
+  float *wt = stem_weight(weight, K, s, partial);
   STEM_SIZES(stem_pool, x, wt, s, pooled, arg, partial, threads)
   normalize(s, gamma, beta, eps, momentum, running_mean, running_var, pooled, partial, mean, invstd, out, threads);
 }
 
 // Evaluation: stem_forward's output with the running statistics; pooled, arg and partial are scratch.
-void stem_infer(const uint16_t *x, int CI, int K, const float *weight, int N, int H, int W, int C, const float *gamma,
+void stem_infer(const uint16_t *x, int K, const float *weight, int N, int H, int W, int C, const float *gamma,
                 const float *beta, float eps, const float *running_mean, const float *running_var, uint16_t *pooled,
                 uint8_t *arg, float *partial, uint16_t *out, int threads) {
   const Shape s(N, H, W, C);
-  float *wt = stem_weight(weight, CI, K, s, partial);
+  float *wt = stem_weight(weight, K, s, partial);
   STEM_SIZES(stem_pool, x, wt, s, pooled, arg, partial, threads)
   infer(s, gamma, beta, eps, running_mean, running_var, pooled, out, threads);
 }
 
-// Writes dgamma, dbeta [C] and the conv weight's gradient dwt [CI][K][K][C]. partial: scratch of
-// N * max(2, CI * K * K) * C + 3 * C floats.
-void stem_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t *arg, const uint16_t *x, int CI, int K,
+// Writes dgamma, dbeta [C] and the conv weight's gradient dweight [C][1][K][K]. partial: scratch
+// of N * K * K * C + 3 * C floats.
+void stem_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t *arg, const uint16_t *x, int K,
                    int N, int H, int W, int C, const float *gamma, const float *beta, const float *mean,
                    const float *invstd, float *partial, float *dgamma, float *dbeta, float *dweight, int threads) {
   const Shape s(N, H, W, C);
-  const long taps = (long)CI * K * K, per = (taps > 2 ? taps : 2) * s.C;
+  const long taps = (long)K * K, per = taps * s.C;
   float *coef = partial + s.N * per;
   norm_sums(s, gout, pooled, gamma, beta, mean, invstd, partial, dgamma, dbeta, coef, threads);
   STEM_SIZES(stem_weight_grad, gout, pooled, arg, x, s, gamma, beta, mean, invstd, coef, partial, per, threads)

@@ -108,9 +108,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.block_backward.argtypes = [P, P, P, *shape, P, P, P, P, P, P, P, P, I]
     lib.stem_takes.argtypes = [I, I]
     lib.lanes.argtypes = []
-    lib.stem_forward.argtypes = [P, I, I, P, *shape, P, P, F, F, P, P, P, P, P, P, P, P, I]
-    lib.stem_infer.argtypes = [P, I, I, P, *shape, P, P, F, P, P, P, P, P, P, I]
-    lib.stem_backward.argtypes = [P, P, P, P, I, I, *shape, P, P, P, P, P, P, P, P, I]
+    lib.stem_forward.argtypes = [P, I, P, *shape, P, P, F, F, P, P, P, P, P, P, P, P, I]
+    lib.stem_infer.argtypes = [P, I, P, *shape, P, P, F, P, P, P, P, P, P, I]
+    lib.stem_backward.argtypes = [P, P, P, P, I, *shape, P, P, P, P, P, P, P, P, I]
 
 
 def why_not(block: nn.Module, lanes: int = 8) -> str | None:
@@ -220,7 +220,7 @@ def infer(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, stem: bool) -> t
     if stem:
         x, c = x.to(torch.bfloat16).contiguous(memory_format=CL), conv.out_channels
         weight = conv.weight.detach()  # one input channel: [C][1][K][K] in either layout
-        leading, call = [_p(x), conv.in_channels, conv.kernel_size[0], _p(weight)], lib.stem_infer
+        leading, call = [_p(x), conv.kernel_size[0], _p(weight)], lib.stem_infer
         scratch = conv.weight.numel()
     else:
         x = conv(x).contiguous(memory_format=CL)
@@ -300,24 +300,23 @@ class Stem(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, gamma, beta, norm):
-        c, ci, k, _ = weight.shape
-        shape, leading = (x.shape[0], c, x.shape[2], x.shape[3]), [_p(x), ci, k, _p(weight)]
-        out, saved = _normalized(_library[0].stem_forward, shape, gamma, beta, norm, leading, ci * k * k * c)
+        c, _, k, _ = weight.shape
+        shape, leading = (x.shape[0], c, x.shape[2], x.shape[3]), [_p(x), k, _p(weight)]
+        out, saved = _normalized(_library[0].stem_forward, shape, gamma, beta, norm, leading, k * k * c)
         ctx.save_for_backward(x, *saved)
-        ctx.shape, ctx.kernel, ctx.weight_strides = shape, (ci, k), weight.stride()
+        ctx.shape, ctx.kernel, ctx.weight_strides = shape, k, weight.stride()
         return out
 
     @staticmethod
     def backward(ctx, gout):
         x, pooled, arg, gamma, beta, mean, invstd = ctx.saved_tensors
-        (n, c, h, w), (ci, k) = ctx.shape, ctx.kernel
+        (n, c, h, w), k = ctx.shape, ctx.kernel
         gout = gout.contiguous(memory_format=CL)
-        taps = ci * k * k
-        partial = torch.empty(n * max(2, taps) * c + 3 * c)
-        dweight = torch.empty_strided((c, ci, k, k), ctx.weight_strides)  # the weight's strides, as DDP expects
+        partial = torch.empty(n * k * k * c + 3 * c)
+        dweight = torch.empty_strided((c, 1, k, k), ctx.weight_strides)  # the weight's strides, as DDP expects
         dgamma, dbeta = torch.empty(c), torch.empty(c)
         _library[0].stem_backward(
-            _p(gout), _p(pooled), _p(arg), _p(x), ci, k, n, h, w, c, _p(gamma), _p(beta), _p(mean), _p(invstd),
+            _p(gout), _p(pooled), _p(arg), _p(x), k, n, h, w, c, _p(gamma), _p(beta), _p(mean), _p(invstd),
             _p(partial), _p(dgamma), _p(dbeta), _p(dweight), torch.get_num_threads(),
         )  # fmt: skip
         return None, dweight, dgamma, dbeta, None
