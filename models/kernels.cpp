@@ -313,12 +313,8 @@ static void over_padded_images(const uint16_t *x, const Shape &s, int threads, B
   }
 }
 
-// The (K + 1) x (K + 1) inputs of the 2x2 window at pooled (i, j), each broadcast to every lane.
-template <int K>
-static inline void patch(const float *image, long Wp, long i, long j, vf xs[K + 1][K + 1]) {
-  for (int y = 0; y < K + 1; y++)
-    for (int x = 0; x < K + 1; x++) xs[y][x] = ZERO + image[(2 * i + y) * Wp + 2 * j + x];
-}
+// Input (y, x) of the 2x2 window whose top left corner is `at` in the padded image, in every lane.
+static inline vf bcast(const float *at, long Wp, int y, int x) { return ZERO + at[y * Wp + x]; }
 
 template <int K>
 static void stem_pool(const uint16_t *x, const float *wt, const Shape &s, uint16_t *pooled, uint8_t *arg,
@@ -326,24 +322,25 @@ static void stem_pool(const uint16_t *x, const float *wt, const Shape &s, uint16
   const long Wp = s.W + K - 1;
   over_padded_images<K>(x, s, threads, [&](long n, long c, const float *image) {
     vf w[K * K];
+#pragma GCC unroll 32
     for (int t = 0; t < K * K; t++) w[t] = loadf(wt + t * s.C + c);
     vf acc = ZERO;
     for (long i = 0; i < s.Ho; i++)
       for (long j = 0; j < s.Wo; j++) {
-        vf xs[K + 1][K + 1];  // the window's inputs, each in every lane
-        patch<K>(image, Wp, i, j, xs);
-        vf m = ZERO;
+        const float *corner = image + 2 * i * Wp + 2 * j;
+        vf v[4];  // the conv's outputs at the window's 4 places, unrolled so that all stay in registers
+#pragma GCC unroll 4
+        for (int at = 0; at < 4; at++) v[at] = ZERO;
+#pragma GCC unroll 8
+        for (int ky = 0; ky < K; ky++)
+#pragma GCC unroll 8
+          for (int kx = 0; kx < K; kx++)
+#pragma GCC unroll 4
+            for (int at = 0; at < 4; at++) v[at] += bcast(corner, Wp, ky + at / 2, kx + at % 2) * w[ky * K + kx];
+        vf m = rounded(v[0]);  // the eager conv's bf16 outputs: their ties are the pooling's
         vi k = {};
-        for (int at = 0; at < 4; at++) {
-          vf v = ZERO;
-          for (int ky = 0; ky < K; ky++)
-            for (int kx = 0; kx < K; kx++) v += xs[ky + at / 2][kx + at % 2] * w[ky * K + kx];
-          v = rounded(v);  // the eager conv's bf16 output: its ties are the pooling's
-          if (at == 0)
-            m = v;
-          else
-            pick(v, at, m, k);
-        }
+#pragma GCC unroll 4
+        for (int at = 1; at < 4; at++) pick(rounded(v[at]), at, m, k);
         put_max(pooled, arg, s.out(n, i, j) + c, m, k);
         acc += m;
       }
@@ -358,20 +355,24 @@ static void stem_weight_grad(const uint16_t *gout, const uint16_t *pooled, const
   const long Wp = s.W + K - 1;
   over_padded_images<K>(x, s, threads, [&](long n, long c, const float *image) {
     vf acc[K * K];
+#pragma GCC unroll 32
     for (int t = 0; t < K * K; t++) acc[t] = ZERO;
     for (long i = 0; i < s.Ho; i++)
       for (long j = 0; j < s.Wo; j++) {
         const long q = s.out(n, i, j) + c;
         vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
         vi k = load_arg(arg + q);
-        vf xs[K + 1][K + 1];
-        patch<K>(image, Wp, i, j, xs);
+        const float *corner = image + 2 * i * Wp + 2 * j;
+#pragma GCC unroll 4
         for (int at = 0; at < 4; at++) {
           vf g = k == at ? d : ZERO;
+#pragma GCC unroll 8
           for (int ky = 0; ky < K; ky++)
-            for (int kx = 0; kx < K; kx++) acc[ky * K + kx] += g * xs[ky + at / 2][kx + at % 2];
+#pragma GCC unroll 8
+            for (int kx = 0; kx < K; kx++) acc[ky * K + kx] += g * bcast(corner, Wp, ky + at / 2, kx + at % 2);
         }
       }
+#pragma GCC unroll 32
     for (int t = 0; t < K * K; t++) storef(partial + n * per + t * s.C + c, acc[t]);
   });
 }
