@@ -206,6 +206,28 @@ def test_help_and_cfg_job_do_not_import_torch():
     assert {"plain", "bn", "residual", "skip"} <= set(models_line[len("model: ") :].split(", "))
 
 
+def test_the_run_program_trains_with_its_start_up_objects_frozen_and_the_collector_on(tmp_path):
+    """runner.engine.collector: no collection while the process starts; before the first step, what
+    start-up made (torch's, Hydra's objects) is frozen, and the collector collects what comes after."""
+    code = (
+        "import atexit, gc, sys\n"
+        "seen = []\n"
+        "gc.callbacks.append(lambda phase, info: seen.append(info['generation']) if phase == 'start' else None)\n"
+        "atexit.register(lambda: print('collector', gc.isenabled(), gc.get_freeze_count(), len(seen), seen.count(2)))\n"
+        f"sys.argv = ['run', 'data.train_size=64', 'data.batch_size=32', 'trainer.max_epochs=1', 'hydra.run.dir={tmp_path / 'run'}']\n"
+        "from runner.cli.app import command\n"
+        "command()\n"
+    )
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("collector ")]
+    _, enabled, frozen, collections, full = line.split()
+    assert enabled == "True" and int(frozen) > 100_000  # torch's and Hydra's objects
+    assert int(full) == 0 and int(collections) < 250  # without: 4 full collections among more than 500
+
+
 @pytest.mark.skipif(not FASHION_SYSTEM.exists(), reason="apt-get install dataset-fashion-mnist (CI installs it)")
 def test_residual_leaky_relu_example_on_fashion_mnist(tmp_path, quick):
     result = run_cli(

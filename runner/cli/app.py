@@ -32,7 +32,7 @@ from runner import ablation, provenance, tune
 from runner.cli import hydra_shortcuts
 from runner.config import builtin, hydra_errors, schema
 from runner.data import facts
-from runner.engine import distributed, failures, lock, startup
+from runner.engine import collector, distributed, failures, lock, startup
 
 CONFIGS = builtin.configs_dir()  # the checkout's configs/, or a wheel's copy (runner/config/builtin.py)
 EXCLUDE_KEYS = "hydra.job.config.override_dirname.exclude_keys"
@@ -303,6 +303,7 @@ def command() -> NoReturn:
     wrote is flushed, without tearing down its modules one by one (about 0.6 s for torch's on 2
     cores, a twentieth of a short run). Threads are joined and exit handlers run as at a normal exit
     (logging's closes run.log); an exception that escapes main() ends the process the usual way."""
+    collector.off_while_starting()
     try:
         main()
         code = 0

@@ -32,6 +32,7 @@ from runner.engine import (
     allocator,
     builders,
     checkpoint,
+    collector,
     device,
     distributed,
     failures,
@@ -116,6 +117,7 @@ def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Setup:
         if graphs.pick(cfg.trainer.graphs, compute.device, optimizer, cfg.trainer.compile, world.size):
             graphed_step = graphs.GraphedStep(model, optimizer, compute.autocast_dtype, cfg.trainer.grad_clip)
         learner = Learner(model, optimizer, schedule, train_model, compute.autocast_dtype, graphed_step)
+        collector.settle()
         startup.mark("model")
     except (ValueError, DataError) as e:
         raise SetupError(str(e)) from e
