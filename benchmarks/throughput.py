@@ -118,9 +118,17 @@ def model_and_optimizer(cfg, in_shape, compute: device.Compute) -> tuple[torch.n
     return model, builders.build_optimizer(cfg.optimizer, model.parameters())
 
 
+def fused_blocks(model: torch.nn.Module, names: set[str]) -> None:
+    """The blocks named take ablate's fused kernels (trainer.fused), the others torch's ops: the minimal
+    loop, training the runner's model, computes with torch's ops as a hand-written loop would."""
+    for name, module in model.named_modules():
+        if hasattr(module, "fused"):
+            module.fused = name in names
+
+
 def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: device.Compute, augment: bool, shared=None):
-    """A hand-written loop over normalized float tensors; returns a function timing one epoch. `shared`:
-    the (model, optimizer) to train, else its own."""
+    """A hand-written loop over normalized float tensors, with torch's ops; returns a function timing
+    one epoch. `shared`: the (model, optimizer) to train, else its own."""
     model, opt = shared or model_and_optimizer(cfg, images.shape[1:], compute)
     dev, batch = compute.device, cfg.data.batch_size
     x_all = ((images.to(dev).float() / 255 - 0.5) / 0.25).contiguous(memory_format=compute.memory_format)
@@ -128,6 +136,7 @@ def minimal_loop(cfg, images: torch.Tensor, labels: torch.Tensor, compute: devic
 
     def epoch() -> float:
         model.train()
+        fused_blocks(model, set())
         synchronize(dev)
         start = time.perf_counter()
         order = torch.randperm(len(labels), device=dev)
@@ -158,7 +167,7 @@ def runner_loop(
         model.compile()
     dev = compute.device
     folder = cache.cache_dir() / "kernels"  # the blocks that take the fused kernels, as a run decides (trainer.fused)
-    kernels.switch_on(model, cfg.trainer.fused, dev, compute.autocast_dtype, cfg.trainer.compile, folder)
+    fused = set(kernels.switch_on(model, cfg.trainer.fused, dev, compute.autocast_dtype, cfg.trainer.compile, folder))
     split = splits.Split(images.to(dev), labels.to(dev))
     mean, std = torch.full((images.shape[1],), 0.5, device=dev), torch.full((images.shape[1],), 0.25, device=dev)
     train = batches.Batches(
@@ -182,6 +191,7 @@ def runner_loop(
     epochs = iter(range(10**6))
 
     def epoch() -> float:
+        fused_blocks(model, fused)
         synchronize(dev)
         start = time.perf_counter()
         trainer.train_epoch(next(epochs))

@@ -100,6 +100,18 @@ struct Shape {
   long out(long n, long i, long j) const { return ((n * Ho + i) * Wo + j) * C; }   // pooled, (i, j)
 };
 
+// The gradient of a 2x2 window at pooled (i, j), channels c..c+LANES-1, written whole: d (bf16) at
+// each lane's maximum (its place k), zeros at the three others, so that no zero fill comes first.
+static inline void put_window(const Shape &s, uint16_t *gin, long n, long i, long j, long c, vh d, vi k) {
+  const vh kh = __builtin_convertvector(k, vh), none = {};
+  uint16_t *a = gin + s.in(n, 2 * i, 2 * j) + c;
+  const vh w0 = kh == 0 ? d : none, w1 = kh == 1 ? d : none, w2 = kh == 2 ? d : none, w3 = kh == 3 ? d : none;
+  memcpy(a, &w0, sizeof w0);
+  memcpy(a + s.C, &w1, sizeof w1);
+  memcpy(a + s.W * s.C, &w2, sizeof w2);
+  memcpy(a + s.W * s.C + s.C, &w3, sizeof w3);
+}
+
 // out = ReLU(pooled * scale + shift), per channel.
 static void affine_relu(const Shape &s, const float *scale, const float *shift, const uint16_t *pooled, uint16_t *out,
                         int threads) {
@@ -273,17 +285,49 @@ void block_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t 
         for (long j = 0; j < s.Wo; j++) {
           const long q = s.out(n, i, j) + c;
           vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
-          const vi k = load_arg(arg + q);
-          const vh dh = top(d), none = {};  // d is rounded: its bf16, and zeros
-          const vh kh = __builtin_convertvector(k, vh);
-          uint16_t *a = gin + s.in(n, 2 * i, 2 * j) + c;
-          const vh w0 = kh == 0 ? dh : none, w1 = kh == 1 ? dh : none, w2 = kh == 2 ? dh : none, w3 = kh == 3 ? dh : none;
-          memcpy(a, &w0, sizeof w0);
-          memcpy(a + s.C, &w1, sizeof w1);
-          memcpy(a + s.W * s.C, &w2, sizeof w2);
-          memcpy(a + s.W * s.C + s.C, &w3, sizeof w3);
+          put_window(s, gin, n, i, j, c, top(d), load_arg(arg + q));  // d is rounded: its bf16
         }
   }
+}
+
+}  // extern "C"
+
+// relu_pool: ReLU -> 2x2 max pooling of a bf16 channels_last tensor (a conv block ending in ReLU, and
+// the pooling that closes its stage): the window's maximum (the first, as torch's pooling takes it)
+// and its place in one pass, rectified; backward, each window's gradient written whole: the
+// output's gradient at the maximum where the output is positive, zeros elsewhere.
+extern "C" {
+
+// x [N][H][W][C] bf16, H and W even. Writes out and arg [N][H/2][W/2][C].
+void relu_pool_forward(const uint16_t *x, int N, int H, int W, int C, uint16_t *out, uint8_t *arg, int threads) {
+  const Shape s(N, H, W, C);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++)
+    for (long i = 0; i < s.Ho; i++)
+      for (long j = 0; j < s.Wo; j++)
+        for (long c = 0; c < s.C; c += LANES) {
+          const uint16_t *a = x + s.in(n, 2 * i, 2 * j) + c;
+          vf m = load(a);
+          vi k = {};
+          pick(load(a + s.C), 1, m, k);
+          pick(load(a + s.W * s.C), 2, m, k);
+          pick(load(a + s.W * s.C + s.C), 3, m, k);
+          put_max(out, arg, s.out(n, i, j) + c, m > 0 ? m : ZERO, k);
+        }
+}
+
+// gout, out and arg [N][H/2][W/2][C]. Writes gin [N][H][W][C] bf16.
+void relu_pool_backward(const uint16_t *gout, const uint16_t *out, const uint8_t *arg, int N, int H, int W, int C,
+                        uint16_t *gin, int threads) {
+  const Shape s(N, H, W, C);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++)
+    for (long i = 0; i < s.Ho; i++)
+      for (long j = 0; j < s.Wo; j++)
+        for (long c = 0; c < s.C; c += LANES) {
+          const long q = s.out(n, i, j) + c;
+          put_window(s, gin, n, i, j, c, top(load(out + q) > 0 ? load(gout + q) : ZERO), load_arg(arg + q));
+        }
 }
 
 }  // extern "C"
@@ -440,6 +484,182 @@ void stem_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t *
       for (long n = 0; n < s.N; n++) sum += partial[n * per + t * s.C + c];
       dweight[c * taps + t] = (float)sum;
     }
+}
+
+}  // extern "C"
+
+// ---------------------------------------------------------------------------------------------
+// bn_relu: batch norm -> ReLU of a bf16 channels_last tensor of any size, C channels.
+//
+// Each image's values are taken as one flat row of P * C values, LANES at a time. A vector's lanes
+// belong to channels (v * LANES + l) % C, so the per-channel factors repeat every T vectors, T =
+// lcm(C, LANES) / LANES: `tiled` lays them out that way. Every C with T <= MAX_PERIOD works, as long
+// as an image's row holds whole periods (bn_relu_takes).
+
+static const long MAX_PERIOD = 16;
+
+struct Flat {
+  long N, P, C, T, E;  // images, pixels and channels per image, period (vectors), values per image
+  Flat(int n, int p, int c) : N(n), P(p), C(c) {
+    long l = c;
+    while (l % LANES) l += c;  // lcm(C, LANES)
+    T = l / LANES;
+    E = (long)p * c;
+  }
+};
+
+// per[c] laid out as T vectors: lane l of vector t holds per[(t * LANES + l) % C]
+static void tiled(const Flat &f, const float *per, vf *out) {
+  for (long t = 0; t < f.T; t++)
+    for (long l = 0; l < LANES; l++) out[t][l] = per[(t * LANES + l) % f.C];
+}
+
+// partial[n][2][C]: the two sums over image n of what `value(o, t, a, b)` sets for the vector at offset
+// o (of phase t), folded by channel, in a fixed order
+template <class Value>
+static void channel_sums(const Flat &f, float *partial, int threads, Value value) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < f.N; n++) {
+    vf acc[2][MAX_PERIOD];
+    for (long t = 0; t < f.T; t++) acc[0][t] = acc[1][t] = ZERO;
+    for (long v = n * f.E; v < (n + 1) * f.E; v += f.T * LANES)
+      for (long t = 0; t < f.T; t++) {
+        vf a, b;
+        value(v + t * LANES, t, a, b);
+        acc[0][t] += a;
+        acc[1][t] += b;
+      }
+    float *p = partial + n * 2 * f.C;
+    std::fill(p, p + 2 * f.C, 0.f);
+    for (long k = 0; k < 2; k++)
+      for (long t = 0; t < f.T; t++)
+        for (long l = 0; l < LANES; l++) p[k * f.C + (t * LANES + l) % f.C] += acc[k][t][l];
+  }
+}
+
+// over the images in order, in double: sum[k][c] = the sum over n of partial[n][k][c]
+static void over_images(const Flat &f, const float *partial, double *sum) {
+  std::fill(sum, sum + 2 * f.C, 0.0);
+  for (long n = 0; n < f.N; n++)
+    for (long c = 0; c < 2 * f.C; c++) sum[c] += partial[n * 2 * f.C + c];
+}
+
+// out = ReLU(x * scale + shift), rounded to bf16
+static void bn_relu_apply(const Flat &f, const uint16_t *x, const float *scale, const float *shift, uint16_t *out,
+                          int threads) {
+  vf a[MAX_PERIOD], b[MAX_PERIOD];
+  tiled(f, scale, a);
+  tiled(f, shift, b);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < f.N; n++) {
+    const uint16_t *row = x + n * f.E;
+    uint16_t *o = out + n * f.E;
+    for (long v = 0; v < f.E; v += f.T * LANES)
+      for (long t = 0; t < f.T; t++) {
+        vf y = load(row + v + t * LANES) * a[t] + b[t];
+        store(o + v + t * LANES, y > 0 ? y : ZERO);
+      }
+  }
+}
+
+extern "C" {
+
+int bn_relu_takes(int P, int C) {
+  const Flat f(1, P, C);
+  return f.T <= MAX_PERIOD && f.E % (f.T * LANES) == 0;
+}
+
+// x: [N][P][C] bf16 (batch norm's input). Writes mean and invstd [C] (saved for backward) and out
+// [N][P][C], and moves the running statistics as nn.BatchNorm2d does in training. partial: scratch
+// of N * 2 * C floats.
+void bn_relu_forward(const uint16_t *x, int N, int P, int C, const float *gamma, const float *beta, float eps,
+                     float momentum, float *running_mean, float *running_var, float *partial, float *mean,
+                     float *invstd, uint16_t *out, int threads) {
+  const Flat f(N, P, C);
+  const double M = (double)f.N * f.P;
+  std::vector<double> sum(2 * f.C);
+  channel_sums(f, partial, threads, [&](long o, long, vf &a, vf &b) {
+    a = load(x + o);
+    b = ZERO;
+  });
+  over_images(f, partial, sum.data());
+  for (long c = 0; c < f.C; c++) mean[c] = (float)(sum[c] / M);
+  vf mu[MAX_PERIOD];
+  tiled(f, mean, mu);
+  channel_sums(f, partial, threads, [&](long o, long t, vf &a, vf &b) {
+    vf d = load(x + o) - mu[t];
+    a = d * d;
+    b = ZERO;
+  });
+  over_images(f, partial, sum.data());
+  std::vector<float> scale(f.C), shift(f.C);
+  for (long c = 0; c < f.C; c++) {
+    invstd[c] = (float)(1.0 / sqrt(sum[c] / M + eps));
+    running_mean[c] = (1 - momentum) * running_mean[c] + momentum * mean[c];
+    running_var[c] = (1 - momentum) * running_var[c] + momentum * (float)(sum[c] / (M > 1 ? M - 1 : 1));
+    scale[c] = invstd[c] * gamma[c];
+    shift[c] = beta[c] - mean[c] * scale[c];
+  }
+  bn_relu_apply(f, x, scale.data(), shift.data(), out, threads);
+}
+
+// Evaluation: with the running statistics.
+void bn_relu_infer(const uint16_t *x, int N, int P, int C, const float *gamma, const float *beta, float eps,
+                   const float *running_mean, const float *running_var, uint16_t *out, int threads) {
+  const Flat f(N, P, C);
+  std::vector<float> scale(f.C), shift(f.C);
+  for (long c = 0; c < f.C; c++) {
+    scale[c] = (float)(gamma[c] / sqrt((double)running_var[c] + eps));
+    shift[c] = beta[c] - running_mean[c] * scale[c];
+  }
+  bn_relu_apply(f, x, scale.data(), shift.data(), out, threads);
+}
+
+// gout: the output's gradient [N][P][C] bf16. Writes gin [N][P][C] bf16 (x's gradient), dgamma and
+// dbeta [C]. partial: scratch of N * 2 * C floats.
+void bn_relu_backward(const uint16_t *gout, const uint16_t *x, int N, int P, int C, const float *gamma,
+                      const float *beta, const float *mean, const float *invstd, float *partial, float *dgamma,
+                      float *dbeta, uint16_t *gin, int threads) {
+  const Flat f(N, P, C);
+  const double M = (double)f.N * f.P;
+  vf mu[MAX_PERIOD], is[MAX_PERIOD], ga[MAX_PERIOD], be[MAX_PERIOD];
+  tiled(f, mean, mu);
+  tiled(f, invstd, is);
+  tiled(f, gamma, ga);
+  tiled(f, beta, be);
+  auto passed = [&](long o, long t, vf &xh) {  // the output's gradient where ReLU passed it; x normalized
+    xh = (load(x + o) - mu[t]) * is[t];
+    return xh * ga[t] + be[t] > 0 ? load(gout + o) : ZERO;
+  };
+  std::vector<double> sum(2 * f.C);
+  channel_sums(f, partial, threads, [&](long o, long t, vf &a, vf &b) {
+    vf xh;
+    a = passed(o, t, xh);
+    b = a * xh;
+  });
+  over_images(f, partial, sum.data());
+  const double *sb = sum.data(), *sg = sum.data() + f.C;
+  std::vector<float> k0(f.C), k1(f.C), k2(f.C);
+  for (long c = 0; c < f.C; c++) {
+    dbeta[c] = (float)sb[c];
+    dgamma[c] = (float)sg[c];
+    k0[c] = gamma[c] * invstd[c];
+    k1[c] = (float)(sb[c] / M);
+    k2[c] = (float)(sg[c] / M);
+  }
+  vf c0[MAX_PERIOD], c1[MAX_PERIOD], c2[MAX_PERIOD];
+  tiled(f, k0.data(), c0);
+  tiled(f, k1.data(), c1);
+  tiled(f, k2.data(), c2);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < f.N; n++) {
+    for (long v = n * f.E; v < (n + 1) * f.E; v += f.T * LANES)
+      for (long t = 0; t < f.T; t++) {
+        const long o = v + t * LANES;
+        vf xh, gy = passed(o, t, xh);
+        store(gin + o, c0[t] * (gy - c1[t] - xh * c2[t]));
+      }
+  }
 }
 
 }  // extern "C"

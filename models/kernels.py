@@ -111,16 +111,62 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.stem_forward.argtypes = [P, I, P, *shape, P, P, F, F, P, P, P, P, P, P, P, P, I]
     lib.stem_infer.argtypes = [P, I, P, *shape, P, P, F, P, P, P, P, P, P, I]
     lib.stem_backward.argtypes = [P, P, P, P, I, *shape, P, P, P, P, P, P, P, P, I]
+    lib.bn_relu_takes.argtypes = [I, I]
+    lib.relu_pool_forward.argtypes = [P, *shape, P, P, I]
+    lib.relu_pool_backward.argtypes = [P, P, P, *shape, P, I]
+    lib.bn_relu_forward.argtypes = [P, I, I, I, P, P, F, F, P, P, P, P, P, P, I]
+    lib.bn_relu_infer.argtypes = [P, I, I, I, P, P, F, P, P, P, I]
+    lib.bn_relu_backward.argtypes = [P, P, I, I, I, P, P, P, P, P, P, P, P, I]
+
+
+POOLED = "a block of Conv2d, MaxPool2d, BatchNorm2d and ReLU (model.pool_position=after_conv, batch norm before ReLU)"
+BN_RELU = "batch norm followed by ReLU: a block of Conv2d, BatchNorm2d and ReLU, or a residual bottleneck with ReLU"
+RELU_POOL = "a conv block ending in ReLU followed by 2x2 max pooling (model.pool_position=after_block)"
+
+
+def kind(block: nn.Module) -> str | None:
+    """Which kernels a block of ablate's could take, by its modules: `pooled` (conv -> 2x2 max pooling
+    -> batch norm -> ReLU), `bn_relu` (conv -> batch norm -> ReLU), `relu` (conv -> ReLU: only with the
+    pooling after it), `bottleneck` (models.Bottleneck, its batch norms before ReLU), `stages`
+    (models.networks.Stages: its conv blocks and the pooling after them), else None."""
+    if getattr(block, "stages", False):
+        return "stages"
+    kinds = [type(m) for m in block.children()]
+    if kinds == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]:
+        return "pooled"
+    if kinds == [nn.Conv2d, nn.BatchNorm2d, nn.ReLU]:
+        return "bn_relu"
+    if kinds == [nn.Conv2d, nn.ReLU]:
+        return "relu"
+    sub = getattr(block, "subnetwork", None)
+    if isinstance(sub, nn.Sequential) and [type(m) for m in sub] == [
+        *[nn.Conv2d, nn.BatchNorm2d, nn.ReLU] * 2,
+        nn.Conv2d,
+        nn.BatchNorm2d,
+    ]:
+        return "bottleneck"
+    return None
 
 
 def why_not(block: nn.Module, lanes: int = 8) -> str | None:
     """Why `block` cannot take the kernels (its modules are not those they compute), or None;
     `lanes`: the channels the kernels take at a time (the library's `lanes()`, 16 with AVX-512)."""
-    layers = list(block.children())
-    kinds = [type(m) for m in layers]
-    if kinds != [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]:
-        return "a block of Conv2d, MaxPool2d, BatchNorm2d and ReLU (model.pool_position=after_conv, batch norm before ReLU)"
-    conv, pool, bn, _ = layers
+    which = kind(block)
+    if which == "stages":
+        pairs = [a for a, b in zip(block, list(block)[1:]) if _pair(a, b)]
+        if pairs and all(a[0].out_channels % lanes for a in pairs):
+            return f"{RELU_POOL}, to a multiple of {lanes} channels"
+        which = "stages" if pairs else None
+    if which in (None, "relu"):
+        return f"{POOLED}, or {BN_RELU}, or {RELU_POOL}"
+    if which == "stages":
+        return None
+    norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not all(bn.affine and bn.track_running_stats for bn in norms):
+        return "batch norm with its affine parameters and running statistics"
+    if which != "pooled":
+        return None
+    conv, pool, _, _ = block.children()
     k = conv.kernel_size[0]
     if conv.kernel_size != (k, k) or k % 2 == 0 or conv.stride != (1, 1) or conv.dilation != (1, 1):
         return "a square convolution of odd size, stride 1"
@@ -130,8 +176,8 @@ def why_not(block: nn.Module, lanes: int = 8) -> str | None:
         return f"a convolution with no bias, to a multiple of {lanes} channels"
     if (pool.kernel_size, pool.stride, pool.padding, pool.dilation) not in ((2, 2, 0, 1), ((2, 2), (2, 2), 0, 1)):
         return "2x2 max pooling"
-    if pool.ceil_mode or pool.return_indices or not (bn.affine and bn.track_running_stats):
-        return "2x2 max pooling and batch norm with its affine parameters and running statistics"
+    if pool.ceil_mode or pool.return_indices:
+        return "2x2 max pooling"
     return None
 
 
@@ -175,22 +221,41 @@ def switch_on(
     return [name for name, _ in takers]
 
 
+def _pair(block: nn.Module, pool: nn.Module) -> bool:
+    """A conv block ending in ReLU whose conv keeps the size, followed by 2x2 max pooling."""
+    if kind(block) not in ("relu", "bn_relu") or type(pool) is not nn.MaxPool2d:
+        return False
+    conv, k = block[0], block[0].kernel_size[0]
+    same = conv.kernel_size == (k, k) and k % 2 and conv.padding in ((k // 2, k // 2), "same")
+    same = same and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+    window = (pool.kernel_size, pool.stride, pool.padding, pool.dilation) in ((2, 2, 0, 1), ((2, 2), (2, 2), 0, 1))
+    return bool(same and window and not pool.ceil_mode and not pool.return_indices)
+
+
 def takes(block: nn.Module, x: torch.Tensor) -> bool:
     """Whether this call of `block` (its why_not None) computes with the kernels: in training, or in
     evaluation without gradients."""
-    return (
+    if not (
         (block.training or not torch.is_grad_enabled())
         and bool(_library)
-        and block[0].out_channels % _library[0].lanes() == 0
         and x.device.type == "cpu"
         and x.dim() == 4
-        and x.shape[2] % 2 == 0
-        and x.shape[3] % 2 == 0
-        and all(p.dtype == torch.float32 for p in (block[0].weight, block[2].weight, block[2].running_mean))
+        and all(p.dtype == torch.float32 for p in block.parameters())
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and not _hooked(block)
-    )
+    ):
+        return False
+    h, w = x.shape[2:]
+    which = kind(block)
+    if which == "stages":
+        return True  # each pair is checked as it comes (stages)
+    if which == "pooled":
+        return block[0].out_channels % _library[0].lanes() == 0 and h % 2 == 0 and w % 2 == 0
+    first = block[1] if which == "bn_relu" else block.subnetwork[1]
+    if which == "bottleneck" and (block.subnetwork[0].stride != (1, 1) or block.subnetwork[3].stride != (1, 1)):
+        return False
+    return bool(_library[0].bn_relu_takes(h * w, first.num_features))
 
 
 def _hooked(block: nn.Module) -> bool:
@@ -202,16 +267,75 @@ def _hooked(block: nn.Module) -> bool:
 def forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The block's forward pass with the kernels: in training, batch norm with the batch's statistics,
     its running statistics moved; in evaluation, with the running statistics."""
+    which = kind(block)
+    if which == "stages":
+        return stages(block, x)
+    if which == "bn_relu":
+        return bn_relu(block[1], block[0](x))
+    if which == "bottleneck":
+        sub = block.subnetwork
+        h = bn_relu(sub[4], sub[3](bn_relu(sub[1], sub[0](x))))
+        return block.activation(sub[7](sub[6](h)) + block.shortcut(x))
     conv, _, bn, _ = block.children()
     stem = not x.requires_grad and _library[0].stem_takes(conv.in_channels, conv.kernel_size[0])
     if not block.training:
         return infer(conv, bn, x, stem)
-    bn.num_batches_tracked.add_(1)
-    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # as nn.BatchNorm2d
-    norm = (bn.eps, momentum, bn.running_mean, bn.running_var)
+    norm = _statistics(bn)
     if stem:
         return Stem.apply(x.to(torch.bfloat16).contiguous(memory_format=CL), conv.weight, bn.weight, bn.bias, norm)
     return Block.apply(conv(x).contiguous(memory_format=CL), bn.weight, bn.bias, norm)
+
+
+def stages(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A feature extractor's modules in order, each conv block ending in ReLU and the 2x2 max pooling
+    after it as one (its conv, batch norm and ReLU with `bn_relu`, then `relu_pool`: ReLU again changes
+    nothing), where the sizes allow; the other modules as they are."""
+    modules, i = list(seq), 0
+    lanes = _library[0].lanes()
+    while i < len(modules):
+        block, pool = modules[i], modules[i + 1] if i + 1 < len(modules) else None
+        c, h, w = (block[0].out_channels, *x.shape[2:]) if _pair(block, pool) else (1, 1, 1)
+        if c % lanes or h % 2 or w % 2 or (kind(block) == "bn_relu" and not _library[0].bn_relu_takes(h * w, c)):
+            x, i = block(x), i + 1
+            continue
+        y = block[0](x)
+        x, i = relu_pool(bn_relu(block[1], y) if kind(block) == "bn_relu" else y), i + 2
+    return x
+
+
+def relu_pool(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max pooling of ReLU(x), a bf16 channels_last tensor with an even height and width."""
+    x = x.contiguous(memory_format=CL)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return ReLUPool.apply(x)
+    n, c, h, w = x.shape
+    out, arg = _pooled(n, c, h, w), _pooled(n, c, h, w, torch.uint8)
+    _library[0].relu_pool_forward(_p(x), n, h, w, c, _p(out), _p(arg), torch.get_num_threads())
+    return out
+
+
+def _statistics(bn: nn.BatchNorm2d) -> tuple:
+    """A training step's batch norm settings, as nn.BatchNorm2d counts and moves them: (eps, momentum,
+    running mean, running variance)."""
+    bn.num_batches_tracked.add_(1)
+    momentum = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum  # as nn.BatchNorm2d
+    return bn.eps, momentum, bn.running_mean, bn.running_var
+
+
+def bn_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """ReLU(bn(x)) of a bf16 channels_last tensor: in training with the batch's statistics (the running
+    ones moved), in evaluation with the running statistics."""
+    x = x.contiguous(memory_format=CL)
+    if bn.training:
+        return BatchNormReLU.apply(x, bn.weight, bn.bias, _statistics(bn))
+    n, c, h, w = x.shape
+    out = torch.empty_like(x, memory_format=CL)
+    weight, bias = bn.weight.detach(), bn.bias.detach()
+    _library[0].bn_relu_infer(
+        _p(x), n, h * w, c, _p(weight), _p(bias), bn.eps, _p(bn.running_mean), _p(bn.running_var), _p(out),
+        torch.get_num_threads(),
+    )  # fmt: skip
+    return out
 
 
 def infer(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, stem: bool) -> torch.Tensor:
@@ -320,3 +444,57 @@ class Stem(torch.autograd.Function):
             _p(partial), _p(dgamma), _p(dbeta), _p(dweight), torch.get_num_threads(),
         )  # fmt: skip
         return None, dweight, dgamma, dbeta, None
+
+
+class BatchNormReLU(torch.autograd.Function):
+    """Batch norm (batch statistics) -> ReLU of a bf16 channels_last tensor."""
+
+    @staticmethod
+    def forward(ctx, x, gamma, beta, norm):
+        eps, momentum, running_mean, running_var = norm
+        n, c, h, w = x.shape
+        out = torch.empty_like(x, memory_format=CL)
+        partial, mean, invstd = torch.empty(n * 2 * c), torch.empty(c), torch.empty(c)
+        gamma, beta = gamma.detach(), beta.detach()
+        _library[0].bn_relu_forward(
+            _p(x), n, h * w, c, _p(gamma), _p(beta), eps, momentum, _p(running_mean), _p(running_var),
+            _p(partial), _p(mean), _p(invstd), _p(out), torch.get_num_threads(),
+        )  # fmt: skip
+        ctx.save_for_backward(x, gamma, beta, mean, invstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, gamma, beta, mean, invstd = ctx.saved_tensors
+        n, c, h, w = x.shape
+        gout = gout.contiguous(memory_format=CL)
+        gin = torch.empty_like(x, memory_format=CL)
+        partial, dgamma, dbeta = torch.empty(n * 2 * c), torch.empty(c), torch.empty(c)
+        _library[0].bn_relu_backward(
+            _p(gout), _p(x), n, h * w, c, _p(gamma), _p(beta), _p(mean), _p(invstd), _p(partial), _p(dgamma),
+            _p(dbeta), _p(gin), torch.get_num_threads(),
+        )  # fmt: skip
+        return gin, dgamma, dbeta, None
+
+
+class ReLUPool(torch.autograd.Function):
+    """ReLU -> 2x2 max pooling of a bf16 channels_last tensor."""
+
+    @staticmethod
+    def forward(ctx, x):
+        n, c, h, w = x.shape
+        out, arg = _pooled(n, c, h, w), _pooled(n, c, h, w, torch.uint8)
+        _library[0].relu_pool_forward(_p(x), n, h, w, c, _p(out), _p(arg), torch.get_num_threads())
+        ctx.save_for_backward(out, arg)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        out, arg = ctx.saved_tensors
+        n, c, h, w = arg.shape
+        gout = gout.contiguous(memory_format=CL)
+        gin = torch.empty((n, c, 2 * h, 2 * w), dtype=torch.bfloat16, memory_format=CL)
+        _library[0].relu_pool_backward(
+            _p(gout), _p(out), _p(arg), n, 2 * h, 2 * w, c, _p(gin), torch.get_num_threads()
+        )  # fmt: skip
+        return gin

@@ -18,6 +18,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from models import kernels
 from models.activations import gain
 from models.blocks import Bottleneck, ConcatSkip, ConvBlock
 
@@ -35,6 +36,23 @@ class FlattenChannelsLast(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.permute(0, 2, 3, 1).flatten(1) if x.dim() == 4 else x.flatten(1)
+
+
+class Stages(nn.Sequential):
+    """A plain network's conv blocks and the pooling that closes each stage, in order. Where
+    trainer.fused turns it on, a conv block ending in ReLU and the 2x2 max pooling after it run as one
+    (models.kernels.stages); its modules, their names and its state are those of an nn.Sequential."""
+
+    stages = True  # models.kernels.kind
+
+    def __init__(self, *layers: nn.Module):
+        super().__init__(*layers)
+        self.fused = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and kernels.takes(self, x):
+            return kernels.forward(self, x)
+        return super().forward(x)
 
 
 class ConvNet(nn.Module):
@@ -133,9 +151,7 @@ class PlainNet(ConvNet):
             else:
                 layers += [block(in_channels, width, activation=activation), *stage_pool]
             in_channels = width
-        super().__init__(
-            nn.Sequential(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init
-        )
+        super().__init__(Stages(*layers), in_shape, num_classes, activation, hidden, batch_norm, bn_position, init)
 
 
 class SkipNet(ConvNet):

@@ -1,6 +1,7 @@
 """trainer.fused: ablate's fused CPU kernels (models/kernels.py, compiled from models/kernels.cpp
 with this machine's compiler) compute what torch's ops compute for a conv -> max pool -> BN -> ReLU
-block, forward and backward, repeat bit for bit whatever the threads, and train a real run."""
+block, and for batch norm -> ReLU (conv blocks, residual bottlenecks), forward and backward, repeat
+bit for bit whatever the threads, and train a real run."""
 
 import json
 import signal
@@ -11,7 +12,8 @@ from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_
 from torch import nn
 
 from models import kernels
-from models.blocks import ConvBlock
+from models.blocks import Bottleneck, ConvBlock
+from models.networks import PlainNet
 from runner.data import cache
 
 pytestmark = pytest.mark.skipif(kernels.compiler() is None, reason="no C++ compiler")
@@ -124,8 +126,13 @@ def test_the_kernels_repeat_bit_for_bit_whatever_the_number_of_threads(lanes, ci
 
 def test_only_the_blocks_the_kernels_compute_take_them(tmp_path, lanes):
     assert kernels.why_not(block(1, 16)) is None
-    after_block = ConvBlock(1, 16, 3, nn.ReLU, batch_norm=True)
+    assert kernels.why_not(ConvBlock(1, 16, 3, nn.ReLU, batch_norm=True)) is None  # batch norm -> ReLU
+    assert kernels.why_not(Bottleneck(32, 64, 4, nn.ReLU)) is None
+    assert kernels.why_not(Bottleneck(32, 64, 4, nn.LeakyReLU)) is not None
+    assert kernels.why_not(ConvBlock(1, 16, 3, nn.ReLU, batch_norm=True, bn_position="after")) is not None
+    after_block = ConvBlock(1, 16, 3, nn.ReLU)  # no batch norm
     assert "a block of Conv2d, MaxPool2d, BatchNorm2d and ReLU" in kernels.why_not(after_block)
+    assert "or batch norm followed by ReLU" in kernels.why_not(after_block)
     leaky = ConvBlock(1, 16, 3, nn.LeakyReLU, batch_norm=True, pool=nn.MaxPool2d(2))
     assert kernels.why_not(leaky) is not None
     assert kernels.why_not(ConvBlock(1, 16, 3, nn.ReLU, batch_norm=True, pool=nn.AvgPool2d(2))) is not None
@@ -175,7 +182,7 @@ def test_a_run_records_its_fused_blocks_and_trains_as_closely_as_torchs_ops_do(t
 
 
 def test_trainer_fused_true_where_no_block_has_the_kernels_is_one_line(tmp_path, quick):
-    result = run_cli(*quick, "trainer.fused=true", f"hydra.run.dir={tmp_path}")
+    result = run_cli(*quick, "activation=tanh", "trainer.fused=true", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith(
         "error: trainer.fused=true needs a block of Conv2d, MaxPool2d, BatchNorm2d and ReLU"
@@ -225,3 +232,129 @@ def test_under_torchrun_each_process_takes_the_kernels_and_ddp_gets_gradients_in
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["processes"] == 2 and metrics["fused"] == ["features.0", "features.1"]
     assert metrics["test_acc"] > 0.8
+
+
+def bn_relu_block(kind: str, channels: int, seed: int = 0) -> nn.Module:
+    """A conv block whose batch norm precedes ReLU (no pooling inside), or a residual bottleneck
+    (its middle width channels // 4), its batch norms away from their initial gamma 1 and beta 0."""
+    torch.manual_seed(seed)
+    b = (
+        ConvBlock(channels, channels, 3, nn.ReLU, batch_norm=True)
+        if kind == "conv"
+        else Bottleneck(32, channels, 4, nn.ReLU)
+    )
+    with torch.no_grad():
+        for m in b.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+    return b.to(memory_format=CL)
+
+
+def trained(b: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One training forward and backward: the output, the input's and every parameter's gradient, the
+    running statistics."""
+    x = x.detach().clone().requires_grad_()
+    with BF16:
+        y = b(x)
+    y.backward(grad)
+    got = {"out": y.detach().float(), "input": x.grad.float()}
+    got |= {name: p.grad.clone() for name, p in b.named_parameters()}
+    return got | {name: t.clone() for name, t in b.named_buffers() if "running" in name}
+
+
+# (block, channels, size): a bottleneck of 32 -> 8 -> 32 channels (8 channels: two pixels in each
+# AVX-512 register) and of 32 -> 16 -> 64, conv blocks of 48 channels on 7x7 and 32 on 28x28
+BN_RELU_CASES = [("bottleneck", 32, 28), ("bottleneck", 64, 16), ("conv", 48, 7), ("conv", 32, 28)]
+
+
+@pytest.mark.parametrize(("kind", "channels", "size"), BN_RELU_CASES)
+def test_batch_norm_then_relu_computes_what_torchs_ops_compute(lanes, kind, channels, size):
+    eager, fused = bn_relu_block(kind, channels), bn_relu_block(kind, channels)
+    fused.fused = True
+    torch.manual_seed(1)
+    cin = channels if kind == "conv" else 32
+    x = torch.randn(16, cin, size, size).contiguous(memory_format=CL)
+    grad = torch.randn(16, channels, size, size).to(torch.bfloat16).contiguous(memory_format=CL)
+    with BF16:
+        assert kernels.takes(fused, x)
+    want, got = trained(eager, x, grad), trained(fused, x, grad)
+    assert got.keys() == want.keys()
+    assert relative(want["out"], got["out"]) < 2e-3
+    assert relative(want["input"], got["input"]) < 1e-2
+    for name in want.keys() - {"out", "input"}:  # parameters' gradients (through bf16 convs); running statistics
+        assert relative(want[name], got[name]) < (1e-4 if "running" in name else 1e-2), name
+    for b in (eager, fused):
+        b.eval()
+    with torch.inference_mode(), BF16:
+        assert kernels.takes(fused, x)
+        assert relative(eager(x * 1.5), fused(x * 1.5)) < 2e-3  # the running statistics
+
+
+def test_batch_norm_then_relu_repeats_bit_for_bit_whatever_the_number_of_threads(lanes):
+    results = []
+    for threads in (1, 2, 3):
+        torch.set_num_threads(threads)
+        try:
+            torch.manual_seed(1)
+            x = torch.randn(8, 8, 14, 14).to(torch.bfloat16).contiguous(memory_format=CL).requires_grad_()
+            grad = torch.randn(8, 8, 14, 14).to(torch.bfloat16).contiguous(memory_format=CL)
+            bn = nn.BatchNorm2d(8)
+            with BF16:
+                y = kernels.bn_relu(bn, x)
+            y.backward(grad)
+            results.append([y, x.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var])
+        finally:
+            torch.set_num_threads(2)
+    for got in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], got, strict=True))
+
+
+def test_a_residual_run_takes_the_kernels_in_its_bottlenecks_and_learns(tmp_path, quick):
+    result = run_cli(*quick, "model=residual", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    if metrics["precision"] != "bf16":
+        pytest.skip("fp32 here: the kernels are bf16 only")
+    assert [name for name in metrics["fused"] if "features" in name] == metrics["fused"] != []
+    assert metrics["test_acc"] > 0.5
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
+def test_a_plain_network_with_relu_then_pooling_fused_computes_torchs_bits(lanes, shape):
+    """model=plain (pool_position=after_block): each conv's ReLU and the 2x2 max pooling after it in
+    one pass; max and ReLU are exact, so output and gradients are torch's, bit for bit."""
+    torch.manual_seed(0)
+    eager = PlainNet(shape, 10, channels=[16, 32]).to(memory_format=CL)
+    fused = PlainNet(shape, 10, channels=[16, 32]).to(memory_format=CL)
+    fused.load_state_dict(eager.state_dict())
+    assert kernels.switch_on(fused, "auto", torch.device("cpu"), torch.bfloat16, False, cache.cache_dir()) == [
+        "features"
+    ]
+    x, y = torch.randn(32, *shape).contiguous(memory_format=CL), torch.randint(0, 10, (32,))
+    results = []
+    for model in (eager, fused):
+        with BF16:
+            out = model(x)
+            torch.nn.functional.cross_entropy(out, y).backward()
+        results.append([out, *(p.grad for p in model.parameters())])
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    for model in (eager, fused):
+        model.eval()
+    with torch.inference_mode(), BF16:
+        assert torch.equal(eager(x), fused(x))
+
+
+def test_a_batch_norm_network_fuses_each_block_and_its_pooling_and_learns_as_torch_does(tmp_path, quick):
+    """model=bn on Fashion-MNIST-sized digits: batch norm -> ReLU in each block, ReLU -> pooling after
+    it; trained side by side with torch's ops, the same accuracy within a point or two."""
+    small = [*quick, "model=bn", "model.channels=[16,32]"]
+    outcomes = {}
+    for fused in ("auto", "false"):
+        result = run_cli(*small, f"trainer.fused={fused}", f"hydra.run.dir={tmp_path / fused}")
+        assert result.returncode == 0, result.stderr
+        outcomes[fused] = json.loads((tmp_path / fused / "metrics.json").read_text())
+    if outcomes["auto"]["precision"] != "bf16":
+        pytest.skip("fp32 here: the kernels are bf16 only")
+    assert outcomes["auto"]["fused"] == ["features", "features.0", "features.2"]
+    assert outcomes["auto"]["test_acc"] == pytest.approx(outcomes["false"]["test_acc"], abs=0.03)
