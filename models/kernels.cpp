@@ -1,7 +1,7 @@
-// ablate's fused CPU kernels for the conv block `conv -> 2x2 max pooling -> batch norm -> ReLU`,
-// on bf16 tensors in channels_last (NHWC) order: in training (batch statistics) forward and
-// backward, in evaluation (running statistics) forward; models/kernels.py compiles this file and
-// calls it (its docstring says when).
+// ablate's fused CPU kernels for runs of memory-bound ops of ablate's blocks, on bf16 tensors in
+// channels_last (NHWC) order: in training (batch statistics) forward and backward, in evaluation
+// (running statistics) forward; models/kernels.py compiles this file and calls it (its docstring
+// says when).
 //
 // - block: the conv's output in, the block's output out. Forward: pooled values, the position of
 //   each maximum (0-3, one byte) and per-image channel sums in one pass, the variance in a second,
@@ -11,12 +11,15 @@
 // - stem: the same with the convolution itself (K x K, stride 1, zero padding K/2, no bias) of
 //   one input channel computed inside: its full-size output is never written, and the weight's
 //   gradient is summed from each window's maximum alone.
+// - relu_pool: ReLU -> 2x2 max pooling in one pass; backward, each window written whole.
+// - bn_relu: batch norm -> ReLU of any size, its channels laid flat (see Flat): two passes of sums
+//   and one of output forward, one of sums and one of output backward.
 //
 // Every sum is taken per image in a fixed order, then over the images in order in double, so that
 // results do not depend on the number of threads. Values are rounded to bf16 where autocast's
 // eager ops round them (the conv's output, the pooled values, the gradients passed on).
-// Channels go LANES at a time in GCC vector types (16 with AVX-512, else 8): the number of
-// channels must be a multiple of LANES.
+// Channels go LANES at a time in GCC vector types (16 with AVX-512, else 8): but for bn_relu, the
+// number of channels must be a multiple of LANES.
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

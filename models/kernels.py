@@ -1,19 +1,27 @@
-"""ablate's fused CPU kernels (`trainer.fused`) for the conv block `conv -> 2x2 max pooling ->
-batch norm -> ReLU` (`model.pool_position: after_conv`, batch norm before the activation).
+"""ablate's fused CPU kernels (`trainer.fused`): runs of memory-bound ops of ablate's blocks, each in
+one to three passes over bf16 channels_last tensors instead of a dozen ops, forward and backward.
 
-On a 2-core CPU the memory-bound ops of such a block, max pooling, the zero fill of its gradient,
-batch norm and ReLU, forward and backward, take as long as its convolution. models/kernels.cpp does
-them in one pass or three instead of a dozen, on bf16 channels_last tensors: the block's pooling,
-batch norm and ReLU after torch's convolution, and for a block on one-channel images (a 3x3 or
-5x5 kernel, an input that needs no gradient: the first block) the convolution too, so that its
-full-size output is never written. The results are those of the eager ops up to the order of sums
-(the kernels sum in a fixed order: a run repeats bit for bit, whatever the threads).
+On a 2-core CPU the memory-bound ops of a conv block (max pooling and the zero fill of its gradient,
+batch norm, ReLU) take as long as its convolution. models/kernels.cpp computes, after torch's
+convolution:
+
+- `pooled`: the block `conv -> 2x2 max pooling -> batch norm -> ReLU` (`model.pool_position:
+  after_conv`, batch norm before the activation); for a block on one-channel images (a 3x3 or 5x5
+  kernel, an input that needs no gradient: the first block) the convolution too, so that its
+  full-size output is never written;
+- `bn_relu`: batch norm followed by ReLU (a conv block `conv -> batch norm -> ReLU`, the two in each
+  residual bottleneck), for any number of channels whose pixels fill the vectors whole;
+- `relu_pool`: ReLU followed by the 2x2 max pooling that closes a stage of a plain network
+  (models.networks.Stages), where both are exact: torch's bits.
+
+The results are those of the eager ops up to the order of sums and bf16's rounding (the kernels sum
+in a fixed order: a run repeats bit for bit, whatever the threads).
 
 A block takes the kernels in training, and in evaluation without gradients (batch norm with its
-running statistics), under bf16 autocast on the CPU, with an even height and width and no hooks on
-its modules (the diagnostics' logging steps run it with torch's ops); anywhere else it runs torch's
-ops. The kernels are compiled with the machine's C++ compiler (`$CXX`, else c++ or g++) on first
-use, once per machine, source and compiler, into `<cache>/kernels/` (the cache of runner.data.cache).
+running statistics), under bf16 autocast on the CPU, where the sizes allow and no hooks are on its
+modules (the diagnostics' logging steps run it with torch's ops); anywhere else it runs torch's ops.
+The kernels are compiled with the machine's C++ compiler (`$CXX`, else c++ or g++) on first use,
+once per machine, source and compiler, into `<cache>/kernels/` (the cache of runner.data.cache).
 """
 
 import ctypes
