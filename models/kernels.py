@@ -137,7 +137,7 @@ def kind(block: nn.Module) -> str | None:
     -> batch norm -> ReLU), `bn_relu` (conv -> batch norm -> ReLU), `relu` (conv -> ReLU: only with the
     pooling after it), `bottleneck` (models.Bottleneck, its batch norms before ReLU), `stages`
     (models.networks.Stages: its conv blocks and the pooling after them), else None."""
-    if getattr(block, "stages", False):
+    if getattr(block, "fused_stages", False):
         return "stages"
     kinds = [type(m) for m in block.children()]
     if kinds == [nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU]:
@@ -256,14 +256,9 @@ def takes(block: nn.Module, x: torch.Tensor) -> bool:
         return False
     h, w = x.shape[2:]
     which = kind(block)
-    if which == "stages":
-        return True  # each pair is checked as it comes (stages)
     if which == "pooled":
         return block[0].out_channels % _library[0].lanes() == 0 and h % 2 == 0 and w % 2 == 0
-    first = block[1] if which == "bn_relu" else block.subnetwork[1]
-    if which == "bottleneck" and (block.subnetwork[0].stride != (1, 1) or block.subnetwork[3].stride != (1, 1)):
-        return False
-    return bool(_library[0].bn_relu_takes(h * w, first.num_features))
+    return True  # stages, bn_relu and bottlenecks: each part checks its own sizes (stages, bn_relu)
 
 
 def _hooked(block: nn.Module) -> bool:
@@ -303,7 +298,7 @@ def stages(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     while i < len(modules):
         block, pool = modules[i], modules[i + 1] if i + 1 < len(modules) else None
         c, h, w = (block[0].out_channels, *x.shape[2:]) if _pair(block, pool) else (1, 1, 1)
-        if c % lanes or h % 2 or w % 2 or (kind(block) == "bn_relu" and not _library[0].bn_relu_takes(h * w, c)):
+        if c % lanes or h % 2 or w % 2:
             x, i = block(x), i + 1
             continue
         y = block[0](x)
@@ -332,11 +327,14 @@ def _statistics(bn: nn.BatchNorm2d) -> tuple:
 
 def bn_relu(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
     """ReLU(bn(x)) of a bf16 channels_last tensor: in training with the batch's statistics (the running
-    ones moved), in evaluation with the running statistics."""
+    ones moved), in evaluation with the running statistics; torch's ops where an image's values do
+    not fill the vectors whole (bn_relu_takes)."""
+    n, c, h, w = x.shape
+    if x.dtype != torch.bfloat16 or not _library[0].bn_relu_takes(h * w, c):
+        return torch.relu(bn(x))
     x = x.contiguous(memory_format=CL)
     if bn.training:
         return BatchNormReLU.apply(x, bn.weight, bn.bias, _statistics(bn))
-    n, c, h, w = x.shape
     out = torch.empty_like(x, memory_format=CL)
     weight, bias = bn.weight.detach(), bn.bias.detach()
     _library[0].bn_relu_infer(

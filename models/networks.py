@@ -43,7 +43,7 @@ class Stages(nn.Sequential):
     trainer.fused turns it on, a conv block ending in ReLU and the 2x2 max pooling after it run as one
     (models.kernels.stages); its modules, their names and its state are those of an nn.Sequential."""
 
-    stages = True  # models.kernels.kind
+    fused_stages = True  # what models.kernels.kind knows it by
 
     def __init__(self, *layers: nn.Module):
         super().__init__(*layers)

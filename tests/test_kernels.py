@@ -358,3 +358,17 @@ def test_a_batch_norm_network_fuses_each_block_and_its_pooling_and_learns_as_tor
         pytest.skip("fp32 here: the kernels are bf16 only")
     assert outcomes["auto"]["fused"] == ["features", "features.0", "features.2"]
     assert outcomes["auto"]["test_acc"] == pytest.approx(outcomes["false"]["test_acc"], abs=0.03)
+
+
+def test_batch_norm_then_relu_where_an_image_does_not_fill_the_vectors_runs_torchs_ops(lanes):
+    """12 channels on 7x7 pixels: 588 values an image, not a whole number of periods (lcm(12, lanes)
+    values: 48 with AVX-512, 24 without); the block computes with torch's ops, bit for bit."""
+    eager, fused = bn_relu_block("conv", 12), bn_relu_block("conv", 12)
+    fused.fused = True
+    torch.manual_seed(1)
+    x = torch.randn(4, 12, 7, 7).contiguous(memory_format=CL)
+    grad = torch.randn(4, 12, 7, 7).to(torch.bfloat16).contiguous(memory_format=CL)
+    with BF16:
+        assert kernels.takes(fused, x)
+    want, got = trained(eager, x, grad), trained(fused, x, grad)
+    assert all(torch.equal(want[name], got[name]) for name in want)
