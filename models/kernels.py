@@ -18,8 +18,10 @@ The results are those of the eager ops up to the order of sums and bf16's roundi
 in a fixed order: a run repeats bit for bit, whatever the threads).
 
 A block takes the kernels in training, and in evaluation without gradients (batch norm with its
-running statistics), under bf16 autocast on the CPU, where the sizes allow and no hooks are on its
-modules (the diagnostics' logging steps run it with torch's ops); anywhere else it runs torch's ops.
+running statistics), under bf16 autocast on the CPU, where the sizes allow and no hooks are on the
+modules the kernels compute in their place, but those that read only a ReLU's output, which the
+kernels call with the output they make (the diagnostics' dead units: a logging step computes the
+same bits as another); anywhere else it runs torch's ops.
 The kernels are compiled with the machine's C++ compiler (`$CXX`, else c++ or g++) on first use,
 once per machine, source and compiler, into `<cache>/kernels/` (the cache of runner.data.cache).
 """
@@ -256,15 +258,53 @@ def takes(block: nn.Module, x: torch.Tensor) -> bool:
         return False
     h, w = x.shape[2:]
     which = kind(block)
+    if which in (None, "relu"):  # its modules changed since (torchrun's sync_bn converts batch norms)
+        return False
     if which == "pooled":
         return block[0].out_channels % _library[0].lanes() == 0 and h % 2 == 0 and w % 2 == 0
     return True  # stages, bn_relu and bottlenecks: each part checks its own sizes (stages, bn_relu)
 
 
+OUTPUT_ONLY = "reads_output_only"  # a forward hook with this attribute true reads only the output: `called`
+
+
 def _hooked(block: nn.Module) -> bool:
+    """Whether `block` has hooks the kernels cannot call: any on a module they compute in its place
+    (in a plain network's stages, any: their ReLU's full-size output is never made), but those that
+    read only the output of a ReLU whose output they make (the diagnostics' dead units,
+    runner.engine.diagnostics)."""
     if module_hooks._global_forward_hooks or module_hooks._global_forward_pre_hooks:
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in block.modules())
+    replaced, made = _replaced(block)
+    for m in replaced:
+        output_only = any(m is r for r in made) and all(
+            getattr(h, OUTPUT_ONLY, False) for h in m._forward_hooks.values()
+        )
+        if m._forward_pre_hooks or (m._forward_hooks and not output_only):
+            return True
+    return False
+
+
+def _replaced(block: nn.Module) -> tuple[list[nn.Module], list[nn.Module]]:
+    """The modules the kernels compute in the place of `block`'s own (they are not called), and the
+    ReLUs among them whose output the kernels make."""
+    which = kind(block)
+    if which == "bottleneck":
+        sub = block.subnetwork
+        return [sub[1], sub[2], sub[4], sub[5]], [sub[2], sub[5]]
+    if which == "bn_relu":
+        return [block[1], block[2]], [block[2]]
+    if which == "pooled":
+        return list(block), [block[3]]
+    return list(block.modules()), []
+
+
+def called(relu: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """`out`, made by the kernels in the place of `relu`'s output, after `relu`'s forward hooks (each
+    one that reads the output only: _hooked) saw it."""
+    for hook in relu._forward_hooks.values():
+        hook(relu, (), out)
+    return out
 
 
 def forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -274,19 +314,21 @@ def forward(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if which == "stages":
         return stages(block, x)
     if which == "bn_relu":
-        return bn_relu(block[1], block[0](x))
+        return called(block[2], bn_relu(block[1], block[0](x)))
     if which == "bottleneck":
         sub = block.subnetwork
-        h = bn_relu(sub[4], sub[3](bn_relu(sub[1], sub[0](x))))
+        h = called(sub[2], bn_relu(sub[1], sub[0](x)))
+        h = called(sub[5], bn_relu(sub[4], sub[3](h)))
         return block.activation(sub[7](sub[6](h)) + block.shortcut(x))
-    conv, _, bn, _ = block.children()
+    conv, _, bn, relu = block.children()
     stem = not x.requires_grad and _library[0].stem_takes(conv.in_channels, conv.kernel_size[0])
     if not block.training:
-        return infer(conv, bn, x, stem)
+        return called(relu, infer(conv, bn, x, stem))
     norm = _statistics(bn)
     if stem:
-        return Stem.apply(x.to(torch.bfloat16).contiguous(memory_format=CL), conv.weight, bn.weight, bn.bias, norm)
-    return Block.apply(conv(x).contiguous(memory_format=CL), bn.weight, bn.bias, norm)
+        x = x.to(torch.bfloat16).contiguous(memory_format=CL)
+        return called(relu, Stem.apply(x, conv.weight, bn.weight, bn.bias, norm))
+    return called(relu, Block.apply(conv(x).contiguous(memory_format=CL), bn.weight, bn.bias, norm))
 
 
 def stages(seq: nn.Sequential, x: torch.Tensor) -> torch.Tensor:

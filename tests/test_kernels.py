@@ -8,6 +8,7 @@ import signal
 
 import pytest
 import torch
+from fixtures import compose_cfg
 from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from torch import nn
 
@@ -15,6 +16,8 @@ from models import kernels
 from models.blocks import Bottleneck, ConvBlock
 from models.networks import PlainNet
 from runner.data import cache
+from runner.engine import builders
+from runner.engine.diagnostics import Diagnostics
 
 pytestmark = pytest.mark.skipif(kernels.compiler() is None, reason="no C++ compiler")
 CL = torch.channels_last
@@ -372,3 +375,27 @@ def test_batch_norm_then_relu_where_an_image_does_not_fill_the_vectors_runs_torc
         assert kernels.takes(fused, x)
     want, got = trained(eager, x, grad), trained(fused, x, grad)
     assert all(torch.equal(want[name], got[name]) for name in want)
+
+
+@pytest.mark.parametrize("model", ["bn", "residual"])
+def test_a_logging_step_counts_dead_units_from_the_kernels_output_and_changes_no_bit(lanes, model):
+    """The diagnostics' dead-unit hooks read only the output: the kernels call them with the ReLU
+    output they make, so a logging step computes what any other step does, bit for bit."""
+    cfg = compose_cfg(f"model={model}", "model.channels=[16,32]")
+    results, dead = [], None
+    for logging_step in (False, True):
+        torch.manual_seed(0)
+        net = builders.build_model(cfg.model, cfg.activation, (1, 28, 28), 10).to(memory_format=CL)
+        assert kernels.switch_on(net, "auto", torch.device("cpu"), torch.bfloat16, False, cache.cache_dir())
+        diagnostics = Diagnostics(net)
+        diagnostics.active = logging_step
+        x, y = torch.randn(16, 1, 28, 28).contiguous(memory_format=CL), torch.randint(0, 10, (16,))
+        with BF16:
+            out = net(x)
+            torch.nn.functional.cross_entropy(out, y).backward()
+        diagnostics.active = False
+        results.append([out, *(p.grad for p in net.parameters())])
+        dead = diagnostics.read() if logging_step else dead
+    assert all(torch.equal(a, b) for a, b in zip(*results, strict=True))
+    counted = [tag for tag in dead if tag.startswith("probe/dead_units/")]
+    assert len(counted) == len(diagnostics.rectifiers) and all(0 <= dead[tag] <= 1 for tag in counted)

@@ -50,6 +50,7 @@ class Diagnostics:
             off = largest < 0 if isinstance(module, nn.LeakyReLU) else largest <= 0
             self.dead[name] = off.float().mean()
 
+        hook.reads_output_only = True  # ablate's fused kernels may call it with the output they make (models.kernels)
         return hook
 
     def grad_norms(self) -> dict[str, torch.Tensor]:
