@@ -195,7 +195,7 @@ def train(cfg: DictConfig, ctx: RunContext, progress, built: Callable[[bool], No
     log.info(
         f"{ctx.name}: {len(setup.dataset.train)} training images on {on} "
         f"({compute.precision}, {compute.layout}, {compute.threads} threads{' each' if world.active else ''}"
-        f"{f', fused kernels in {fused} blocks' if fused else ''})"
+        f"{f', fused kernels in {fused} block' + 's' * (fused > 1) if fused else ''})"
     )
     config = OmegaConf.to_container(cfg, resolve=True)
     try:
