@@ -115,6 +115,27 @@ static inline void put_window(const Shape &s, uint16_t *gin, long n, long i, lon
   memcpy(a + s.W * s.C + s.C, &w3, sizeof w3);
 }
 
+// The maximum m of the 2x2 window at pooled (i, j) of image n, channels c..c+LANES-1, and its place k
+// (0-3): the first maximum, as torch's pooling takes it; a NaN wins.
+static inline void window_max(const Shape &s, const uint16_t *x, long n, long i, long j, long c, vf &m, vi &k) {
+  const uint16_t *a = x + s.in(n, 2 * i, 2 * j) + c;
+  m = load(a);
+  k = vi{};
+  pick(load(a + s.C), 1, m, k);
+  pick(load(a + s.W * s.C), 2, m, k);
+  pick(load(a + s.W * s.C + s.C), 3, m, k);
+}
+
+// body(n, i, j, c) for every image n, pooled place (i, j) and LANES channels c, in parallel.
+template <class Body>
+static void over_windows(const Shape &s, int threads, Body body) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long n = 0; n < s.N; n++)
+    for (long i = 0; i < s.Ho; i++)
+      for (long j = 0; j < s.Wo; j++)
+        for (long c = 0; c < s.C; c += LANES) body(n, i, j, c);
+}
+
 // out = ReLU(pooled * scale + shift), per channel.
 static void affine_relu(const Shape &s, const float *scale, const float *shift, const uint16_t *pooled, uint16_t *out,
                         int threads) {
@@ -191,12 +212,9 @@ static void block_pool(const Shape &s, const uint16_t *x, uint16_t *pooled, uint
       vf acc = ZERO;
       for (long i = 0; i < s.Ho; i++)
         for (long j = 0; j < s.Wo; j++) {
-          const uint16_t *a = x + s.in(n, 2 * i, 2 * j) + c;
-          vf m = load(a);
-          vi k = {};
-          pick(load(a + s.C), 1, m, k);
-          pick(load(a + s.W * s.C), 2, m, k);
-          pick(load(a + s.W * s.C + s.C), 3, m, k);
+          vf m;
+          vi k;
+          window_max(s, x, n, i, j, c, m, k);
           put_max(pooled, arg, s.out(n, i, j) + c, m, k);
           acc += m;
         }
@@ -281,16 +299,11 @@ void block_backward(const uint16_t *gout, const uint16_t *pooled, const uint8_t 
   const Shape s(N, H, W, C);
   float *coef = partial + s.N * 2 * s.C;
   norm_sums(s, gout, pooled, gamma, beta, mean, invstd, partial, dgamma, dbeta, coef, threads);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (long n = 0; n < s.N; n++) {
-    for (long c = 0; c < s.C; c += LANES)
-      for (long i = 0; i < s.Ho; i++)
-        for (long j = 0; j < s.Wo; j++) {
-          const long q = s.out(n, i, j) + c;
-          vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
-          put_window(s, gin, n, i, j, c, top(d), load_arg(arg + q));  // d is rounded: its bf16
-        }
-  }
+  over_windows(s, threads, [&](long n, long i, long j, long c) {
+    const long q = s.out(n, i, j) + c;
+    vf d = pooled_grad(s, q, c, gout, pooled, gamma, beta, mean, invstd, coef);
+    put_window(s, gin, n, i, j, c, top(d), load_arg(arg + q));  // d is rounded: its bf16
+  });
 }
 
 }  // extern "C"
@@ -304,33 +317,22 @@ extern "C" {
 // x [N][H][W][C] bf16, H and W even. Writes out and arg [N][H/2][W/2][C].
 void relu_pool_forward(const uint16_t *x, int N, int H, int W, int C, uint16_t *out, uint8_t *arg, int threads) {
   const Shape s(N, H, W, C);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (long n = 0; n < s.N; n++)
-    for (long i = 0; i < s.Ho; i++)
-      for (long j = 0; j < s.Wo; j++)
-        for (long c = 0; c < s.C; c += LANES) {
-          const uint16_t *a = x + s.in(n, 2 * i, 2 * j) + c;
-          vf m = load(a);
-          vi k = {};
-          pick(load(a + s.C), 1, m, k);
-          pick(load(a + s.W * s.C), 2, m, k);
-          pick(load(a + s.W * s.C + s.C), 3, m, k);
-          put_max(out, arg, s.out(n, i, j) + c, m > 0 ? m : ZERO, k);
-        }
+  over_windows(s, threads, [&](long n, long i, long j, long c) {
+    vf m;
+    vi k;
+    window_max(s, x, n, i, j, c, m, k);
+    put_max(out, arg, s.out(n, i, j) + c, m > 0 ? m : ZERO, k);
+  });
 }
 
 // gout, out and arg [N][H/2][W/2][C]. Writes gin [N][H][W][C] bf16.
 void relu_pool_backward(const uint16_t *gout, const uint16_t *out, const uint8_t *arg, int N, int H, int W, int C,
                         uint16_t *gin, int threads) {
   const Shape s(N, H, W, C);
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (long n = 0; n < s.N; n++)
-    for (long i = 0; i < s.Ho; i++)
-      for (long j = 0; j < s.Wo; j++)
-        for (long c = 0; c < s.C; c += LANES) {
-          const long q = s.out(n, i, j) + c;
-          put_window(s, gin, n, i, j, c, top(load(out + q) > 0 ? load(gout + q) : ZERO), load_arg(arg + q));
-        }
+  over_windows(s, threads, [&](long n, long i, long j, long c) {
+    const long q = s.out(n, i, j) + c;
+    put_window(s, gin, n, i, j, c, top(load(out + q) > 0 ? load(gout + q) : ZERO), load_arg(arg + q));
+  });
 }
 
 }  // extern "C"

@@ -16,6 +16,8 @@ nothing is read from the device.
 import torch
 from torch import nn
 
+from models import kernels
+
 GRAD_NORM = "probe/grad_norm"
 DEAD_UNITS = "probe/dead_units"
 
@@ -50,7 +52,7 @@ class Diagnostics:
             off = largest < 0 if isinstance(module, nn.LeakyReLU) else largest <= 0
             self.dead[name] = off.float().mean()
 
-        hook.reads_output_only = True  # ablate's fused kernels may call it with the output they make (models.kernels)
+        setattr(hook, kernels.OUTPUT_ONLY, True)  # the fused kernels may call it with the ReLU output they make
         return hook
 
     def grad_norms(self) -> dict[str, torch.Tensor]:
