@@ -42,15 +42,18 @@ class Component:
         return [f"{key}={override_value(value)}" for key, value in (self.on if on else self.off).items()]
 
 
-def override_value(value) -> str:
-    """A value as a command-line override writes it (lists and mappings in Hydra's grammar)."""
+def override_value(value, inside: bool = False) -> str:
+    """A value as a command-line override writes it (lists and mappings in Hydra's grammar: a
+    mapping's keys bare, `{features.0:1.5}`; strings inside them quoted)."""
     if isinstance(value, bool):
         return str(value).lower()
     if value is None:
         return "null"
-    if isinstance(value, list | dict):
-        return json.dumps(value).replace('"', "'")
-    return str(value)
+    if isinstance(value, list):
+        return "[" + ",".join(override_value(v, inside=True) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v, inside=True)}" for k, v in value.items()) + "}"
+    return f"'{value}'" if inside and isinstance(value, str) else str(value)
 
 
 YAML_SIDES = {False: "off", True: "on"}  # YAML 1.1 reads the keys off: and on: as booleans

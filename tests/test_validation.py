@@ -20,7 +20,7 @@ from runner.config import hydra_errors, schema
 
 TRAINER_KEYS = (
     "max_epochs, device, precision, layout, threads, compile, graphs, fused, deterministic, checkpoint_every_minutes, grad_clip, "
-    "eval_flip, log_every_n_steps, diagnostics, histograms, sync_bn"
+    "freeze, eval_flip, log_every_n_steps, diagnostics, histograms, sync_bn"
 )
 
 MODEL_KEYS = "channels, kernel_size, pool, hidden, batch_norm, bn_position, init, block, pool_position"

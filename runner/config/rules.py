@@ -121,6 +121,10 @@ RULES: dict[str, tuple[str, ...] | tuple[Callable[[Any], bool], str]] = {
     "trainer.deterministic": (boolean, "true or false"),
     "trainer.checkpoint_every_minutes": (or_null(number(above=0)), "a number > 0 or null"),
     "trainer.grad_clip": (or_null(number(above=0)), "a number > 0 or null"),
+    "trainer.freeze": (
+        or_null(lambda v: isinstance(v, DictConfig | dict) and all(number(at_least=0)(at) for at in v.values())),
+        "null or a mapping of module names to epochs >= 0: {features.0: 1.5}",
+    ),
     "trainer.eval_flip": (boolean, "true or false"),
     "trainer.log_every_n_steps": (integer(1), "an integer >= 1"),
     "trainer.diagnostics": (boolean, "true or false"),
@@ -135,6 +139,8 @@ def show(value) -> str:
         value = OmegaConf.to_container(value)
     if isinstance(value, list):
         return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show(v)}" for k, v in value.items()) + "}"
     if value is None:
         return "null"
     if isinstance(value, bool):

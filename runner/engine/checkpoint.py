@@ -62,6 +62,7 @@ ADDED_KEYS: dict[str, tuple] = {
     "trainer.graphs": (False, "auto"),  # it trained without the graph; auto trains so on CPUs, on GPUs it captures
     # it trained with torch's ops; under auto a block with the kernels goes on with them (close, not bit for bit)
     "trainer.fused": (False, "auto"),
+    "trainer.freeze": (None,),
 }
 
 

@@ -62,9 +62,9 @@ class Diagnostics:
             grads = [p.grad for p in params if p.grad is not None]
             if grads:
                 norms[name] = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-        if len(norms) > 1:
-            first, *_, last = norms.values()
-            norms["first_to_last"] = first / last
+        first, last = (self.layers[0][0], self.layers[-1][0]) if self.layers else (None, None)
+        if first != last and first in norms and last in norms:  # none once trainer.freeze froze either
+            norms["first_to_last"] = norms[first] / norms[last]
         return norms
 
     def read(self) -> dict[str, float]:

@@ -185,6 +185,14 @@ def wrap(model, device, sync_bn: bool):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
+def rewrap(ddp):
+    """`ddp`'s module in a new DDP, which reduces the gradients of the parameters that train now
+    (after trainer.freeze stopped some: DDP takes those that require a gradient when it is made)."""
+    import torch
+
+    return torch.nn.parallel.DistributedDataParallel(ddp.module, device_ids=ddp.device_ids)
+
+
 def convert_batchnorm(model, device) -> None:
     """Replace each BatchNorm layer of `model` (not the model itself) with one that computes its
     statistics over the global batch: torch's SyncBatchNorm on GPUs, GlobalBatchNorm elsewhere

@@ -27,7 +27,9 @@ WARMUP_STEPS = 3
 FUSED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)  # optimizers with a fused, capturable step
 
 
-def obstacle(device: torch.device, optimizer: torch.optim.Optimizer, compile: bool, processes: int) -> str | None:
+def obstacle(
+    device: torch.device, optimizer: torch.optim.Optimizer, compile: bool, processes: int, freezes: bool = False
+) -> str | None:
     """Why this run's step cannot be captured, or None where it can."""
     if device.type != "cuda":
         return f"a CUDA GPU (this run trains on {device.type})"
@@ -35,14 +37,16 @@ def obstacle(device: torch.device, optimizer: torch.optim.Optimizer, compile: bo
         return "trainer.compile=false (torch.compile makes its own graphs)"
     if processes > 1:
         return f"one process (this run has {processes}, under torchrun)"
+    if freezes:
+        return "trainer.freeze=null (a captured step computes the gradients it was captured with)"
     if not isinstance(optimizer, FUSED):
         return f"an optimizer with a fused step, SGD, Adam or AdamW (this run's is {type(optimizer).__name__})"
     return None
 
 
-def pick(graphs, device: torch.device, optimizer, compile: bool, processes: int) -> bool:
+def pick(graphs, device: torch.device, optimizer, compile: bool, processes: int, freezes: bool = False) -> bool:
     """`trainer.graphs`: auto captures where the step can be; true where it cannot is refused."""
-    why_not = obstacle(device, optimizer, compile, processes)
+    why_not = obstacle(device, optimizer, compile, processes, freezes)
     if graphs is True and why_not:
         raise ValueError(f"trainer.graphs=true needs {why_not}; allowed here: auto, false")
     return graphs is not False and why_not is None

@@ -36,6 +36,7 @@ def of_run(status: str, trainer, setup, cfg, ctx: RunContext) -> dict:
         "threads": setup.compute.threads,
         "graphs": learner.graphed_step is not None,
         "fused": [name for name, m in learner.model.named_modules() if getattr(m, "fused", False)],
+        "frozen": learner.freezing.frozen if learner.freezing else {},  # trainer.freeze: module -> step
         "processes": setup.world.size,
         "data": setup.dataset.info,
         "history": result.history,

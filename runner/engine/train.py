@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from runner.data.batches import Batches
 from runner.engine import startup
-from runner.engine.distributed import World, broadcast_buffers
+from runner.engine.distributed import World, broadcast_buffers, rewrap
 
 
 @dataclass
@@ -168,6 +168,7 @@ class Learner:
     train_model: torch.nn.Module | None = None  # the steps run through it: `model`, or `model` in DDP
     autocast_dtype: torch.dtype | None = None  # the forward pass in this precision (bf16, fp16), else fp32
     graphed_step: object | None = None  # runner.engine.graphs.GraphedStep: takes the training steps
+    freezing: object | None = None  # runner.engine.freeze.Freezing: when modules stop training (trainer.freeze)
 
 
 @dataclass
@@ -208,6 +209,7 @@ class Trainer:
         self.model, self.optimizer, self.schedule = learner.model, learner.optimizer, learner.schedule
         self.train_model = learner.train_model or learner.model
         self.autocast_dtype, self.graphed_step = learner.autocast_dtype, learner.graphed_step
+        self.freezing = learner.freezing
         self.train_batches, self.val_batches, self.test_batches = batches.train, batches.val, batches.test
         self.config = config
         self.world = world or World()
@@ -335,6 +337,8 @@ class Trainer:
             log_now = (self.step + 1) % self.log_every == 0 or i == last  # and at the end of each epoch
             if self.diagnostics:
                 self.diagnostics.active = log_now
+            if self.freezing is not None and self.freezing.before_step(self.step) and self.world.active:
+                self.train_model = rewrap(self.train_model)  # DDP reduces the gradients of what still trains
             started = time.perf_counter()
             loss, hits = self.train_step(x, y, log_now)
             self.schedule.after_step()
