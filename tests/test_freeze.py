@@ -63,18 +63,22 @@ def test_a_run_stopped_after_a_freeze_resumes_bitwise_equal_to_one_never_stopped
     assert json.loads((run_dir / "metrics.json").read_text())["frozen"] == {"features.0": 28, "features.2": 168}
 
 
-@pytest.mark.parametrize(
-    ("value", "refusal"),
-    [
-        ("{features.9:1}", "trainer.freeze.features.9=1 is not allowed: features.9 is not a module of the model; "
-                           "allowed: a module with parameters, named as model.named_modules() names it (features, "
-                           "features.0, features.2, head, head.1, head.2, head.4)"),
-        ("{features.1:1}", "trainer.freeze.features.1=1 is not allowed: features.1 has no parameters;"),
-        ("{features.0:-1}", "trainer.freeze={features.0: -1} is not allowed; allowed: null or a mapping of module "
-                            "names to epochs >= 0: {features.0: 1.5}"),
-        ("2", "trainer.freeze=2 is not allowed; allowed: null or a mapping"),
-    ],
-)  # fmt: skip
+REFUSALS = {
+    "{features.9:1}": (
+        "trainer.freeze.features.9=1 is not allowed: features.9 is not a module of the model; allowed: a module "
+        "with parameters, named as model.named_modules() names it (features, features.0, features.2, head, head.1, "
+        "head.2, head.4)"
+    ),
+    "{features.1:1}": "trainer.freeze.features.1=1 is not allowed: features.1 has no parameters;",
+    "{features.0:-1}": (
+        "trainer.freeze={features.0: -1} is not allowed; allowed: null or a mapping of module names to epochs >= 0: "
+        "{features.0: 1.5}"
+    ),
+    "2": "trainer.freeze=2 is not allowed; allowed: null or a mapping",
+}
+
+
+@pytest.mark.parametrize(("value", "refusal"), REFUSALS.items())
 def test_a_name_that_is_no_module_with_parameters_or_a_bad_epoch_is_refused_in_one_line(tmp_path, value, refusal):
     result = run_cli(*SMALL, "trainer.max_epochs=1", f"trainer.freeze={value}", f"hydra.run.dir={tmp_path / 'run'}")
     assert result.returncode != 0
