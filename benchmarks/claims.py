@@ -84,6 +84,9 @@ TABLES = {
         study("leave_one_out"),
         study("path", "data.val_fraction=0.1"),
         Table("time_to_accuracy", "speed.md", [["benchmarks/time_to_accuracy.py"]], "benchmark"),
+        Table(
+            "freeze", "speed.md", [["benchmarks/time_to_accuracy.py", "--versus", "trainer.freeze=null"]], "benchmark"
+        ),
         Table("peer_lightning", "speed.md", [["benchmarks/time_to_accuracy.py", "--peer", "lightning"]], "benchmark"),
         Table("job_overhead", "speed.md", [["benchmarks/job_overhead.py"]], "benchmark"),
         Table("step_costs", "speed.md", [["benchmarks/step_costs.py"]], "benchmark"),
