@@ -3,8 +3,9 @@ FashionMNIST through DataLoaders with ToTensor, RandomHorizontalFlip and Normali
 Trainer in bf16-mixed. The same net (BN CNN of 16 and 48 channels pooling right after each conv, a
 hidden layer of 128), the same recipe (SGD with Nesterov momentum 0.9 at lr 0.2, a linear warmup over
 a quarter epoch from 0.02, then cosine to zero per step, batches of 256, 3 epochs on all 60,000
-training images mirrored at random) and the test images scored with their mirror images. Prints
-one JSON line: the test accuracy and the seconds of training.
+training images mirrored at random, the first block frozen after 1.5 epochs and the second after 2.5)
+and the test images scored with their mirror images. Prints one JSON line: the test accuracy and
+the seconds of training.
 
     .venv/bin/python benchmarks/peers/lightning_fmnist.py --seed 0 [--root DIR] [--workers 2]
 
@@ -31,6 +32,7 @@ from torchvision import datasets, transforms
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 MEAN, STD = 0.2860, 0.3530  # of Fashion-MNIST's training images
+FREEZE = {0: 1.5, 1: 2.5}  # block -> the epoch at which its parameters stop training
 
 
 def block(cin: int, cout: int) -> nn.Sequential:
@@ -61,6 +63,11 @@ class FashionNet(L.LightningModule):
         loss = F.cross_entropy(self(x), y)
         self.log("train_loss", loss, prog_bar=True)
         return loss
+
+    def on_train_batch_start(self, batch, batch_idx):
+        for index, epochs in FREEZE.items():
+            if self.global_step == round(epochs * self.hparams.steps_per_epoch):
+                self.net[index].requires_grad_(False)
 
     def test_step(self, batch, batch_idx):
         x, y = batch
