@@ -75,6 +75,10 @@ REFUSALS = {
         "{features.0: 1.5}"
     ),
     "2": "trainer.freeze=2 is not allowed; allowed: null or a mapping",
+    "{features:0.5,head:0.9}": (
+        "trainer.freeze={features: 0.5, head: 0.9} is not allowed: it freezes every parameter of the model before "
+        "the run's last step; allowed: a mapping that leaves a module with parameters training to the end"
+    ),
 }
 
 

@@ -2,7 +2,7 @@
 
 - probe/grad_norm/<layer>: the gradient norm of each layer with parameters, and
   probe/grad_norm/first_to_last, the first layer's over the last layer's (vanishing gradients show
-  up as a tiny ratio);
+  up as a tiny ratio; not written once trainer.freeze stopped either layer);
 - probe/dead_units/<layer>: the fraction of units of each ReLU (LeakyReLU) layer that output zero
   (get a negative input) for every sample of the batch.
 

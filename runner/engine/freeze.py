@@ -4,8 +4,8 @@ second epoch, at the step nearest to it). From that step on, backward computes n
 and none for the layers before them once those are frozen too; the optimizer leaves them as they
 are (their state, momentum included, is kept). Freezing the first layers once they have learned
 their features makes the rest of the run's steps cheaper: on experiment=fmnist_speed, the stem
-frozen at 1.5 epochs and the second block at 2.5 take 14% off training, at the same accuracy
-(docs/speed.md).
+frozen at 1.5 epochs and the second block at 2.5 take 14 to 20% off training, at the same
+accuracy (docs/speed.md).
 
 A frozen module still runs in training mode: its batch norm normalizes with the batch's statistics
 and moves its running statistics, as before. Freezing is a function of the step, so a resumed run
@@ -36,9 +36,16 @@ def named(model: torch.nn.Module, name: str, at: float) -> torch.nn.Module:
 class Freezing:
     """When each module named in `trainer.freeze` stops training, in steps."""
 
-    def __init__(self, model: torch.nn.Module, epochs: Mapping[str, float], steps_per_epoch: int):
+    def __init__(self, model: torch.nn.Module, epochs: Mapping[str, float], steps_per_epoch: int, max_epochs: int):
         self.due = sorted((round(at * steps_per_epoch), name, named(model, name, at)) for name, at in epochs.items())
         self.frozen: dict[str, int] = {}  # each frozen module's name: the step it froze at (metrics.json)
+        trained = {id(p) for p in model.parameters() if p.requires_grad}
+        within = {id(p) for at, _, m in self.due if at < steps_per_epoch * max_epochs for p in m.parameters()}
+        if trained and trained <= within:  # backward would have nothing to compute
+            raise ConfigError(
+                f"trainer.freeze={show(epochs)} is not allowed: it freezes every parameter of the model before the "
+                "run's last step; allowed: a mapping that leaves a module with parameters training to the end"
+            )
 
     def before_step(self, step: int) -> bool:
         """Freeze what is due by `step` (the number of steps taken before this one); whether anything was."""

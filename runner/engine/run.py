@@ -118,7 +118,11 @@ def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Setup:
         freezes = bool(cfg.trainer.freeze)
         if graphs.pick(cfg.trainer.graphs, compute.device, optimizer, cfg.trainer.compile, world.size, freezes):
             graphed_step = graphs.GraphedStep(model, optimizer, compute.autocast_dtype, cfg.trainer.grad_clip)
-        freezing = freeze.Freezing(model, cfg.trainer.freeze, len(split_batches.train)) if freezes else None
+        freezing = (
+            freeze.Freezing(model, cfg.trainer.freeze, len(split_batches.train), cfg.trainer.max_epochs)
+            if freezes
+            else None
+        )
         learner = Learner(model, optimizer, schedule, train_model, compute.autocast_dtype, graphed_step, freezing)
         collector.settle()
         startup.mark("model")
