@@ -223,3 +223,16 @@ def test_a_run_directory_each_rank_names_differently_is_refused(tmp_path):
     assert "is not allowed on rank 1: rank 0 has" in result.stderr
     assert "${started:...} in place of ${now:...}" in result.stderr
     assert not list(tmp_path.glob("run_*/metrics.json"))
+
+
+@pytest.mark.slow
+def test_a_module_frozen_under_torchrun_stops_training_and_the_rest_trains_on(tmp_path):
+    """DDP reduces the gradients of the parameters that required one when it was made: after
+    trainer.freeze stops a module, the run wraps the model again (without it, the next step raises:
+    DDP waits for gradients that never come)."""
+    run_dir = tmp_path / "run"
+    result = run_cli(*DDP, "trainer.freeze={features.0:1}", f"hydra.run.dir={run_dir}", nproc=2)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["processes"] == 2
+    assert metrics["frozen"] == {"features.0": 56} and metrics["steps"] == 112
