@@ -26,6 +26,7 @@ def test_a_frozen_module_keeps_the_parameters_it_had_at_its_step_and_the_rest_tr
     frozen_run, one_epoch = tmp_path / "frozen", tmp_path / "one-epoch"
     result = run_cli(*SMALL, "trainer.max_epochs=2", "trainer.freeze={features.0:1}", f"hydra.run.dir={frozen_run}")
     assert result.returncode == 0, result.stderr
+    assert ", features.0 frozen at step 112)" in result.stdout + result.stderr  # the run's first line
     result = run_cli(*SMALL, "trainer.max_epochs=1", f"hydra.run.dir={one_epoch}")
     assert result.returncode == 0, result.stderr
     metrics = json.loads((frozen_run / "metrics.json").read_text())

@@ -39,13 +39,20 @@ class Freezing:
     def __init__(self, model: torch.nn.Module, epochs: Mapping[str, float], steps_per_epoch: int, max_epochs: int):
         self.due = sorted((round(at * steps_per_epoch), name, named(model, name, at)) for name, at in epochs.items())
         self.frozen: dict[str, int] = {}  # each frozen module's name: the step it froze at (metrics.json)
+        self.steps = steps_per_epoch * max_epochs  # the run's
         trained = {id(p) for p in model.parameters() if p.requires_grad}
-        within = {id(p) for at, _, m in self.due if at < steps_per_epoch * max_epochs for p in m.parameters()}
+        within = {id(p) for at, _, m in self.due if at < self.steps for p in m.parameters()}
         if trained and trained <= within:  # backward would have nothing to compute
             raise ConfigError(
                 f"trainer.freeze={show(epochs)} is not allowed: it freezes every parameter of the model before the "
                 "run's last step; allowed: a mapping that leaves a module with parameters training to the end"
             )
+
+    def plan(self) -> str:
+        """What freezes within the run, and when, for its first line: `features.0 frozen at step 351,
+        features.1 at 585`."""
+        due = [(at, name) for at, name, _ in self.due if at < self.steps]
+        return ", ".join(f"{name} {'frozen at step ' if i == 0 else 'at '}{at}" for i, (at, name) in enumerate(due))
 
     def before_step(self, step: int) -> bool:
         """Freeze what is due by `step` (the number of steps taken before this one); whether anything was."""

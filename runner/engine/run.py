@@ -199,10 +199,11 @@ def train(cfg: DictConfig, ctx: RunContext, progress, built: Callable[[bool], No
         agree_on_run_dir(ctx.run_dir)
     on = f"{world.size} processes ({compute.device.type})" if world.active else str(compute.device)
     fused = sum(getattr(m, "fused", False) for m in setup.learner.model.modules())
+    freezing = setup.learner.freezing.plan() if setup.learner.freezing else ""
     log.info(
         f"{ctx.name}: {len(setup.dataset.train)} training images on {on} "
         f"({compute.precision}, {compute.layout}, {compute.threads} threads{' each' if world.active else ''}"
-        f"{f', fused kernels in {fused} block' + 's' * (fused > 1) if fused else ''})"
+        f"{f', fused kernels in {fused} block' + 's' * (fused > 1) if fused else ''}{', ' + freezing if freezing else ''})"
     )
     config = OmegaConf.to_container(cfg, resolve=True)
     try:
