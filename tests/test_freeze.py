@@ -9,8 +9,6 @@ import torch
 from helpers import assert_bitwise_equal, outcome, run_cli, start_cli, wait_for_checkpoint_at_step
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from runner.engine import graphs
-
 # model=bn on mnist_5k: 112 steps of 32 images an epoch; the learning rate constant, so that the first
 # epoch of two is the same computation as a run of one epoch
 SMALL = ["model=bn", "model.channels=[8,16]", "model.hidden=[32]", "data.batch_size=32", "sched=constant",
@@ -90,11 +88,3 @@ def test_a_name_that_is_no_module_with_parameters_or_a_bad_epoch_is_refused_in_o
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and refusal in lines[0], result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
-
-
-def test_a_run_that_freezes_does_not_capture_its_step():
-    cuda, sgd = torch.device("cuda"), torch.optim.SGD([torch.zeros(1, requires_grad=True)])
-    assert graphs.pick("auto", cuda, sgd, compile=False, processes=1)
-    assert not graphs.pick("auto", cuda, sgd, compile=False, processes=1, freezes=True)
-    with pytest.raises(ValueError, match=r"trainer.graphs=true needs trainer.freeze=null"):
-        graphs.pick(True, cuda, sgd, compile=False, processes=1, freezes=True)

@@ -116,3 +116,31 @@ def test_on_a_gpu_the_captured_step_computes_the_eager_steps_bits_and_resumes_bi
     assert [e["train_loss"] for e in resumed.fit().history] == [e["train_loss"] for e in result.history]
     for name, value in captured.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
+
+
+def test_a_freeze_captures_the_step_again_and_the_update_stays_the_plain_steps(tmp_path):
+    cfg = compose_cfg(*SMALL, "optimizer=nesterov", "trainer.max_epochs=2", "trainer.freeze={features.0:1}")
+    plain = trainer(cfg, tmp_path, graphed=False)
+    plain.fit()
+    graphed = trainer(cfg, tmp_path, graphed=True)
+    graphed.fit()
+    steps = len(graphed.train_batches)
+    assert graphed.graphed_step.steps == steps  # counted again from the freeze, at the second epoch's start
+    for name, value in plain.model.state_dict().items():
+        assert torch.equal(graphed.model.state_dict()[name], value), name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu_check.sh runs it on one)")
+def test_on_a_gpu_a_step_captured_again_after_a_freeze_computes_the_eager_steps_bits(tmp_path):
+    cfg = compose_cfg(
+        *SMALL, "optimizer=nesterov", "trainer.max_epochs=2", "trainer.device=cuda", "trainer.freeze={features.0:1}"
+    )
+    eager = trainer(cfg, tmp_path, graphed=True)
+    eager.fit()
+    captured = trainer(cfg, tmp_path, graphed=True, capture=True)
+    captured.fit()
+    assert captured.graphed_step.graph is not None and captured.freezing.frozen == {
+        "features.0": len(eager.train_batches)
+    }
+    for name, value in eager.model.state_dict().items():
+        assert torch.equal(captured.model.state_dict()[name], value), name

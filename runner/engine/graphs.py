@@ -12,7 +12,9 @@ What makes the step capturable:
 - the first WARMUP_STEPS steps run eagerly (on a side stream, as capturing asks), then the step is
   captured and replayed. Eager steps and replays run the same kernels, so a run resumed from a
   checkpoint (which warms up again) ends bitwise equal to one that never stopped;
-- a logging step that reads the gradients (diagnostics, histograms) runs eagerly, between replays.
+- a logging step that reads the gradients (diagnostics, histograms) runs eagerly, between replays;
+- when `trainer.freeze` stops some parameters, the step is captured anew (`again`), as it no longer
+  computes their gradients.
 
 `pick(...)` says whether a run captures (auto: where all of the above holds) or why it cannot.
 """
@@ -27,9 +29,7 @@ WARMUP_STEPS = 3
 FUSED = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)  # optimizers with a fused, capturable step
 
 
-def obstacle(
-    device: torch.device, optimizer: torch.optim.Optimizer, compile: bool, processes: int, freezes: bool = False
-) -> str | None:
+def obstacle(device: torch.device, optimizer: torch.optim.Optimizer, compile: bool, processes: int) -> str | None:
     """Why this run's step cannot be captured, or None where it can."""
     if device.type != "cuda":
         return f"a CUDA GPU (this run trains on {device.type})"
@@ -37,16 +37,14 @@ def obstacle(
         return "trainer.compile=false (torch.compile makes its own graphs)"
     if processes > 1:
         return f"one process (this run has {processes}, under torchrun)"
-    if freezes:
-        return "trainer.freeze=null (a captured step computes the gradients it was captured with)"
     if not isinstance(optimizer, FUSED):
         return f"an optimizer with a fused step, SGD, Adam or AdamW (this run's is {type(optimizer).__name__})"
     return None
 
 
-def pick(graphs, device: torch.device, optimizer, compile: bool, processes: int, freezes: bool = False) -> bool:
+def pick(graphs, device: torch.device, optimizer, compile: bool, processes: int) -> bool:
     """`trainer.graphs`: auto captures where the step can be; true where it cannot is refused."""
-    why_not = obstacle(device, optimizer, compile, processes, freezes)
+    why_not = obstacle(device, optimizer, compile, processes)
     if graphs is True and why_not:
         raise ValueError(f"trainer.graphs=true needs {why_not}; allowed here: auto, false")
     return graphs is not False and why_not is None
@@ -62,6 +60,11 @@ class GraphedStep:
         self.autocast_dtype = autocast_dtype
         self.cells = [torch.zeros((), device=self.device) for _ in optimizer.param_groups]
         self.steps = 0  # taken by this object: a resumed run warms up again
+        self.graph = self.inputs = self.outputs = None
+
+    def again(self) -> None:
+        """Capture the step anew, after WARMUP_STEPS eager steps: it changed (trainer.freeze)."""
+        self.steps = 0
         self.graph = self.inputs = self.outputs = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, eager: bool = False, after_backward=None):

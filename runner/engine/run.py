@@ -115,14 +115,11 @@ def build(cfg: DictConfig, parallel_jobs: int = 1, job: int = 0) -> Setup:
         split_batches = make_batches(cfg, dataset, compute, world)
         schedule = builders.build_schedule(cfg.sched, optimizer, len(split_batches.train), cfg.trainer.max_epochs)
         graphed_step = None
-        freezes = bool(cfg.trainer.freeze)
-        if graphs.pick(cfg.trainer.graphs, compute.device, optimizer, cfg.trainer.compile, world.size, freezes):
+        if graphs.pick(cfg.trainer.graphs, compute.device, optimizer, cfg.trainer.compile, world.size):
             graphed_step = graphs.GraphedStep(model, optimizer, compute.autocast_dtype, cfg.trainer.grad_clip)
-        freezing = (
-            freeze.Freezing(model, cfg.trainer.freeze, len(split_batches.train), cfg.trainer.max_epochs)
-            if freezes
-            else None
-        )
+        freezing = None
+        if cfg.trainer.freeze:
+            freezing = freeze.Freezing(model, cfg.trainer.freeze, len(split_batches.train), cfg.trainer.max_epochs)
         learner = Learner(model, optimizer, schedule, train_model, compute.autocast_dtype, graphed_step, freezing)
         collector.settle()
         startup.mark("model")

@@ -337,8 +337,8 @@ class Trainer:
             log_now = (self.step + 1) % self.log_every == 0 or i == last  # and at the end of each epoch
             if self.diagnostics:
                 self.diagnostics.active = log_now
-            if self.freezing is not None and self.freezing.before_step(self.step) and self.world.active:
-                self.train_model = rewrap(self.train_model)  # DDP reduces the gradients of what still trains
+            if self.freezing is not None and self.freezing.before_step(self.step):
+                self.refreeze()
             started = time.perf_counter()
             loss, hits = self.train_step(x, y, log_now)
             self.schedule.after_step()
@@ -363,6 +363,14 @@ class Trainer:
         ended = totals.read_epoch(self.world)
         self.last_step_end = time.perf_counter()  # where the time between jobs starts (runner.engine.startup)
         return ended
+
+    def refreeze(self) -> None:
+        """After trainer.freeze stopped some parameters: DDP made again, to reduce the gradients of
+        those that still train; the graphed step captured again, as it computes fewer gradients."""
+        if self.world.active:
+            self.train_model = rewrap(self.train_model)
+        if self.graphed_step is not None:
+            self.graphed_step.again()
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, log_now: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward, loss, backward, clipping and the optimizer's step on one batch: the loss and the
