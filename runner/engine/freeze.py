@@ -1,6 +1,6 @@
-"""Layer freezing (`trainer.freeze`), as FreezeOut (Brock et al., 2017) does it: a module's
-parameters stop training at a chosen point of the run, given in epochs (1.5: halfway through the
-second epoch, at the step nearest to it). From that step on, backward computes no gradient for them,
+"""Layer freezing (`trainer.freeze`), as FreezeOut does it: a module's parameters stop training at a
+chosen point of the run, given in epochs (1.5: halfway through the second epoch, at the step nearest
+to it). From that step on, backward computes no gradient for them,
 and none for the layers before them once those are frozen too; the optimizer leaves them as they
 are (their state, momentum included, is kept). Freezing the first layers once they have learned
 their features makes the rest of the run's steps cheaper: on experiment=fmnist_speed, the stem
