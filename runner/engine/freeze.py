@@ -1,11 +1,10 @@
 """Layer freezing (`trainer.freeze`), as FreezeOut does it: a module's parameters stop training at a
 chosen point of the run, given in epochs (1.5: halfway through the second epoch, at the step nearest
-to it). From that step on, backward computes no gradient for them,
-and none for the layers before them once those are frozen too; the optimizer leaves them as they
-are (their state, momentum included, is kept). Freezing the first layers once they have learned
-their features makes the rest of the run's steps cheaper: on experiment=fmnist_speed, the stem
-frozen at 1.5 epochs and the second block at 2.5 take 14 to 20% off training, at the same
-accuracy (docs/speed.md).
+to it). From that step on, backward computes no gradient for them, and none for the layers before
+them once those are frozen too; the optimizer leaves them as they are (their state, momentum
+included, is kept). Freezing the first layers once they have learned their features makes the rest
+of the run's steps cheaper: on experiment=fmnist_speed, the stem frozen at 1.5 epochs and the second
+block at 2.5 take 14 to 20% off training, at the same accuracy (docs/speed.md).
 
 A frozen module still runs in training mode: its batch norm normalizes with the batch's statistics
 and moves its running statistics, as before. Freezing is a function of the step, so a resumed run
