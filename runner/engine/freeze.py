@@ -18,12 +18,16 @@ import torch
 from runner.config.rules import ConfigError, show
 
 
+def has_parameters(module: torch.nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
 def named(model: torch.nn.Module, name: str, at: float) -> torch.nn.Module:
     """The module of `model` that `trainer.freeze` names, refused in one line if there is none or it
     has no parameters."""
     module = dict(model.named_modules()).get(name)
-    if module is None or not any(True for _ in module.parameters()):
-        names = [n for n, m in model.named_modules() if n and n.count(".") <= 1 and any(True for _ in m.parameters())]
+    if module is None or not has_parameters(module):
+        names = [n for n, m in model.named_modules() if n and n.count(".") <= 1 and has_parameters(m)]
         what = "has no parameters" if module is not None else "is not a module of the model"
         raise ConfigError(
             f"trainer.freeze.{name}={show(at)} is not allowed: {name} {what}; allowed: a module with parameters, "
@@ -55,10 +59,10 @@ class Freezing:
 
     def before_step(self, step: int) -> bool:
         """Freeze what is due by `step` (the number of steps taken before this one); whether anything was."""
-        if not self.due or step < self.due[0][0]:
-            return False
+        froze = False
         while self.due and self.due[0][0] <= step:
             at, name, module = self.due.pop(0)
             module.requires_grad_(False)
             self.frozen[name] = at
-        return True
+            froze = True
+        return froze

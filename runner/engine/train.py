@@ -338,7 +338,7 @@ class Trainer:
             if self.diagnostics:
                 self.diagnostics.active = log_now
             if self.freezing is not None and self.freezing.before_step(self.step):
-                self.refreeze()
+                self.after_freeze()
             started = time.perf_counter()
             loss, hits = self.train_step(x, y, log_now)
             self.schedule.after_step()
@@ -364,7 +364,7 @@ class Trainer:
         self.last_step_end = time.perf_counter()  # where the time between jobs starts (runner.engine.startup)
         return ended
 
-    def refreeze(self) -> None:
+    def after_freeze(self) -> None:
         """After trainer.freeze stopped some parameters: DDP made again, to reduce the gradients of
         those that still train; the graphed step captured again, as it computes fewer gradients."""
         if self.world.active:
